@@ -1,0 +1,38 @@
+"""The client's privacy ledger, kept in Flower's `context.state` and mirrored on disk.
+
+`context.state` lasts one run; the file lasts as long as the device, so ε composes
+across rounds *and* runs. On start the two are reconciled: the file is the source of
+truth, and the state copy must be a prefix of it (anything else is tampering or loss).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context
+
+from shared.privacy.ledger import Ledger, LedgerError, read_entries
+
+STATE_KEY = "strata-ledger"
+
+
+def ledger_path(ledger_dir: str | Path, client_id: str) -> Path:
+    return Path(ledger_dir).expanduser() / f"client-{client_id}.jsonl"
+
+
+def open_ledger(context: Context, path: Path) -> Ledger:
+    """The client's ledger, from disk, checked against the copy in `context.state`."""
+    on_disk = read_entries(path) if path.exists() else []
+    record = context.state.config_records.get(STATE_KEY)
+    in_state = [str(x) for x in record["entries"]] if record is not None else []  # type: ignore[union-attr]
+    disk_lines = [e.to_json() for e in on_disk]
+    if disk_lines[: len(in_state)] != in_state:
+        raise LedgerError(
+            f"{path}: the ledger on disk does not extend the one in this run's state; "
+            "refusing to train on a ledger that lost entries."
+        )
+    return Ledger(on_disk, path)
+
+
+def save_to_state(context: Context, ledger: Ledger) -> None:
+    context.state.config_records[STATE_KEY] = ConfigRecord({"entries": ledger.to_lines()})

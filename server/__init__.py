@@ -1,0 +1,1 @@
+"""The server side: Flower ServerApp, aggregation strategy, checkpoints, model export."""

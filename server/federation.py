@@ -1,0 +1,145 @@
+"""The server's round loop: train, aggregate, evaluate, checkpoint, log — then export."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import tomli_w
+import torch
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.serverapp import Grid
+
+from shared.config import StrataConfig
+from shared.data.source import fingerprint, load_source
+from shared.features import catalog_features
+from shared.model import build_model
+
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .export import export_model
+from .strategy import StrataStrategy
+
+log = logging.getLogger("strata")
+
+
+def _clean(record: object) -> dict:
+    return {k: (float(v) if isinstance(v, float | int | np.floating) else v) for k, v in dict(record).items()}  # type: ignore[call-overload]
+
+
+def run_federation(grid: Grid, config: StrataConfig, *, timeout: float = 3600.0) -> dict:
+    """Run the configured rounds on `grid`; write the run directory; return the final summary."""
+    run_dir = config.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.toml").write_text(tomli_w.dumps(config.to_nested()))
+    # The server uses only the public catalog (item index and features), never ratings.
+    data = load_source(config.data, config.run.seed)
+    features = torch.from_numpy(catalog_features(data.catalog))
+    model = build_model(data.n_items, config.model, features, seed=config.run.seed)
+    weights = {k: v.detach().clone() for k, v in model.named_parameters()}
+    strategy = StrataStrategy(config, np.random.default_rng([config.run.seed, 1]))
+    ckpt_path = run_dir / "checkpoints" / "latest.pt"
+    start_round = 1
+    metrics_path = run_dir / "metrics.jsonl"
+    if ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path)
+        weights, start_round = ckpt.weights, ckpt.round + 1
+        strategy.optimizer.load_state_dict(ckpt.optimizer)
+        strategy.rng.bit_generator.state = ckpt.rng_state
+        strategy.client_epsilon = dict(ckpt.client_epsilon)
+        log.info("resuming from %s after round %d", ckpt_path, ckpt.round)
+        _truncate_metrics(metrics_path, ckpt.round)
+    elif metrics_path.exists():
+        metrics_path.unlink()
+    run_id = uuid.uuid4().hex[:12]
+    arrays = ArrayRecord(weights)
+    n_nodes = len(list(grid.get_node_ids()))
+    fed = config.federation
+    log.info(
+        "run %s: %d clients (%s topology), %d rounds, privacy %s; writing %s",
+        run_id, n_nodes, fed.topology, fed.rounds, config.privacy.mode, run_dir,
+    )
+    strategy.summary()
+    started = time.perf_counter()
+    last_eval: dict = {}
+    for rnd in range(start_round, fed.rounds + 1):
+        t0 = time.perf_counter()
+        replies = grid.send_and_receive(
+            strategy.configure_train(rnd, arrays, ConfigRecord({"run-id": run_id}), grid), timeout=timeout
+        )
+        new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
+        if new_arrays is not None:
+            arrays = new_arrays
+        train = _clean(train_metrics) if train_metrics is not None else {}
+        evaluation: dict = {}
+        if rnd % fed.eval_every == 0 or rnd == fed.rounds:
+            replies = grid.send_and_receive(
+                strategy.configure_evaluate(rnd, arrays, ConfigRecord({"run-id": run_id}), grid), timeout=timeout
+            )
+            agg = strategy.aggregate_evaluate(rnd, replies)
+            evaluation = _clean(agg) if agg is not None else {}
+            last_eval = evaluation or last_eval
+        line = {
+            "round": rnd,
+            "skipped": new_arrays is None,
+            "train": train,
+            "eval": evaluation,
+            "epsilon": train.get("epsilon", 0.0),
+            "round_s": round(time.perf_counter() - t0, 3),
+        }
+        with open(metrics_path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(line) + "\n")
+        save_checkpoint(
+            ckpt_path,
+            Checkpoint(
+                round=rnd,
+                weights=arrays.to_torch_state_dict(),
+                optimizer=strategy.optimizer.state_dict(),
+                rng_state=strategy.rng.bit_generator.state,
+                client_epsilon=dict(strategy.client_epsilon),
+            ),
+        )
+        _progress(rnd, fed.rounds, train, evaluation, time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    final = arrays.to_torch_state_dict()
+    manifest = export_model(
+        run_dir / "model", final, config, data.catalog, data_fingerprint=fingerprint(data), rounds=fed.rounds
+    )
+    summary = {
+        "run_id": run_id,
+        "run_dir": str(run_dir),
+        "rounds": fed.rounds,
+        "clients": n_nodes,
+        "wall_s": round(elapsed, 2),
+        "epsilon": max(strategy.client_epsilon.values(), default=0.0),
+        "final_eval": last_eval,
+        "rejected_updates": strategy.rejected,
+        "weights_fingerprint": manifest["weights_fingerprint"],
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _truncate_metrics(path: Path, last_round: int) -> None:
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["round"] <= last_round]
+    path.write_text("".join(k + "\n" for k in keep))
+
+
+def _progress(rnd: int, rounds: int, train: dict, evaluation: dict, elapsed: float) -> None:
+    parts = [f"round {rnd}/{rounds}", f"{int(train.get('clients', 0))} clients"]
+    if train.get("refused"):
+        parts.append(f"{int(train['refused'])} refused")
+    if train.get("failed"):
+        parts.append(f"{int(train['failed'])} failed")
+    loss = train.get("train-loss", float("nan"))
+    parts.append(f"loss {loss:.2f}")
+    parts.append(f"ε {train.get('epsilon', 0.0):.3f}")
+    if evaluation:
+        parts.append(f"NDCG@100 {evaluation['ndcg@100']:.4f} Recall@20 {evaluation['recall@20']:.4f} RMSE {evaluation['rmse']:.4f}")
+    parts.append(f"{elapsed:.0f}s")
+    log.info(" · ".join(parts))

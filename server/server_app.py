@@ -1,0 +1,24 @@
+"""Flower ServerApp: reads the run config and hands the grid to the round loop."""
+
+from __future__ import annotations
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from shared.config import StrataConfig, config_from_run_config
+
+from .federation import run_federation
+
+
+def build_server_app(config: StrataConfig | None = None) -> ServerApp:
+    """A ServerApp for a fixed config (simulation CLI) or reading `context.run_config` (`flwr run`)."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_federation(grid, config if config is not None else config_from_run_config(context.run_config))
+
+    return app
+
+
+app = build_server_app()

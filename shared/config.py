@@ -1,0 +1,305 @@
+"""Typed experiment configuration: TOML presets, `key=value` overrides, Flower run-config.
+
+One config object per run, built once at the edge (CLI or Flower `context.run_config`)
+and passed inward. Its flat form (`section.key` -> scalar) is exactly what Flower's
+`[tool.flwr.app.config]` and `--run-config` carry, so both paths share one schema.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, get_args, get_type_hints
+
+Scalar = bool | int | float | str
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "synthetic"
+    """`ml-100k` (fetched into the cache), `synthetic`, a MovieLens directory, or a CSV file."""
+    catalog: str = ""
+    """Item catalog CSV for a generic ratings CSV (optional)."""
+    cache_dir: str = "~/.cache/strata"
+    """Where fetched data sets are kept."""
+    positive_threshold: float = 4.0
+    """Ratings at or above this are positives for the VAE and the ranking metrics."""
+    test_fraction: float = 0.2
+    """Share of each user's ratings held out for evaluation."""
+    min_ratings_for_test: int = 5
+    """Users with fewer ratings keep all of them for training."""
+    synthetic_users: int = 200
+    synthetic_items: int = 150
+    synthetic_categories: int = 4
+    synthetic_subs_per_category: int = 3
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise ValueError("data.test-fraction must be in [0, 1).")
+        if self.min_ratings_for_test < 1:
+            raise ValueError("data.min-ratings-for-test must be at least 1.")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    hidden_dim: int = 600
+    """Width of the Mult-VAE encoder/decoder hidden layer (600 in Liang et al.)."""
+    latent_dim: int = 200
+    """Size of the user latent (200 in Liang et al.)."""
+    rating_dim: int = 32
+    """Size of the user/item interaction in the rating head."""
+    item_side: Literal["learned", "catalog", "both"] = "learned"
+    """Item representation: learned vectors, public catalog features, or both."""
+    dropout: float = 0.5
+    """Input dropout of the VAE encoder."""
+    beta_max: float = 0.2
+    """Final KL weight of the annealed β."""
+    anneal_steps: int = 2000
+    """Optimizer steps over which β grows linearly from 0 to beta-max."""
+    rating_weight: float = 1.0
+    """Weight of the rating MSE in the per-user loss."""
+    user_bias_damping: float = 5.0
+    """Damping λ of the closed-form user bias Σ(r - b_i) / (n_u + λ)."""
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_dim", "latent_dim", "rating_dim"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"model.{name.replace('_', '-')} must be positive.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError("model.dropout must be in [0, 1).")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 50
+    """Central training epochs."""
+    batch_size: int = 100
+    """Expected users per step (Poisson-sampled under DP); also the public loss normaliser."""
+    lr: float = 1e-3
+    """Learning rate of central training."""
+    local_epochs: int = 1
+    """Passes over its users a client makes per round."""
+    local_lr: float = 1.0
+    """Client SGD learning rate (the server optimizer sets the real step size)."""
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.epochs < 0 or self.local_epochs < 1:
+            raise ValueError("train.batch-size and train.local-epochs must be >= 1, train.epochs >= 0.")
+        if self.lr <= 0 or self.local_lr <= 0:
+            raise ValueError("train.lr and train.local-lr must be positive.")
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    mode: Literal["off", "local"] = "off"
+    """`local`: Opacus DP-SGD inside each client, privacy unit = one user."""
+    noise_multiplier: float = 1.0
+    """σ of DP-SGD (noise std = σ · max-grad-norm). Ignored when target-epsilon > 0."""
+    target_epsilon: float = 0.0
+    """If > 0, calibrate σ so that the planned rounds spend exactly this ε."""
+    max_grad_norm: float = 1.0
+    """Per-user clipping bound C."""
+    delta: float = 0.0
+    """δ of the reported (ε, δ); 0 means 1 / N_users^1.1."""
+    max_epsilon: float = 0.0
+    """A client refuses to train when its next round would exceed this ε (0: no limit)."""
+    accountant: Literal["pld", "rdp"] = "pld"
+    """Headline accountant (PLD from dp-accounting); RDP is the cross-check."""
+    ghost_clipping: bool = True
+    """Use Opacus ghost clipping (about 2x plain cost) instead of per-sample hooks."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("off", "local"):
+            raise ValueError(f"privacy.mode must be 'off' or 'local', not {self.mode!r}.")
+        if self.max_grad_norm <= 0:
+            raise ValueError("privacy.max-grad-norm (the clipping norm) should be a positive value.")
+        if self.noise_multiplier < 0 or self.target_epsilon < 0 or self.max_epsilon < 0:
+            raise ValueError("privacy.noise-multiplier, target-epsilon and max-epsilon must be >= 0.")
+        if not 0.0 <= self.delta < 1.0:
+            raise ValueError("privacy.delta must be in [0, 1).")
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    topology: Literal["device", "hub"] = "hub"
+    """`device`: one user per client; `hub`: users spread over num-hubs edge hubs."""
+    num_hubs: int = 10
+    hub_assignment: Literal["iid", "dirichlet"] = "iid"
+    dirichlet_alpha: float = 0.5
+    """Concentration of the non-IID Dirichlet over users' top category."""
+    rounds: int = 10
+    fraction_train: float = 1.0
+    """Share of clients sampled for training each round."""
+    min_train_clients: int = 1
+    """A round with fewer successful replies is skipped (logged), never averaged over nothing."""
+    eval_every: int = 1
+    """Federated evaluation every this many rounds (and always after the last)."""
+    fraction_evaluate: float = 1.0
+    """Share of clients asked to evaluate (1.0 gives the exact population figure)."""
+    server_optimizer: Literal["fedavg", "fedadam"] = "fedadam"
+    """How the server applies the averaged client update (FedAdam: Reddi et al. 2021)."""
+    server_lr: float = 1e-3
+    weighted_by: Literal["users", "examples"] = "users"
+    """Weight of each client's update in the average."""
+    num_cpus_per_client: float = 1.0
+    """Ray resources per virtual client in simulation."""
+
+    def __post_init__(self) -> None:
+        if self.topology not in ("device", "hub"):
+            raise ValueError(f"federation.topology must be 'device' or 'hub', not {self.topology!r}.")
+        if self.rounds < 1 or self.num_hubs < 1 or self.eval_every < 1:
+            raise ValueError("federation.rounds, num-hubs and eval-every must be >= 1.")
+        if not 0.0 < self.fraction_train <= 1.0 or not 0.0 < self.fraction_evaluate <= 1.0:
+            raise ValueError("federation.fraction-train and fraction-evaluate must be in (0, 1].")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "run"
+    seed: int = 0
+    out: str = ""
+    """Run directory; empty means runs/<name>."""
+
+
+@dataclass(frozen=True)
+class StrataConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.out or f"runs/{self.run.name}")
+
+    def to_flat(self) -> dict[str, Scalar]:
+        """`section.key` -> value, keys in Flower's dashed style."""
+        flat: dict[str, Scalar] = {}
+        for sec in fields(self):
+            for f in fields(getattr(self, sec.name)):
+                flat[f"{sec.name}.{_dash(f.name)}"] = getattr(getattr(self, sec.name), f.name)
+        return flat
+
+    def to_nested(self) -> dict[str, dict[str, Scalar]]:
+        out: dict[str, dict[str, Scalar]] = {}
+        for key, value in self.to_flat().items():
+            sec, name = key.split(".", 1)
+            out.setdefault(sec, {})[name] = value
+        return out
+
+    def replace(self, overrides: dict[str, Any]) -> StrataConfig:
+        """A copy with `section.key` overrides applied (values parsed and type-checked)."""
+        return from_flat({**self.to_flat(), **overrides})
+
+
+def _dash(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Scalar:
+    """Convert a TOML/CLI value to the field's type, or fail with a sentence."""
+    allowed = get_args(typ)
+    if allowed and all(isinstance(a, str) for a in allowed):  # Literal
+        if value not in allowed:
+            raise ValueError(f"{key} must be one of {', '.join(allowed)}; got {value!r}.")
+        return str(value)
+    try:
+        if typ is bool:
+            if isinstance(value, str):
+                if value.lower() in ("true", "1", "yes"):
+                    return True
+                if value.lower() in ("false", "0", "no"):
+                    return False
+                raise ValueError
+            return bool(value)
+        if typ is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if typ is float:
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key} must be of type {typ.__name__}; got {value!r}.") from None
+
+
+def from_flat(flat: dict[str, Any]) -> StrataConfig:
+    """Build a config from `section.key` entries; unknown keys are an error."""
+    sections: dict[str, dict[str, Any]] = {}
+    known = {s.name: s for s in fields(StrataConfig)}
+    for key, value in flat.items():
+        if "." not in key:
+            raise ValueError(f"Unknown config key {key!r}: expected 'section.key'.")
+        sec, name = key.split(".", 1)
+        if sec not in known:
+            raise ValueError(f"Unknown config section {sec!r} in {key!r}; sections: {', '.join(known)}.")
+        cls = get_type_hints(StrataConfig)[sec]
+        hints = get_type_hints(cls)
+        attr = name.replace("-", "_")
+        if attr not in hints:
+            options = ", ".join(_dash(f.name) for f in fields(cls))
+            raise ValueError(f"Unknown config key {key!r}; {sec} has: {options}.")
+        sections.setdefault(sec, {})[attr] = _coerce(key, value, hints[attr])
+    built = {name: get_type_hints(StrataConfig)[name](**vals) for name, vals in sections.items()}
+    return StrataConfig(**built)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse `section.key=value` (value in TOML syntax, or a bare string)."""
+    if "=" not in text:
+        raise ValueError(f"Override {text!r} is not of the form section.key=value.")
+    key, raw = (part.strip() for part in text.split("=", 1))
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> StrataConfig:
+    """Read a TOML preset (nested tables) and apply `key=value` overrides."""
+    flat: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"Config file {p} does not exist.")
+        try:
+            nested = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{p}: invalid TOML: {exc}") from None
+        for sec, table in nested.items():
+            if not isinstance(table, dict):
+                raise ValueError(f"{p}: top-level key {sec!r} must be a table like [{sec}].")
+            for name, value in table.items():
+                flat[f"{sec}.{name}"] = value
+    for text in overrides or []:
+        key, value = parse_override(text)
+        flat[key] = value
+    try:
+        return from_flat(flat)
+    except (TypeError, ValueError) as exc:
+        where = f"{path}: " if path else ""
+        raise ValueError(f"{where}{exc}") from None
+
+
+def config_from_run_config(run_config: dict[str, Any]) -> StrataConfig:
+    """The typed config from Flower's `context.run_config` (flat, dashed keys)."""
+    return from_flat(dict(run_config))
+
+
+__all__ = [
+    "DataConfig",
+    "FederationConfig",
+    "ModelConfig",
+    "PrivacyConfig",
+    "RunConfig",
+    "StrataConfig",
+    "config_from_run_config",
+    "from_flat",
+    "load_config",
+    "parse_override",
+]

@@ -1,0 +1,133 @@
+"""Evaluation metrics (DESIGN.md §7), computed as sums and counts so that federated
+figures aggregate exactly to the central ones.
+
+NDCG@100: binary relevance, ideal DCG over min(100, #held-out positives).
+Recall@20: hits / min(20, #held-out positives). Train positives are excluded from the
+ranking. RMSE and MAE are pooled over all held-out ratings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from .data.split import UserRatings
+from .data.matrices import train_tensors
+
+
+@dataclass
+class MetricSums:
+    """Additive evaluation statistics; `+` merges clients, `.means()` gives the figures."""
+
+    ndcg_sum: float = 0.0
+    recall_sum: float = 0.0
+    ranked_users: int = 0
+    """Users with at least one held-out positive."""
+    sq_err_sum: float = 0.0
+    abs_err_sum: float = 0.0
+    rated: int = 0
+    """Held-out ratings."""
+
+    def __add__(self, other: MetricSums) -> MetricSums:
+        return MetricSums(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+    def to_dict(self) -> dict[str, float]:
+        return {f.name: float(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, float]) -> MetricSums:
+        return cls(**{f.name: type(f.default)(d[f.name]) for f in fields(cls)})
+
+    def means(self) -> dict[str, float]:
+        nan = float("nan")
+        return {
+            "ndcg@100": self.ndcg_sum / self.ranked_users if self.ranked_users else nan,
+            "recall@20": self.recall_sum / self.ranked_users if self.ranked_users else nan,
+            "rmse": float(np.sqrt(self.sq_err_sum / self.rated)) if self.rated else nan,
+            "mae": self.abs_err_sum / self.rated if self.rated else nan,
+        }
+
+
+def ndcg_at_k(scores: np.ndarray, relevant: np.ndarray, k: int = 100) -> np.ndarray:
+    """Per-row NDCG@k with binary relevance; rows without relevant items give NaN."""
+    k = min(k, scores.shape[1])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.take_along_axis(scores, top, axis=1).argsort(axis=1)[:, ::-1]
+    top = np.take_along_axis(top, order, axis=1)
+    gains = np.take_along_axis(relevant, top, axis=1).astype(np.float64)
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    dcg = (gains * discounts).sum(axis=1)
+    n_rel = relevant.sum(axis=1)
+    idcg = np.array([discounts[: min(int(n), k)].sum() for n in n_rel])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n_rel > 0, dcg / idcg, np.nan)
+
+
+def recall_at_k(scores: np.ndarray, relevant: np.ndarray, k: int = 20) -> np.ndarray:
+    """Per-row hits in the top k over min(k, #relevant); rows without relevant items give NaN."""
+    k = min(k, scores.shape[1])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    hits = np.take_along_axis(relevant, top, axis=1).sum(axis=1)
+    n_rel = relevant.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n_rel > 0, hits / np.minimum(k, n_rel), np.nan)
+
+
+def ranking_sums(scores: np.ndarray, train_pos: np.ndarray, test_pos: np.ndarray) -> MetricSums:
+    """Ranking metrics for a batch: scores B×I, train/test positives B×I (0/1)."""
+    masked = np.where(train_pos > 0, -np.inf, scores)
+    nd = ndcg_at_k(masked, test_pos, 100)
+    rc = recall_at_k(masked, test_pos, 20)
+    ok = ~np.isnan(nd)
+    return MetricSums(ndcg_sum=float(nd[ok].sum()), recall_sum=float(rc[ok].sum()), ranked_users=int(ok.sum()))
+
+
+def rating_sums(pred: np.ndarray, truth: np.ndarray) -> MetricSums:
+    err = pred - truth
+    return MetricSums(sq_err_sum=float((err**2).sum()), abs_err_sum=float(np.abs(err).sum()), rated=len(err))
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: torch.nn.Module,
+    users: list[UserRatings],
+    n_items: int,
+    threshold: float,
+    *,
+    batch_size: int = 512,
+) -> MetricSums:
+    """Score the given users' held-out data with the model (ranking + rating metrics)."""
+    was_training = model.training
+    model.eval()
+    total = MetricSums()
+    for start in range(0, len(users), batch_size):
+        chunk = users[start : start + batch_size]
+        t = train_tensors(chunk, n_items, threshold)
+        out = model(*t.as_tuple())
+        scores = out.logits.numpy()
+        test_pos = np.zeros((len(chunk), n_items), dtype=np.float32)
+        preds, truths = [], []
+        for row, u in enumerate(chunk):
+            test_pos[row, u.test_items[u.test_ratings >= threshold]] = 1.0
+            preds.append(out.rating[row, u.test_items].numpy())
+            truths.append(u.test_ratings)
+        total = total + ranking_sums(scores, t.positives.numpy(), test_pos)
+        if preds:
+            total = total + rating_sums(np.concatenate(preds), np.concatenate(truths))
+    model.train(was_training)
+    return total
+
+
+def popularity_sums(users_train: list[UserRatings], users_eval: list[UserRatings], n_items: int, threshold: float) -> MetricSums:
+    """The popularity baseline: rank items by train-positive counts over `users_train`."""
+    counts = np.zeros(n_items)
+    for u in users_train:
+        np.add.at(counts, u.train_items[u.train_ratings >= threshold], 1.0)
+    t = train_tensors(users_eval, n_items, threshold)
+    test_pos = np.zeros((len(users_eval), n_items), dtype=np.float32)
+    for row, u in enumerate(users_eval):
+        test_pos[row, u.test_items[u.test_ratings >= threshold]] = 1.0
+    scores = np.broadcast_to(counts, (len(users_eval), n_items))
+    return ranking_sums(np.array(scores), t.positives.numpy(), test_pos)

@@ -1,0 +1,169 @@
+"""The Strata model: a Mult-VAE (Liang et al. 2018) with a rating-prediction head.
+
+Only `nn.Linear` layers carry parameters, so Opacus computes exact per-user gradient
+norms (ghost clipping included). The user latent μ_u is computed on the device from
+the user's own history and never leaves it; only the shared weights travel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+RATING_PRIOR = 3.5
+"""Initial item bias of the rating head: a public constant, not a data statistic."""
+
+
+class ItemScorer(nn.Module):
+    """Scores every item from a user-side vector h: learned item vectors, public features, or both.
+
+    score(h)_i = <h, W_i> + <A h, f_i> + b_i, where f_i are public catalog features.
+    """
+
+    def __init__(self, in_dim: int, n_items: int, item_side: str, features: torch.Tensor | None) -> None:
+        super().__init__()
+        self.learned = nn.Linear(in_dim, n_items) if item_side in ("learned", "both") else None
+        self.to_features: nn.Linear | None = None
+        self.item_bias: nn.Linear | None = None
+        if item_side in ("catalog", "both"):
+            if features is None:
+                raise ValueError(f"item_side={item_side!r} needs catalog features.")
+            self.to_features = nn.Linear(in_dim, features.shape[1], bias=False)
+            self.register_buffer("features", features.float())
+            if self.learned is None:
+                self.item_bias = nn.Linear(1, n_items, bias=False)
+                nn.init.zeros_(self.item_bias.weight)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        out = self.learned(h) if self.learned is not None else 0.0
+        if self.to_features is not None:
+            out = out + self.to_features(h) @ self.features.T
+        if self.item_bias is not None:
+            out = out + self.item_bias(torch.ones(h.shape[0], 1, dtype=h.dtype, device=h.device))
+        return out  # type: ignore[return-value]
+
+    def bias_linear(self) -> nn.Linear:
+        """The layer whose parameters hold the item bias."""
+        return self.item_bias if self.item_bias is not None else self.learned  # type: ignore[return-value]
+
+    def bias(self) -> torch.Tensor:
+        """Current item bias vector b (I,), detached."""
+        if self.item_bias is not None:
+            return self.item_bias.weight[:, 0].detach()
+        assert self.learned is not None
+        return self.learned.bias.detach()
+
+    def set_bias(self, value: float | torch.Tensor) -> None:
+        with torch.no_grad():
+            if self.item_bias is not None:
+                self.item_bias.weight[:, 0] = value
+            else:
+                assert self.learned is not None
+                self.learned.bias[:] = value
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor
+    """B×I unnormalised item scores of the VAE decoder."""
+    mu: torch.Tensor
+    logvar: torch.Tensor
+    rating: torch.Tensor
+    """B×I predicted ratings."""
+
+
+class StrataModel(nn.Module):
+    """Mult-VAE encoder/decoder plus a rating head on the user latent μ_u."""
+
+    def __init__(self, n_items: int, config: ModelConfig, features: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.n_items = n_items
+        self.config = config
+        side = config.item_side
+        self.enc_items = nn.Linear(n_items, config.hidden_dim) if side in ("learned", "both") else None
+        self.enc_features = None
+        if side in ("catalog", "both"):
+            if features is None:
+                raise ValueError(f"model.item-side={side!r} needs catalog features.")
+            self.register_buffer("item_features", features.float())
+            self.enc_features = nn.Linear(features.shape[1], config.hidden_dim)
+        self.enc_out = nn.Linear(config.hidden_dim, 2 * config.latent_dim)
+        self.dec_hidden = nn.Linear(config.latent_dim, config.hidden_dim)
+        self.dec_items = ItemScorer(config.hidden_dim, n_items, side, features)
+        self.rate_user = nn.Linear(config.latent_dim, config.rating_dim)
+        self.rate_items = ItemScorer(config.rating_dim, n_items, side, features)
+        self.rate_items.set_bias(RATING_PRIOR)
+        self.drop = nn.Dropout(config.dropout)
+
+    def encode(self, positives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = F.normalize(positives, p=2, dim=1)
+        x = self.drop(x)
+        h = 0.0
+        if self.enc_items is not None:
+            h = h + self.enc_items(x)
+        if self.enc_features is not None:
+            h = h + self.enc_features(F.normalize(x @ self.item_features, p=2, dim=1))
+        h = torch.tanh(h)  # type: ignore[arg-type]
+        mu, logvar = self.enc_out(h).chunk(2, dim=1)
+        return mu, logvar
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.dec_items(torch.tanh(self.dec_hidden(z)))
+
+    def user_bias(self, ratings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Closed-form damped user bias from the user's own train ratings (B×1)."""
+        b_items = self.rate_items.bias()
+        resid = (ratings - b_items) * mask
+        return resid.sum(1, keepdim=True) / (mask.sum(1, keepdim=True) + self.config.user_bias_damping)
+
+    def forward(self, positives: torch.Tensor, ratings: torch.Tensor, mask: torch.Tensor) -> ModelOutput:
+        mu, logvar = self.encode(positives)
+        if self.training:
+            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        else:
+            z = mu
+        logits = self.decode(z)
+        rating = self.rate_items(self.rate_user(mu)) + self.user_bias(ratings, mask)
+        return ModelOutput(logits=logits, mu=mu, logvar=logvar, rating=rating)
+
+
+class StrataLoss(nn.Module):
+    """Per-user loss: multinomial NLL + β·KL + w·(mean squared rating error).
+
+    Has a `reduction` attribute so Opacus ghost clipping can ask for per-user losses.
+    """
+
+    def __init__(self, *, beta: float = 0.0, rating_weight: float = 1.0, reduction: str = "mean") -> None:
+        super().__init__()
+        self.beta = beta
+        self.rating_weight = rating_weight
+        self.reduction = reduction
+
+    def per_user(self, out: ModelOutput, positives: torch.Tensor, ratings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        nll = -(F.log_softmax(out.logits, dim=1) * positives).sum(1)
+        kl = -0.5 * (1 + out.logvar - out.mu.pow(2) - out.logvar.exp()).sum(1)
+        sq = ((out.rating - ratings) ** 2 * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return nll + self.beta * kl + self.rating_weight * sq
+
+    def forward(self, out: ModelOutput, positives: torch.Tensor, ratings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        loss = self.per_user(out, positives, ratings, mask)
+        if self.reduction == "none":
+            return loss
+        if self.reduction == "sum":
+            return loss.sum()
+        return loss.mean()
+
+
+def build_model(n_items: int, config: ModelConfig, features: torch.Tensor | None, seed: int) -> StrataModel:
+    """A freshly initialised model; the same seed gives the same weights everywhere."""
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return StrataModel(n_items, config, features)
+    finally:
+        torch.random.set_rng_state(gen_state)

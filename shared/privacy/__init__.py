@@ -1,0 +1,13 @@
+"""Privacy accounting: immutable mechanism entries, the ledger, and accountants over it."""
+
+from .accounting import calibrate_noise_multiplier, default_delta, epsilon_of
+from .ledger import Ledger, LedgerEntry, LedgerError
+
+__all__ = [
+    "Ledger",
+    "LedgerEntry",
+    "LedgerError",
+    "calibrate_noise_multiplier",
+    "default_delta",
+    "epsilon_of",
+]

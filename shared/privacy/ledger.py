@@ -1,0 +1,108 @@
+"""The privacy ledger: an append-only list of immutable mechanism entries.
+
+A client writes one entry per DP release (e.g. a round of local DP-SGD). The ledger
+lives in Flower's `context.state` during a run and in a JSON-lines file on the device,
+so ε composes across rounds and runs; an auditor replays it with any accountant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+MECHANISMS = ("dp-sgd",)
+
+
+class LedgerError(ValueError):
+    """A ledger file or entry is malformed."""
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One DP mechanism: `steps` compositions of the Poisson-subsampled Gaussian mechanism.
+
+    Each step releases (Σ clipped per-user gradients + N(0, σ²C²)) over a batch drawn by
+    including every user independently with probability `sample_rate`. Its privacy loss
+    depends only on (noise_multiplier, sample_rate, steps); the rest is provenance.
+    """
+
+    mechanism: str
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    run_id: str
+    round: int
+    client: str
+    max_grad_norm: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.mechanism not in MECHANISMS:
+            raise LedgerError(f"Unknown mechanism {self.mechanism!r}; known: {', '.join(MECHANISMS)}.")
+        if not self.noise_multiplier > 0:
+            raise LedgerError("A DP-SGD entry needs a positive noise multiplier.")
+        if not 0 < self.sample_rate <= 1:
+            raise LedgerError(f"sample_rate must be in (0, 1], got {self.sample_rate}.")
+        if self.steps < 0:
+            raise LedgerError("steps must be >= 0.")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LedgerEntry:
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise LedgerError(f"unknown fields {sorted(unknown)}")
+        return cls(**d)
+
+
+class Ledger:
+    """An append-only sequence of entries, optionally mirrored to a JSON-lines file."""
+
+    def __init__(self, entries: list[LedgerEntry] | None = None, path: Path | None = None) -> None:
+        self._entries = list(entries or [])
+        self.path = path
+
+    @property
+    def entries(self) -> tuple[LedgerEntry, ...]:
+        return tuple(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def append(self, entry: LedgerEntry) -> None:
+        """Record an entry (and persist it durably before returning, when file-backed)."""
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(entry.to_json() + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        self._entries.append(entry)
+
+    @classmethod
+    def open(cls, path: Path) -> Ledger:
+        """Load a ledger file (or start an empty one there)."""
+        return cls(read_entries(path) if path.exists() else [], path)
+
+    def to_lines(self) -> list[str]:
+        return [e.to_json() for e in self._entries]
+
+    @classmethod
+    def from_lines(cls, lines: list[str], path: Path | None = None) -> Ledger:
+        return cls([_parse(line, str(path or "<state>"), n) for n, line in enumerate(lines, 1)], path)
+
+
+def _parse(line: str, where: str, lineno: int) -> LedgerEntry:
+    try:
+        return LedgerEntry.from_dict(json.loads(line))
+    except (json.JSONDecodeError, TypeError, LedgerError) as exc:
+        raise LedgerError(f"{where}, line {lineno}: invalid ledger entry: {exc}") from None
+
+
+def read_entries(path: Path) -> list[LedgerEntry]:
+    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    return [_parse(line, str(path), n) for n, line in enumerate(lines, 1)]

@@ -1,0 +1,151 @@
+"""The training loop over a set of users, plain or with Opacus DP-SGD (privacy unit = user).
+
+Used by the federated client (its own users, a few local epochs per round) and by the
+central reference (all users, many epochs). DP-SGD samples users by Poisson sampling,
+clips each user's gradient to `max_grad_norm`, adds N(0, σ²C²) and divides by the
+*public* normaliser `batch_size` (never by the private dataset size, Opacus #819).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from .data.matrices import UserTensors
+from .model import StrataLoss, StrataModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DPSettings:
+    """Parameters of one DP-SGD release."""
+
+    noise_multiplier: float
+    max_grad_norm: float
+    ghost_clipping: bool = True
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    """What a training call did; `sample_rate` and `steps` are what the accountant needs."""
+
+    steps: int
+    sample_rate: float
+    mean_loss: float
+    users: int
+
+
+def make_optimizer(model: torch.nn.Module, kind: str, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    if kind == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if kind == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"optimizer must be 'sgd' or 'adam', not {kind!r}.")
+
+
+def train_users(
+    model: StrataModel,
+    data: UserTensors,
+    *,
+    epochs: int,
+    batch_size: int,
+    optimizer: torch.optim.Optimizer,
+    beta: float | list[float],
+    rating_weight: float,
+    generator: torch.Generator,
+    dp: DPSettings | None = None,
+) -> TrainStats:
+    """Train `model` in place for `epochs` passes over the users in `data`.
+
+    `beta` is the KL weight, fixed or one value per step (annealing). Without DP the
+    batches are shuffled fixed-size; with DP they are Poisson samples with rate
+    min(1, batch_size / n_users), and the step count is epochs × ceil(n_users / batch_size).
+    """
+    n = data.n_users
+    if n == 0:
+        return TrainStats(steps=0, sample_rate=0.0, mean_loss=float("nan"), users=0)
+    dataset = TensorDataset(*data.as_tuple())
+    loader = DataLoader(dataset, batch_size=min(batch_size, n), shuffle=True, generator=generator)
+    criterion = StrataLoss(beta=0.0, rating_weight=rating_weight, reduction="mean")
+    model.train()
+    if dp is None:
+        return _plain_loop(model, loader, optimizer, criterion, epochs, beta)
+
+    from opacus import PrivacyEngine  # heavy import, only when DP is on
+
+    engine = PrivacyEngine(secure_mode=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
+        warnings.filterwarnings("ignore", message=".*non-full backward hook.*")
+        kwargs = dict(
+            module=model,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=dp.noise_multiplier,
+            max_grad_norm=dp.max_grad_norm,
+            poisson_sampling=True,
+            loss_reduction="mean",
+        )
+        if dp.ghost_clipping:
+            private_model, dp_opt, dp_crit, dp_loader = engine.make_private(
+                **kwargs, criterion=criterion, grad_sample_mode="ghost"
+            )
+        else:
+            private_model, dp_opt, dp_loader = engine.make_private(**kwargs, grad_sample_mode="hooks")
+            dp_crit = criterion
+    # Public normaliser: the configured batch size, not len(dataset) * sample_rate.
+    dp_opt.expected_batch_size = batch_size
+    sample_rate = float(dp_loader.sample_rate)
+    stats = _dp_loop(private_model, dp_loader, dp_opt, dp_crit, criterion, epochs, beta, generator)
+    private_model._close()  # remove Opacus hooks; `model` keeps the trained weights
+    return TrainStats(steps=stats[0], sample_rate=sample_rate, mean_loss=stats[1], users=n)
+
+
+def _beta_at(beta: float | list[float], step: int) -> float:
+    if isinstance(beta, list):
+        return beta[min(step, len(beta) - 1)]
+    return beta
+
+
+def _plain_loop(model, loader, optimizer, criterion, epochs, beta) -> TrainStats:
+    steps, total, count = 0, 0.0, 0
+    for _ in range(epochs):
+        for x, r, m in loader:
+            criterion.beta = _beta_at(beta, steps)
+            optimizer.zero_grad(set_to_none=True)
+            loss = criterion(model(x, r, m), x, r, m)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            total += loss.item() * len(x)
+            count += len(x)
+    return TrainStats(steps=steps, sample_rate=1.0, mean_loss=total / max(count, 1), users=len(loader.dataset))
+
+
+def _dp_loop(model, loader, optimizer, dp_criterion, criterion, epochs, beta, generator) -> tuple[int, float]:
+    steps, total, count = 0, 0.0, 0
+    for _ in range(epochs):
+        for x, r, m in loader:
+            criterion.beta = _beta_at(beta, steps)
+            optimizer.zero_grad(set_to_none=True)
+            if len(x) == 0:
+                # An empty Poisson batch still releases noise: step on zero gradients.
+                for p in model.parameters():
+                    p.grad_sample = None
+                    p.grad = torch.zeros_like(p)
+                optimizer.step()
+                steps += 1
+                continue
+            out = model(x, r, m)
+            loss = dp_criterion(out, x, r, m)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            total += float(loss.item()) * len(x)
+            count += len(x)
+    return steps, total / max(count, 1)

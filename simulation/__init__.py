@@ -1,0 +1,1 @@
+"""One-machine runs: the `strata` CLI, the simulation and central runners, benchmarks."""
