@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from shared.config import StrataConfig
-from shared.data.split import UserRatings, split_users
+from shared.data.split import UserRatings, split_configured
 from shared.data.topology import partition_users
 from shared.data.source import load_source
 from shared.data.types import RatingsData
@@ -71,13 +71,7 @@ def simulation_store(config: StrataConfig, partition_id: int) -> DeviceStore:
             f"partition-id {partition_id} is out of range: the {config.federation.topology} topology has "
             f"{len(parts)} clients. Run with num-supernodes={len(parts)}."
         )
-    users = split_users(
-        data,
-        seed=config.run.seed,
-        test_fraction=config.data.test_fraction,
-        min_ratings_for_test=config.data.min_ratings_for_test,
-        users=parts[partition_id],
-    )
+    users = split_configured(data, config.data, config.run.seed, parts[partition_id])
     return DeviceStore(str(partition_id), users, data.n_items, feats, data.n_users)
 
 
@@ -89,12 +83,7 @@ def deployed_store(config: StrataConfig, node_config: dict) -> DeviceStore:
         raise ValueError("node config has no 'data-path': start the SuperNode with --node-config \"data-path='...'\".")
     catalog = node_config.get("catalog-path")
     data = load_csv(Path(str(node_config["data-path"])), Path(str(catalog)) if catalog else None)
-    users = split_users(
-        data,
-        seed=config.run.seed,
-        test_fraction=config.data.test_fraction,
-        min_ratings_for_test=config.data.min_ratings_for_test,
-    )
+    users = split_configured(data, config.data, config.run.seed)
     feats = torch.from_numpy(catalog_features(data.catalog))
     client_id = str(node_config.get("client-id", Path(str(node_config["data-path"])).stem))
     return DeviceStore(client_id, users, data.n_items, feats, data.n_users)

@@ -15,7 +15,7 @@ from shared.metrics import MetricSums, evaluate_model
 from shared.model import StrataModel, build_model
 from shared.privacy.accounting import default_delta, epsilon_of
 from shared.privacy.ledger import Ledger, LedgerEntry
-from shared.training import DPSettings, make_optimizer, train_users
+from shared.training import DPSettings, make_optimizer, poisson_plan, train_users
 
 from .store import DeviceStore
 
@@ -70,8 +70,8 @@ def noise_multiplier_for(config: StrataConfig, store: DeviceStore) -> float:
         return p.noise_multiplier
     from shared.privacy.accounting import calibrate_noise_multiplier
 
-    q = min(1.0, config.train.batch_size / max(store.n_users, 1))
-    steps_per_round = config.train.local_epochs * -(-store.n_users // config.train.batch_size)
+    q, steps_per_epoch = poisson_plan(store.n_users, config.train.batch_size)
+    steps_per_round = config.train.local_epochs * steps_per_epoch
     planned = max(1, round(config.federation.rounds * config.federation.fraction_train))
     return calibrate_noise_multiplier(
         target_epsilon=p.target_epsilon,
@@ -99,8 +99,8 @@ def train_locally(
     if p.mode == "local":
         sigma = noise_multiplier_for(config, store)
         dp = DPSettings(noise_multiplier=sigma, max_grad_norm=p.max_grad_norm, ghost_clipping=p.ghost_clipping)
-        q = min(1.0, config.train.batch_size / max(store.n_users, 1))
-        steps = config.train.local_epochs * -(-store.n_users // config.train.batch_size)
+        q, steps_per_epoch = poisson_plan(store.n_users, config.train.batch_size)
+        steps = config.train.local_epochs * steps_per_epoch
         planned = LedgerEntry("dp-sgd", sigma, q, steps, run_id, server_round, store.client_id, p.max_grad_norm)
         if p.max_epsilon > 0:
             after = epsilon_of([*ledger.entries, planned], delta, p.accountant)

@@ -29,6 +29,8 @@ class DataConfig:
     """Share of each user's ratings held out for evaluation."""
     min_ratings_for_test: int = 5
     """Users with fewer ratings keep all of them for training."""
+    holdout: Literal["test", "validation"] = "test"
+    """Evaluate on the test split, or on a validation split carved from train (to choose epochs/rounds)."""
     synthetic_users: int = 200
     synthetic_items: int = 150
     synthetic_categories: int = 4

@@ -40,6 +40,14 @@ class TrainStats:
     users: int
 
 
+def poisson_plan(n_users: int, batch_size: int) -> tuple[float, int]:
+    """(sample rate, steps per epoch) of DP-SGD over `n_users`, exactly as Opacus samples them."""
+    if n_users <= 0:
+        return 0.0, 0
+    steps = -(-n_users // batch_size)
+    return 1.0 / steps, steps
+
+
 def make_optimizer(model: torch.nn.Module, kind: str, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
     if kind == "sgd":
         return torch.optim.SGD(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -63,8 +71,8 @@ def train_users(
     """Train `model` in place for `epochs` passes over the users in `data`.
 
     `beta` is the KL weight, fixed or one value per step (annealing). Without DP the
-    batches are shuffled fixed-size; with DP they are Poisson samples with rate
-    min(1, batch_size / n_users), and the step count is epochs × ceil(n_users / batch_size).
+    batches are shuffled fixed-size; with DP they are Poisson samples with the rate of
+    `poisson_plan`, 1 / ceil(n_users / batch_size), for that many steps per epoch.
     """
     n = data.n_users
     if n == 0:

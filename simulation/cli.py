@@ -1,0 +1,134 @@
+"""The `strata` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from shared.config import StrataConfig, load_config
+
+log = logging.getLogger("strata")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    if not verbose:
+        for noisy in ("flwr", "ray", "opacus"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+
+def _config(args: argparse.Namespace) -> StrataConfig:
+    overrides = list(args.set or [])
+    if getattr(args, "out", None):
+        overrides.append(f"run.out={json.dumps(args.out)}")
+    return load_config(args.config, overrides)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="TOML preset, e.g. configs/smoke.toml")
+    p.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--out", "-o", help="run directory (default runs/<run.name>)")
+
+
+def _print_headline(summary: dict) -> None:
+    ev = summary.get("final_eval") or {}
+    print()
+    print(f"Run directory: {summary['run_dir']}")
+    if ev:
+        print(
+            f"NDCG@100 {ev['ndcg@100']:.4f} · Recall@20 {ev['recall@20']:.4f} · "
+            f"RMSE {ev['rmse']:.4f} · MAE {ev['mae']:.4f}"
+        )
+    eps = summary.get("epsilon", 0.0)
+    print(f"ε spent (max over clients): {eps:.3f}" if eps else "ε: no DP mechanism was run (privacy off)")
+    print(f"Wall time: {summary['wall_s']:.1f} s")
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    if args.data_cmd == "fetch":
+        from shared.data.fetch import DATASETS
+
+        if args.name not in DATASETS:
+            print(f"unknown data set {args.name!r}; available: {', '.join(DATASETS)}", file=sys.stderr)
+            return 2
+        path = DATASETS[args.name](Path(args.cache_dir).expanduser())
+        print(path)
+        return 0
+    from shared.data.validate import validate_path
+
+    result = validate_path(args.path)
+    print(result.summary())
+    return 0 if result.ok else 1
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from simulation.simulate import simulate
+
+    _print_headline(simulate(_config(args)))
+    return 0
+
+
+def cmd_central(args: argparse.Namespace) -> int:
+    from simulation.central import run_central
+
+    _print_headline(run_central(_config(args)))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from simulation.bench import run_bench
+
+    run_bench(seeds=args.seeds, out=Path(args.out), runs_dir=Path(args.runs_dir), only=args.only, quick=args.quick)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="strata", description="Federated, private Mult-VAE recommender training.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, Flower's included")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    data = sub.add_parser("data", help="fetch or validate data sets")
+    dsub = data.add_subparsers(dest="data_cmd", required=True)
+    fetch = dsub.add_parser("fetch", help="download a data set into the cache")
+    fetch.add_argument("name", help="data set name (ml-100k)")
+    fetch.add_argument("--cache-dir", default="~/.cache/strata")
+    validate = dsub.add_parser("validate", help="check a MovieLens directory or a ratings CSV")
+    validate.add_argument("path")
+    data.set_defaults(func=cmd_data)
+
+    sim = sub.add_parser("simulate", help="federated run on Flower's simulation engine")
+    _add_config_args(sim)
+    sim.set_defaults(func=cmd_simulate)
+
+    central = sub.add_parser("central", help="central reference training on the same split")
+    _add_config_args(central)
+    central.set_defaults(func=cmd_central)
+
+    bench = sub.add_parser("bench", help="benchmark table on ML-100K -> docs/benchmarks.md")
+    bench.add_argument("--seeds", type=int, default=3)
+    bench.add_argument("--out", default="docs/benchmarks.md")
+    bench.add_argument("--runs-dir", default="runs/bench")
+    bench.add_argument("--only", action="append", help="run only these rows (repeatable)")
+    bench.add_argument("--quick", action="store_true", help="tiny synthetic version, to check the pipeline")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"strata: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

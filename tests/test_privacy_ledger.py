@@ -1,0 +1,128 @@
+"""Ledger composition across rounds and runs, and the accountants against known values."""
+
+from __future__ import annotations
+
+import math
+
+import dp_accounting
+import pytest
+from dp_accounting.pld import pld_privacy_accountant
+from flwr.app import Context, RecordDict
+from opacus.accountants import RDPAccountant
+from scipy.stats import norm
+
+from client.ledger_store import ledger_path, open_ledger, save_to_state
+from client.store import simulation_store
+from client.trainer import parameters_of, train_locally
+from shared.model import build_model
+from shared.privacy.accounting import calibrate_noise_multiplier, epsilon_of
+from shared.privacy.ledger import Ledger, LedgerEntry, LedgerError
+
+
+def _analytic_gaussian_epsilon(sigma: float, delta: float) -> float:
+    """Exact ε of one Gaussian mechanism with sensitivity 1 (Balle & Wang 2018)."""
+
+    def delta_of(eps: float) -> float:
+        return norm.cdf(-eps * sigma + 1 / (2 * sigma)) - math.exp(eps) * norm.cdf(-eps * sigma - 1 / (2 * sigma))
+
+    lo, hi = 0.0, 50.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if delta_of(mid) > delta else (lo, mid)
+    return hi
+
+
+def test_pld_matches_the_analytic_gaussian_mechanism() -> None:
+    entry = LedgerEntry("dp-sgd", 2.0, 1.0, 1, "r", 1, "c")
+    exact = _analytic_gaussian_epsilon(2.0, 1e-5)
+    pld = epsilon_of([entry], 1e-5, "pld")
+    rdp = epsilon_of([entry], 1e-5, "rdp")
+    assert exact <= pld <= exact + 0.01
+    assert rdp >= pld  # RDP is the conservative cross-check
+
+
+def test_rdp_matches_opacus_accountant() -> None:
+    entries = [LedgerEntry("dp-sgd", 1.1, 0.01, 500, "r", k, "c") for k in range(3)]
+    opacus = RDPAccountant()
+    opacus.history = [(1.1, 0.01, 1500)]
+    ours = epsilon_of(entries, 1e-5, "rdp")
+    assert ours == pytest.approx(opacus.get_epsilon(1e-5), rel=0.03)
+
+
+def test_grouped_composition_equals_sequential_composition() -> None:
+    entries = [LedgerEntry("dp-sgd", 1.3, 0.05, 7, "r", k, "c") for k in range(3)]
+    acc = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-4)
+    step = dp_accounting.PoissonSampledDpEvent(0.05, dp_accounting.GaussianDpEvent(1.3))
+    for _ in range(3):
+        acc.compose(dp_accounting.SelfComposedDpEvent(step, 7))
+    assert epsilon_of(entries, 1e-5) == pytest.approx(acc.get_epsilon(1e-5), rel=1e-3)
+
+
+def test_calibration_hits_the_target() -> None:
+    sigma = calibrate_noise_multiplier(target_epsilon=4.0, delta=1e-4, sample_rate=0.1, steps=200)
+    spent = epsilon_of([LedgerEntry("dp-sgd", sigma, 0.1, 200, "r", 1, "c")], 1e-4)
+    assert 3.9 <= spent <= 4.0
+
+
+def test_three_rounds_with_fresh_engines_compose(tiny_config, tmp_path) -> None:
+    """Each round builds a new PrivacyEngine; the ledger must still compose all three."""
+    cfg = tiny_config.replace({"privacy.mode": "local", "privacy.noise-multiplier": 1.5})
+    store = simulation_store(cfg, 0)
+    weights = parameters_of(build_model(store.n_items, cfg.model, store.features, 0))
+    ledger = Ledger.open(tmp_path / "ledger.jsonl")
+    eps = []
+    for rnd in (1, 2, 3):
+        result = train_locally(store, cfg, weights, server_round=rnd, run_id="run-a", ledger=ledger)
+        eps.append(result.epsilon)
+    assert eps[0] < eps[1] < eps[2]
+    replayed = Ledger.open(tmp_path / "ledger.jsonl")
+    assert len(replayed) == 3
+    delta = 1.0 / cfg.data.synthetic_users**1.1
+    assert epsilon_of(replayed.entries, delta) == pytest.approx(eps[2])
+    # One accountant over the same history (Opacus's RDP, fed every step at once).
+    e = replayed.entries[0]
+    opacus = RDPAccountant()
+    opacus.history = [(e.noise_multiplier, e.sample_rate, sum(x.steps for x in replayed.entries))]
+    assert epsilon_of(replayed.entries, delta, "rdp") == pytest.approx(opacus.get_epsilon(delta), rel=0.03)
+
+
+def test_ledger_survives_a_second_run(tiny_config, tmp_path) -> None:
+    cfg = tiny_config.replace({"privacy.mode": "local"})
+    store = simulation_store(cfg, 1)
+    weights = parameters_of(build_model(store.n_items, cfg.model, store.features, 0))
+    path = ledger_path(tmp_path, store.client_id)
+    first = train_locally(store, cfg, weights, server_round=1, run_id="run-1", ledger=Ledger.open(path))
+    second = train_locally(store, cfg, weights, server_round=1, run_id="run-2", ledger=Ledger.open(path))
+    assert second.epsilon > first.epsilon
+    assert [e.run_id for e in Ledger.open(path).entries] == ["run-1", "run-2"]
+
+
+def test_client_refuses_beyond_max_epsilon(tiny_config, tmp_path) -> None:
+    cfg = tiny_config.replace({"privacy.mode": "local", "privacy.max-epsilon": 0.5})
+    store = simulation_store(cfg, 2)
+    weights = parameters_of(build_model(store.n_items, cfg.model, store.features, 0))
+    ledger = Ledger.open(tmp_path / "l.jsonl")
+    result = train_locally(store, cfg, weights, server_round=1, run_id="r", ledger=ledger)
+    assert result.weights is None
+    assert "max-epsilon 0.5" in result.refused
+    assert len(ledger) == 0  # nothing was released, nothing recorded
+
+
+def test_state_and_disk_must_agree(tmp_path) -> None:
+    path = tmp_path / "client-0.jsonl"
+    ctx = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    ledger = open_ledger(ctx, path)
+    ledger.append(LedgerEntry("dp-sgd", 1.0, 1.0, 1, "r", 1, "0"))
+    save_to_state(ctx, ledger)
+    assert len(open_ledger(ctx, path)) == 1
+    path.write_text("")  # the file lost its entries
+    with pytest.raises(LedgerError, match="does not extend"):
+        open_ledger(ctx, path)
+
+
+def test_bad_ledger_line_names_file_and_line(tmp_path) -> None:
+    path = tmp_path / "bad.jsonl"
+    good = LedgerEntry("dp-sgd", 1.0, 0.5, 2, "r", 1, "c").to_json()
+    path.write_text(good + "\n" + good.replace('"noise_multiplier": 1.0', '"noise_multiplier": -1') + "\n")
+    with pytest.raises(LedgerError, match=r"bad.jsonl, line 2"):
+        Ledger.open(path)
