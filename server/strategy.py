@@ -68,8 +68,10 @@ class StrataStrategy(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         assert self._current is not None, "configure_train must run before aggregate_train"
         current = self._current
-        accepted: list[tuple[float, OrderedDict[str, torch.Tensor]]] = []
-        failed = refused = 0
+        # Streaming weighted sum: memory stays at two models however many clients reply.
+        acc: OrderedDict[str, torch.Tensor] = OrderedDict((k, torch.zeros_like(v)) for k, v in current.items())
+        total = 0.0
+        accepted = failed = refused = 0
         loss_sum = users = 0.0
         for msg in replies:
             if msg.has_error():
@@ -90,12 +92,15 @@ class StrataStrategy(Strategy):
                 log.warning("round %d: rejected update from node %d: %s", server_round, msg.metadata.src_node_id, exc)
                 continue
             weight = float(metrics["num-users" if self.fed.weighted_by == "users" else "num-examples"])
-            accepted.append((weight, weights))
+            for k, v in weights.items():
+                acc[k].add_(v, alpha=weight)
+            total += weight
+            accepted += 1
             loss_sum += float(metrics["train-loss"]) * float(metrics["num-users"])
             users += float(metrics["num-users"])
         record = MetricRecord(
             {
-                "clients": len(accepted),
+                "clients": accepted,
                 "failed": failed,
                 "refused": refused,
                 "users": users,
@@ -103,19 +108,16 @@ class StrataStrategy(Strategy):
                 "epsilon": max(self.client_epsilon.values(), default=0.0),
             }
         )
-        total = sum(w for w, _ in accepted)
-        if len(accepted) < self.fed.min_train_clients or total <= 0:
+        if accepted < self.fed.min_train_clients or total <= 0:
             log.warning(
                 "round %d skipped: %d usable replies (< min-train-clients %d)",
                 server_round,
-                len(accepted),
+                accepted,
                 self.fed.min_train_clients,
             )
             return None, record
-        delta = OrderedDict(
-            (k, sum((w / total) * (upd[k] - v) for w, upd in accepted)) for k, v in current.items()
-        )
-        new = self.optimizer.step(current, delta)  # type: ignore[arg-type]
+        delta = OrderedDict((k, acc[k].div_(total).sub_(v)) for k, v in current.items())
+        new = self.optimizer.step(current, delta)
         return ArrayRecord(new), record
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:

@@ -34,3 +34,13 @@ def tiny_config(tmp_path) -> StrataConfig:
             "federation.rounds=2",
         ],
     )
+
+
+@pytest.fixture(autouse=True)
+def _flower_task_identity() -> None:
+    """Messages built outside a Flower run need the identity a SuperLink/SuperNode would set."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 1)):
+        if getattr(TaskIdentity, name, None) is None:
+            setattr(TaskIdentity, name, value)

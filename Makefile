@@ -1,0 +1,31 @@
+# Strata: `make demo` and `make test` work on a fresh machine (they install first).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+DEMO_CONFIG ?= configs/demo.toml
+
+.PHONY: install test demo bench clean
+
+install: $(STAMP)
+
+# torch==2.13.0 first: that CPU build installs from this machine's local wheel store;
+# any other version (or an unpinned torch pulled in by a dependency) would fetch CUDA.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest
+
+demo: install
+	$(VENV)/bin/strata data fetch ml-100k
+	$(VENV)/bin/strata simulate --config $(DEMO_CONFIG)
+
+bench: install
+	$(VENV)/bin/strata bench --seeds 3
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,93 @@
+"""Aggregation by hand: weighted FedAvg, FedAdam's first step, rejected and skipped rounds."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from server.server_optimizer import ServerOptimizer
+from server.strategy import StrataStrategy
+from shared.config import load_config
+
+
+class _Nodes:
+    """Just the part of a Grid the strategy asks: which nodes exist."""
+
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = ids
+
+    def get_node_ids(self) -> list[int]:
+        return self.ids
+
+
+def _reply(request: Message, weights: dict[str, torch.Tensor] | None, users: int, eps: float = 0.0) -> Message:
+    content = RecordDict(
+        {"metrics": MetricRecord({"num-users": users, "num-examples": 10 * users, "train-loss": 1.0, "epsilon": eps, "refused": int(weights is None)})}
+    )
+    if weights is not None:
+        content["arrays"] = ArrayRecord(OrderedDict(weights))
+    request.metadata.__dict__["_message_id"] = f"m{request.metadata.dst_node_id}"
+    return Message(content=content, reply_to=request)
+
+
+def _strategy(**overrides) -> StrataStrategy:
+    flat = {"federation.server-optimizer": '"fedavg"', **overrides}
+    return StrataStrategy(load_config(None, [f"{k}={v}" for k, v in flat.items()]), np.random.default_rng(0))
+
+
+def _round(strategy, current, client_weights):
+    msgs = list(strategy.configure_train(1, ArrayRecord(OrderedDict(current)), ConfigRecord({"run-id": "t"}), _Nodes([1, 2, 3])))
+    assert [m.metadata.dst_node_id for m in msgs] == [1, 2, 3]
+    replies = [_reply(m, w, u) for m, (w, u) in zip(msgs, client_weights)]
+    return strategy.aggregate_train(1, replies)
+
+
+def test_fedavg_is_the_user_weighted_average() -> None:
+    current = {"w": torch.zeros(2)}
+    arrays, metrics = _round(
+        _strategy(),
+        current,
+        [({"w": torch.tensor([1.0, 2.0])}, 1), ({"w": torch.tensor([3.0, 6.0])}, 3), (None, 5)],
+    )
+    # (1·[1,2] + 3·[3,6]) / 4 = [2.5, 5.0]; the refusing client counts for nothing.
+    assert torch.allclose(arrays.to_torch_state_dict()["w"], torch.tensor([2.5, 5.0]))
+    assert metrics["clients"] == 2 and metrics["refused"] == 1
+
+
+def test_nan_update_is_rejected_not_averaged() -> None:
+    current = {"w": torch.zeros(2)}
+    arrays, metrics = _round(
+        _strategy(),
+        current,
+        [({"w": torch.tensor([1.0, 1.0])}, 1), ({"w": torch.tensor([float("nan"), 0.0])}, 1), ({"w": torch.ones(3)}, 1)],
+    )
+    assert torch.allclose(arrays.to_torch_state_dict()["w"], torch.tensor([1.0, 1.0]))
+    assert metrics["failed"] == 2
+
+
+def test_round_with_too_few_replies_is_skipped() -> None:
+    arrays, metrics = _round(_strategy(**{"federation.min-train-clients": 2}), {"w": torch.zeros(1)}, [({"w": torch.ones(1)}, 1), (None, 1), (None, 1)])
+    assert arrays is None and metrics["clients"] == 1
+
+
+def test_fedadam_first_step_moves_each_weight_by_lr() -> None:
+    opt = ServerOptimizer("fedadam", lr=0.01)
+    new = opt.step(OrderedDict(w=torch.zeros(3)), OrderedDict(w=torch.tensor([5.0, -0.1, 2.0])))
+    assert torch.allclose(new["w"], torch.tensor([0.01, -0.01, 0.01]), atol=1e-6)
+
+
+def test_fraction_sampling_is_seeded() -> None:
+    s1, s2 = _strategy(**{"federation.fraction-train": 0.5}), _strategy(**{"federation.fraction-train": 0.5})
+    nodes = _Nodes(list(range(100, 120)))
+    a = [m.metadata.dst_node_id for m in s1.configure_train(1, ArrayRecord(OrderedDict(w=torch.zeros(1))), ConfigRecord(), nodes)]
+    b = [m.metadata.dst_node_id for m in s2.configure_train(1, ArrayRecord(OrderedDict(w=torch.zeros(1))), ConfigRecord(), nodes)]
+    assert a == b and len(a) == 10
+
+
+def test_bad_server_optimizer_is_refused() -> None:
+    with pytest.raises(ValueError, match="server optimizer"):
+        ServerOptimizer("sgd")
