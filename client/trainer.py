@@ -6,6 +6,7 @@ import hashlib
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -13,7 +14,7 @@ from shared.config import StrataConfig
 from shared.data.matrices import train_tensors
 from shared.metrics import MetricSums, evaluate_model
 from shared.model import StrataModel, build_model
-from shared.privacy.accounting import default_delta, epsilon_of
+from shared.privacy.accounting import calibrate_noise_multiplier, default_delta, epsilon_of
 from shared.privacy.ledger import Ledger, LedgerEntry
 from shared.training import DPSettings, make_optimizer, poisson_plan, train_users
 
@@ -63,22 +64,29 @@ class LocalResult:
     refused: str = ""
 
 
-def noise_multiplier_for(config: StrataConfig, store: DeviceStore) -> float:
-    """σ given directly, or calibrated so the planned rounds spend `target-epsilon`."""
+def noise_multiplier_for(config: StrataConfig, store: DeviceStore, ledger: Ledger, run_id: str) -> float:
+    """σ given directly, or calibrated so that this run's planned rounds bring the device's
+    total ε (earlier runs in its ledger included) to `target-epsilon`."""
     p = config.privacy
     if p.target_epsilon <= 0:
         return p.noise_multiplier
-    from shared.privacy.accounting import calibrate_noise_multiplier
-
     q, steps_per_epoch = poisson_plan(store.n_users, config.train.batch_size)
     steps_per_round = config.train.local_epochs * steps_per_epoch
     planned = max(1, round(config.federation.rounds * config.federation.fraction_train))
+    return _calibrated(
+        p.target_epsilon,
+        resolved_delta(config, store),
+        q,
+        steps_per_round * planned,
+        p.accountant,
+        tuple(e for e in ledger.entries if e.run_id != run_id),
+    )
+
+
+@lru_cache(maxsize=1024)
+def _calibrated(target: float, delta: float, q: float, steps: int, accountant: str, prior: tuple[LedgerEntry, ...]) -> float:
     return calibrate_noise_multiplier(
-        target_epsilon=p.target_epsilon,
-        delta=resolved_delta(config, store),
-        sample_rate=q,
-        steps=steps_per_round * planned,
-        accountant=p.accountant,
+        target_epsilon=target, delta=delta, sample_rate=q, steps=steps, accountant=accountant, prior=prior
     )
 
 
@@ -97,7 +105,7 @@ def train_locally(
     spent = epsilon_of(ledger.entries, delta, p.accountant) if ledger.entries else 0.0
     dp: DPSettings | None = None
     if p.mode == "local":
-        sigma = noise_multiplier_for(config, store)
+        sigma = noise_multiplier_for(config, store, ledger, run_id)
         dp = DPSettings(noise_multiplier=sigma, max_grad_norm=p.max_grad_norm, ghost_clipping=p.ghost_clipping)
         q, steps_per_epoch = poisson_plan(store.n_users, config.train.batch_size)
         steps = config.train.local_epochs * steps_per_epoch

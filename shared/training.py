@@ -109,7 +109,7 @@ def train_users(
     # Public normaliser: the configured batch size, not len(dataset) * sample_rate.
     dp_opt.expected_batch_size = batch_size
     sample_rate = float(dp_loader.sample_rate)
-    stats = _dp_loop(private_model, dp_loader, dp_opt, dp_crit, criterion, epochs, beta, generator)
+    stats = _dp_loop(private_model, dp_loader, dp_opt, dp_crit, criterion, epochs, beta)
     private_model._close()  # remove Opacus hooks; `model` keeps the trained weights
     return TrainStats(steps=stats[0], sample_rate=sample_rate, mean_loss=stats[1], users=n)
 
@@ -135,7 +135,14 @@ def _plain_loop(model, loader, optimizer, criterion, epochs, beta) -> TrainStats
     return TrainStats(steps=steps, sample_rate=1.0, mean_loss=total / max(count, 1), users=len(loader.dataset))
 
 
-def _dp_loop(model, loader, optimizer, dp_criterion, criterion, epochs, beta, generator) -> tuple[int, float]:
+def _dp_loop(model, loader, optimizer, dp_criterion, criterion, epochs, beta) -> tuple[int, float]:
+    with warnings.catch_warnings():
+        # Opacus' ghost clipping runs backward hooks on layers whose inputs need no grad.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        return _dp_steps(model, loader, optimizer, dp_criterion, criterion, epochs, beta)
+
+
+def _dp_steps(model, loader, optimizer, dp_criterion, criterion, epochs, beta) -> tuple[int, float]:
     steps, total, count = 0, 0.0, 0
     for _ in range(epochs):
         for x, r, m in loader:

@@ -14,9 +14,18 @@ from shared.config import StrataConfig, load_config
 log = logging.getLogger("strata")
 
 
+class _QuietLibraries(logging.Filter):
+    """Keep Flower's and Ray's chatter below WARNING out of Strata's progress log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.name.startswith(("flwr", "ray", "opacus"))
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     if not verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_QuietLibraries())
         for noisy in ("flwr", "ray", "opacus"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")

@@ -27,6 +27,14 @@ def simulate(config: StrataConfig) -> dict:
     """Simulate the federation of `config` and return the run summary (also in summary.json)."""
     n = num_clients(config)
     log.info("simulating %d virtual clients on Flower's simulation engine", n)
+    ledgers = sorted((config.run_dir / "ledgers").glob("client-*.jsonl"))
+    if ledgers:
+        log.warning(
+            "%s already holds %d client ledgers from earlier runs: this run's ε composes with them "
+            "(the same users' data is used again). Use a new --out for an untouched budget.",
+            config.run_dir / "ledgers",
+            len(ledgers),
+        )
     summary_path = config.run_dir / "summary.json"
     if summary_path.exists():
         summary_path.unlink()

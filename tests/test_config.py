@@ -32,3 +32,13 @@ def test_bad_config_fails_with_a_sentence(override: str, message: str) -> None:
 
 def test_defaults_are_valid() -> None:
     assert StrataConfig().privacy.mode == "off"
+
+
+def test_pyproject_run_config_lists_every_key() -> None:
+    """`flwr run --run-config` can only override keys that pyproject.toml declares."""
+    import tomllib
+    from pathlib import Path
+
+    declared = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert set(declared) == set(StrataConfig().to_flat())
+    assert from_flat(declared).run.out == "runs/flwr-smoke"

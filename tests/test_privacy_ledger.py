@@ -64,6 +64,16 @@ def test_calibration_hits_the_target() -> None:
     assert 3.9 <= spent <= 4.0
 
 
+def test_calibration_counts_what_was_already_spent() -> None:
+    prior = [LedgerEntry("dp-sgd", 3.0, 0.1, 100, "earlier-run", 1, "c")]
+    assert 0 < epsilon_of(prior, 1e-4) < 4.0
+    sigma = calibrate_noise_multiplier(target_epsilon=4.0, delta=1e-4, sample_rate=0.1, steps=200, prior=prior)
+    total = epsilon_of([*prior, LedgerEntry("dp-sgd", sigma, 0.1, 200, "r", 1, "c")], 1e-4)
+    assert 3.9 <= total <= 4.0
+    with pytest.raises(ValueError, match="already spends"):
+        calibrate_noise_multiplier(target_epsilon=0.1, delta=1e-4, sample_rate=0.1, steps=10, prior=prior)
+
+
 def test_three_rounds_with_fresh_engines_compose(tiny_config, tmp_path) -> None:
     """Each round builds a new PrivacyEngine; the ledger must still compose all three."""
     cfg = tiny_config.replace({"privacy.mode": "local", "privacy.noise-multiplier": 1.5})

@@ -68,15 +68,23 @@ def calibrate_noise_multiplier(
     steps: int,
     accountant: str = "pld",
     tolerance: float = 0.01,
+    prior: Iterable[LedgerEntry] = (),
 ) -> float:
-    """Smallest σ (within `tolerance` relative) whose `steps` subsampled Gaussian steps spend ≤ target ε."""
+    """Smallest σ (within `tolerance` relative) such that the `prior` entries plus `steps`
+    subsampled Gaussian steps with σ spend at most `target_epsilon` in total.
+
+    Unlike Opacus' `make_private_with_epsilon`, what was already spent counts.
+    """
     if target_epsilon <= 0:
         raise ValueError("target_epsilon must be positive.")
     if steps < 1:
         raise ValueError("steps must be at least 1.")
+    spent = list(_grouped(prior))
+    if spent and _epsilon(tuple(spent), delta, accountant) >= target_epsilon:
+        raise ValueError(f"the ledger already spends ε ≥ {target_epsilon}: no noise level fits the target.")
 
     def eps(sigma: float) -> float:
-        return _epsilon(((sigma, sample_rate, steps),), delta, accountant)
+        return _epsilon(tuple(sorted([*spent, (sigma, sample_rate, steps)])), delta, accountant)
 
     lo, hi = 0.05, 1.0
     while eps(hi) > target_epsilon:
