@@ -117,19 +117,23 @@ def train_locally(
                 return LocalResult(None, store.n_users, 0, float("nan"), spent, refused=reason)
     model = model_for(store, config, weights)
     data = train_tensors(store.users, store.n_items, config.data.positive_threshold)
-    gen = torch.Generator().manual_seed(derive_seed(config.run.seed, store.client_id, server_round))
+    seed = derive_seed(config.run.seed, store.client_id, server_round)
     optimizer = make_optimizer(model, "sgd", config.train.local_lr, config.train.weight_decay)
-    stats = train_users(
-        model,
-        data,
-        epochs=config.train.local_epochs,
-        batch_size=config.train.batch_size,
-        optimizer=optimizer,
-        beta=beta_for_round(config, server_round),
-        rating_weight=config.model.rating_weight,
-        generator=gen,
-        dp=dp,
-    )
+    # Dropout, the VAE's sampling and Opacus' noise draw from torch's global generator:
+    # seed a private fork of it so a round is reproducible (and a resumed run identical).
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        stats = train_users(
+            model,
+            data,
+            epochs=config.train.local_epochs,
+            batch_size=config.train.batch_size,
+            optimizer=optimizer,
+            beta=beta_for_round(config, server_round),
+            rating_weight=config.model.rating_weight,
+            generator=torch.Generator().manual_seed(seed),
+            dp=dp,
+        )
     if dp is not None:
         entry = LedgerEntry(
             "dp-sgd", dp.noise_multiplier, stats.sample_rate, stats.steps, run_id, server_round, store.client_id, dp.max_grad_norm

@@ -16,6 +16,7 @@ class Checkpoint:
     optimizer: dict
     rng_state: dict
     client_epsilon: dict[int, float]
+    run_id: str
 
 
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:

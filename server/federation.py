@@ -34,6 +34,9 @@ def run_federation(grid: Grid, config: StrataConfig, *, timeout: float = 3600.0)
     """Run the configured rounds on `grid`; write the run directory; return the final summary."""
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / "checkpoints" / "latest.pt"
+    if ckpt_path.exists():
+        _check_resumable(run_dir, config)
     (run_dir / "config.toml").write_text(tomli_w.dumps(config.to_nested()))
     # The server uses only the public catalog (item index and features), never ratings.
     data = load_source(config.data, config.run.seed)
@@ -41,8 +44,8 @@ def run_federation(grid: Grid, config: StrataConfig, *, timeout: float = 3600.0)
     model = build_model(data.n_items, config.model, features, seed=config.run.seed)
     weights = {k: v.detach().clone() for k, v in model.named_parameters()}
     strategy = StrataStrategy(config, np.random.default_rng([config.run.seed, 1]))
-    ckpt_path = run_dir / "checkpoints" / "latest.pt"
     start_round = 1
+    run_id = uuid.uuid4().hex[:12]
     metrics_path = run_dir / "metrics.jsonl"
     if ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
@@ -50,11 +53,11 @@ def run_federation(grid: Grid, config: StrataConfig, *, timeout: float = 3600.0)
         strategy.optimizer.load_state_dict(ckpt.optimizer)
         strategy.rng.bit_generator.state = ckpt.rng_state
         strategy.client_epsilon = dict(ckpt.client_epsilon)
+        run_id = ckpt.run_id
         log.info("resuming from %s after round %d", ckpt_path, ckpt.round)
         _truncate_metrics(metrics_path, ckpt.round)
     elif metrics_path.exists():
         metrics_path.unlink()
-    run_id = uuid.uuid4().hex[:12]
     arrays = ArrayRecord(weights)
     n_nodes = len(list(grid.get_node_ids()))
     fed = config.federation
@@ -100,6 +103,7 @@ def run_federation(grid: Grid, config: StrataConfig, *, timeout: float = 3600.0)
                 optimizer=strategy.optimizer.state_dict(),
                 rng_state=strategy.rng.bit_generator.state,
                 client_epsilon=dict(strategy.client_epsilon),
+                run_id=run_id,
             ),
         )
         _progress(rnd, fed.rounds, train, evaluation, time.perf_counter() - started)
@@ -121,6 +125,27 @@ def run_federation(grid: Grid, config: StrataConfig, *, timeout: float = 3600.0)
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _check_resumable(run_dir: Path, config: StrataConfig) -> None:
+    """A checkpoint may only be resumed by the same experiment (more rounds allowed)."""
+    import tomllib
+
+    from shared.config import from_flat
+
+    saved_path = run_dir / "config.toml"
+    if not saved_path.exists():
+        return
+    nested = tomllib.loads(saved_path.read_text())
+    saved = from_flat({f"{sec}.{k}": v for sec, table in nested.items() for k, v in table.items()})
+    mine = {k: v for k, v in config.to_flat().items() if k != "federation.rounds"}
+    theirs = {k: v for k, v in saved.to_flat().items() if k != "federation.rounds"}
+    differing = sorted(k for k in mine if mine[k] != theirs.get(k))
+    if differing:
+        raise ValueError(
+            f"{run_dir} holds a checkpoint of a different experiment (differs in {', '.join(differing)}); "
+            "use a new --out, or delete the directory to start over."
+        )
 
 
 def _truncate_metrics(path: Path, last_round: int) -> None:

@@ -97,6 +97,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_privacy_report(args: argparse.Namespace) -> int:
+    from server.privacy_report import write_privacy_report
+
+    report, verified = write_privacy_report(Path(args.run), verify=args.verify, tolerance=args.tolerance)
+    print(f"Privacy report: {Path(args.run) / 'privacy_report.json'} and privacy_report.html")
+    print(report["headline"])
+    if args.verify:
+        print("verify: OK — every ε recomputed from the ledgers agrees" if verified else "verify: FAILED (see above)")
+        return 0 if verified else 1
+    return 0
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    from server.taxonomy import build_taxonomy, render_tree
+
+    print(render_tree(build_taxonomy(Path(args.run))))
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from client.recommend import format_recommendations, recommend_for_user
+
+    result = recommend_for_user(Path(args.run), args.user, n=args.n, layered=args.layered)
+    print(json.dumps(result, indent=1) if args.json else format_recommendations(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="strata", description="Federated, private Mult-VAE recommender training.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, Flower's included")
@@ -118,6 +145,24 @@ def build_parser() -> argparse.ArgumentParser:
     central = sub.add_parser("central", help="central reference training on the same split")
     _add_config_args(central)
     central.set_defaults(func=cmd_central)
+
+    pr = sub.add_parser("privacy-report", help="DP budget report (JSON + HTML) of a run; --verify recomputes every ε")
+    pr.add_argument("run", help="run directory")
+    pr.add_argument("--verify", action="store_true", help="recompute ε from the ledgers with two accountants")
+    pr.add_argument("--tolerance", type=float, default=0.05, help="allowed relative disagreement (default 0.05)")
+    pr.set_defaults(func=cmd_privacy_report)
+
+    layers = sub.add_parser("layers", help="build and print the interest taxonomy of a run")
+    layers.add_argument("run", help="run directory")
+    layers.set_defaults(func=cmd_layers)
+
+    rec = sub.add_parser("recommend", help="top-N recommendations for one user, on the device's own data")
+    rec.add_argument("run", help="run directory")
+    rec.add_argument("--user", required=True, help="the user's original id")
+    rec.add_argument("-n", type=int, default=10)
+    rec.add_argument("--layered", action="store_true", help="calibrate to the user's interests, with discovery slots")
+    rec.add_argument("--json", action="store_true", help="JSON output for programs")
+    rec.set_defaults(func=cmd_recommend)
 
     bench = sub.add_parser("bench", help="benchmark table on ML-100K -> docs/benchmarks.md")
     bench.add_argument("--seeds", type=int, default=3)

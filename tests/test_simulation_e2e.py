@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
 from client.client_app import build_client_app
@@ -62,3 +63,29 @@ def test_reply_carries_only_weights_and_aggregate_metrics(tiny_config) -> None:
         assert set(metrics) <= allowed
         if "arrays" in reply.content:
             assert set(reply.content["arrays"].keys()) == set(weights)
+
+
+def test_killed_run_resumes_to_the_same_model(tiny_config, tmp_path) -> None:
+    """Rounds 1..2 in one go equal round 1, a stop, then resuming to round 2 (all clients train)."""
+    base = tiny_config.replace({"privacy.mode": "local", "privacy.noise-multiplier": 1.0})
+    straight = simulate(base.replace({"run.out": str(tmp_path / "straight")}))
+    interrupted = base.replace({"run.out": str(tmp_path / "resumed"), "federation.rounds": 1})
+    simulate(interrupted)
+    resumed = simulate(interrupted.replace({"federation.rounds": 2}))
+    # Equal up to the order in which replies arrive (float summation order).
+    a = torch.load(tmp_path / "straight" / "model" / "weights.pt")
+    b = torch.load(tmp_path / "resumed" / "model" / "weights.pt")
+    assert set(a) == set(b)
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
+    assert resumed["run_id"] != straight["run_id"]
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["round"] for x in lines] == [1, 2]
+    assert resumed["epsilon"] == pytest.approx(straight["epsilon"])
+
+
+def test_resuming_a_different_experiment_is_refused(tiny_config, tmp_path) -> None:
+    cfg = tiny_config.replace({"run.out": str(tmp_path / "r"), "federation.rounds": 1})
+    simulate(cfg)
+    with pytest.raises(Exception, match="different experiment"):
+        simulate(cfg.replace({"model.hidden-dim": 32}))
