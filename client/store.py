@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from shared.config import StrataConfig
+from shared.data.source import load_source
 from shared.data.split import UserRatings, split_configured
 from shared.data.topology import partition_users
-from shared.data.source import load_source
 from shared.data.types import RatingsData
 from shared.features import catalog_features
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from .data.split import UserRatings
 from .data.matrices import train_tensors
+from .data.split import UserRatings
 
 
 @dataclass
