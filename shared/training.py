@@ -9,6 +9,7 @@ clips each user's gradient to `max_grad_norm`, adds N(0, σ²C²) and divides by
 from __future__ import annotations
 
 import logging
+import secrets
 import warnings
 from dataclasses import dataclass
 
@@ -85,7 +86,13 @@ def train_users(
         return _plain_loop(model, loader, optimizer, criterion, epochs, beta)
 
     from opacus import PrivacyEngine  # heavy import, only when DP is on
+    from opacus.data_loader import DPDataLoader
 
+    # Which users a step samples, and the noise it adds, must be secret: draw both from
+    # generators seeded by the OS, never from the (public) run seed.
+    sampling_rng = torch.Generator().manual_seed(secrets.randbits(63))
+    noise_rng = torch.Generator().manual_seed(secrets.randbits(63))
+    poisson_loader = DPDataLoader.from_data_loader(loader, generator=sampling_rng)
     engine = PrivacyEngine(secure_mode=False)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
@@ -93,10 +100,11 @@ def train_users(
         kwargs = dict(
             module=model,
             optimizer=optimizer,
-            data_loader=loader,
+            data_loader=poisson_loader,
             noise_multiplier=dp.noise_multiplier,
             max_grad_norm=dp.max_grad_norm,
-            poisson_sampling=True,
+            poisson_sampling=False,  # the loader above already samples users by Poisson sampling
+            noise_generator=noise_rng,
             loss_reduction="mean",
         )
         if dp.ghost_clipping:

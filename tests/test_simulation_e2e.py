@@ -66,8 +66,12 @@ def test_reply_carries_only_weights_and_aggregate_metrics(tiny_config) -> None:
 
 
 def test_killed_run_resumes_to_the_same_model(tiny_config, tmp_path) -> None:
-    """Rounds 1..2 in one go equal round 1, a stop, then resuming to round 2 (all clients train)."""
-    base = tiny_config.replace({"privacy.mode": "local", "privacy.noise-multiplier": 1.0})
+    """Rounds 1..2 in one go equal round 1, a stop, then resuming to round 2 (all clients train).
+
+    Without DP: DP noise and sampling come from secret OS-seeded generators on purpose, so
+    a DP run is never reproducible from its (public) seed.
+    """
+    base = tiny_config
     straight = simulate(base.replace({"run.out": str(tmp_path / "straight")}))
     interrupted = base.replace({"run.out": str(tmp_path / "resumed"), "federation.rounds": 1})
     simulate(interrupted)
@@ -81,7 +85,6 @@ def test_killed_run_resumes_to_the_same_model(tiny_config, tmp_path) -> None:
     assert resumed["run_id"] != straight["run_id"]
     lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["round"] for x in lines] == [1, 2]
-    assert resumed["epsilon"] == pytest.approx(straight["epsilon"])
 
 
 def test_resuming_a_different_experiment_is_refused(tiny_config, tmp_path) -> None:
