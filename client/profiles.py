@@ -1,0 +1,189 @@
+"""On-device layered interest profiles (DESIGN.md §5), from the user's own train positives.
+
+Computed on the device from the model and the taxonomy; never uploaded.
+
+- **Item → interest weights.** p(g|i) = 1/|categories(i)| for each catalog category g of item
+  i (Steck 2018); p(c|i) is that same weight on the L2 interest c that holds i within g.
+- **Observed share** of an interest: Σ_{i ∈ positives} p(·|i) / |positives|.
+- **Predicted share**: Σ_i π_i p(·|i) with π = softmax(decode(μ(positives))), the model's
+  item distribution for this user (all items, the user's own included).
+- **Blend**: share = (1 − a)·observed + a·predicted with a = κ / (n + κ), n the number of
+  positives and κ = `kappa` (default 10): a user with no history is described by the model
+  alone; with 10 positives the two count equally; long histories are mostly observation.
+- **Population prior**: the taxonomy's `prior_share`, i.e. E_{z~N(0,I)} softmax(decode(z))
+  summed per interest — the predicted share of an average user.
+- **L2 fine interests**: interests with observed share > 0, ranked by blended share.
+- **L3 latent interests**: among the `l3_pool` interests of highest predicted share, those
+  whose observed share is at most `max_observed_ratio` × predicted share and whose lift
+  (predicted share ÷ prior share) is at least `min_lift`, ranked by lift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class InterestIndex:
+    """The taxonomy as item × interest weight matrices, aligned with the model's item index."""
+
+    categories: tuple[str, ...]
+    """L1 ids."""
+    interests: tuple[str, ...]
+    """L2 ids."""
+    names: tuple[str, ...]
+    """Readable name of each L2 interest."""
+    interest_category: np.ndarray
+    """Index into `categories` of each L2 interest."""
+    l1: np.ndarray
+    """I×G p(g|i)."""
+    l2: np.ndarray
+    """I×C p(c|i)."""
+    prior_l1: np.ndarray
+    """G population prior shares."""
+    prior_l2: np.ndarray
+    """C population prior shares."""
+
+    @classmethod
+    def from_taxonomy(cls, taxonomy: dict, item_categories: Sequence[Sequence[str]]) -> InterestIndex:
+        n_items = len(item_categories)
+        if taxonomy.get("n_items", n_items) != n_items:
+            raise ValueError(f"the taxonomy covers {taxonomy['n_items']} items but the catalog has {n_items}.")
+        cats = [c["id"] for c in taxonomy["categories"]]
+        cindex = {c: j for j, c in enumerate(cats)}
+        l1 = np.zeros((n_items, len(cats)))
+        for i, item_cats in enumerate(item_categories):
+            for g in item_cats:
+                if g not in cindex:
+                    raise ValueError(f"item {i} has category {g!r}, which the taxonomy does not know.")
+                l1[i, cindex[g]] = 1.0 / len(item_cats)
+        interests = [it for c in taxonomy["categories"] for it in c["interests"]]
+        l2 = np.zeros((n_items, len(interests)))
+        for j, it in enumerate(interests):
+            members = np.asarray(it["items"], dtype=np.int64)
+            l2[members, j] = l1[members, cindex[it["category"]]]
+        return cls(
+            categories=tuple(cats),
+            interests=tuple(it["id"] for it in interests),
+            names=tuple(it.get("name", it["id"]) for it in interests),
+            interest_category=np.array([cindex[it["category"]] for it in interests], dtype=np.int64),
+            l1=l1,
+            l2=l2,
+            prior_l1=_normalised(np.array([c["prior_share"] for c in taxonomy["categories"]], dtype=np.float64)),
+            prior_l2=_normalised(np.array([it["prior_share"] for it in interests], dtype=np.float64)),
+        )
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """Knobs of a profile; the defaults are documented in the module docstring."""
+
+    kappa: float = 10.0
+    top_l2: int = 5
+    n_l3: int = 3
+    l3_pool: int = 20
+    max_observed_ratio: float = 0.5
+    min_lift: float = 1.5
+
+
+def _normalised(v: np.ndarray) -> np.ndarray:
+    total = v.sum()
+    return v / total if total > 0 else v
+
+
+def predicted_distribution(model: torch.nn.Module, positives_row: torch.Tensor) -> np.ndarray:
+    """π = softmax(decode(μ)) for one user's positives (1-D or 1×I), in eval mode."""
+    row = positives_row.reshape(1, -1).float()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            mu, _ = model.encode(row)  # type: ignore[operator]
+            logits = model.decode(mu)  # type: ignore[operator]
+    finally:
+        model.train(was_training)
+    return torch.softmax(logits.double(), dim=1)[0].numpy()
+
+
+def profile_from_distribution(
+    pi: np.ndarray, positives: np.ndarray, index: InterestIndex, settings: ProfileSettings | None = None
+) -> dict:
+    """The layered profile of one user from π (model) and their train positives (0/1 per item)."""
+    s = settings or ProfileSettings()
+    pos = np.asarray(positives, dtype=np.float64).reshape(-1)
+    n_pos = int((pos > 0).sum())
+    a = s.kappa / (n_pos + s.kappa) if s.kappa > 0 else float(n_pos == 0)
+    obs1 = _normalised(pos @ index.l1)
+    obs2 = _normalised(pos @ index.l2)
+    pred1 = _normalised(pi @ index.l1)
+    pred2 = _normalised(pi @ index.l2)
+    share1 = (1 - a) * obs1 + a * pred1
+    share2 = (1 - a) * obs2 + a * pred2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lift2 = np.where(index.prior_l2 > 0, pred2 / index.prior_l2, np.inf)
+
+    def l2_entry(c: int) -> dict:
+        return {
+            "id": index.interests[c],
+            "name": index.names[c],
+            "category": index.categories[index.interest_category[c]],
+            "observed": round(float(obs2[c]), 6),
+            "predicted": round(float(pred2[c]), 6),
+            "share": round(float(share2[c]), 6),
+            "prior": round(float(index.prior_l2[c]), 6),
+            "lift": round(float(lift2[c]), 4),
+        }
+
+    pool = np.lexsort((np.arange(len(pred2)), -pred2))[: s.l3_pool]
+    l3 = [
+        int(c) for c in pool
+        if obs2[c] <= s.max_observed_ratio * pred2[c] and lift2[c] >= s.min_lift
+    ]
+    l3 = sorted(l3, key=lambda c: (-lift2[c], c))[: s.n_l3]
+    fine = [int(c) for c in np.lexsort((np.arange(len(share2)), -share2)) if obs2[c] > 0 and int(c) not in l3]
+    l1_order = np.lexsort((np.arange(len(share1)), -share1))
+    return {
+        "n_positives": n_pos,
+        "blend": {"model_weight": round(a, 6), "kappa": s.kappa},
+        "l1": [
+            {
+                "id": index.categories[g],
+                "observed": round(float(obs1[g]), 6),
+                "predicted": round(float(pred1[g]), 6),
+                "share": round(float(share1[g]), 6),
+                "prior": round(float(index.prior_l1[g]), 6),
+            }
+            for g in l1_order
+        ],
+        "l2": [l2_entry(c) for c in fine[: s.top_l2]],
+        "l3": [l2_entry(c) for c in l3],
+    }
+
+
+def user_profile(
+    model: torch.nn.Module,
+    taxonomy: dict,
+    positives_row: torch.Tensor,
+    item_categories: Sequence[Sequence[str]],
+    *,
+    settings: ProfileSettings | None = None,
+    index: InterestIndex | None = None,
+) -> dict:
+    """A user's L1/L2/L3 profile from their train positives, the model and the taxonomy.
+
+    `index` may be passed to reuse the taxonomy's matrices across users.
+    """
+    index = index or InterestIndex.from_taxonomy(taxonomy, item_categories)
+    pi = predicted_distribution(model, positives_row)
+    positives = positives_row.reshape(-1).detach().cpu().numpy()
+    return profile_from_distribution(pi, positives, index, settings)
+
+
+def l1_target(profile: dict, index: InterestIndex) -> np.ndarray:
+    """The blended L1 distribution of a profile as a vector over `index.categories`."""
+    shares = {e["id"]: e["share"] for e in profile["l1"]}
+    return _normalised(np.array([shares.get(g, 0.0) for g in index.categories], dtype=np.float64))
