@@ -23,6 +23,7 @@ test: install
 demo: install
 	$(VENV)/bin/strata data fetch ml-100k
 	$(VENV)/bin/strata simulate --config $(DEMO_CONFIG)
+	$(VENV)/bin/strata privacy-report runs/demo --verify
 
 bench: install
 	$(VENV)/bin/strata bench --seeds 3
