@@ -124,7 +124,7 @@ def profile_from_distribution(
     share1 = (1 - a) * obs1 + a * pred1
     share2 = (1 - a) * obs2 + a * pred2
     with np.errstate(divide="ignore", invalid="ignore"):
-        lift2 = np.where(index.prior_l2 > 0, pred2 / index.prior_l2, np.inf)
+        lift2 = np.where(index.prior_l2 > 0, pred2 / index.prior_l2, 0.0)  # no prior: no lift claimed
 
     def l2_entry(c: int) -> dict:
         return {

@@ -11,7 +11,8 @@ Layered lists (`layered=True`):
    predicted probability relative to the best candidate, p is the user's blended L1
    distribution (client.profiles), q(S) the mean of p(g|j) over S and q̃ = (1 − α)q + αp
    with α = 0.01.
-3. Discovery items are placed at evenly spaced ranks in the final list.
+3. The calibrated items are ordered by score, and the discovery items placed at evenly
+   spaced ranks among them.
 
 Every item is explained by the layer it serves: L3 discovery (one of the user's L3
 interests), L2 fine (one of the user's top L2 interests) or L1 core (the item's category
@@ -148,7 +149,7 @@ def rank_items(
     disc = discovery_items(scores, exclude, index, l3_ids, int(round(discovery_share * n)))
     target = l1_target(profile, index)
     full = calibrated_list(scores, exclude, index.l1, target, n, lam=lam, start=disc)
-    core = full[len(disc):]
+    core = sorted(full[len(disc):], key=lambda i: (-scores[i], i))  # calibration picks the set; rank it by score
     return _spread(core, disc, n), set(disc)
 
 

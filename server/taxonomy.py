@@ -174,7 +174,7 @@ def _interest(
         "keywords": keywords,
         "decades": decades,
         "n_items": int(len(members)),
-        "prior_share": round(float(share[members].sum()), 6),
+        "prior_share": round(float(share[members].sum()), 9),
         "items": [int(i) for i in np.sort(members)],
     }
 
@@ -213,7 +213,7 @@ def taxonomy_from_model(
             {
                 "id": category,
                 "n_items": int(len(items)),
-                "prior_share": round(float(share[items].sum()), 6),
+                "prior_share": round(float(share[items].sum()), 9),
                 "silhouette": round(c.silhouette, 6),
                 "interests": interests,
             }
