@@ -109,6 +109,26 @@ def cmd_privacy_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from simulation.audit import format_audit, run_audit
+
+    config = load_config(args.config, list(args.set or []))
+    result = run_audit(
+        config,
+        canaries=args.canaries,
+        out=Path(args.out),
+        seed=config.run.seed if args.seed is None else args.seed,
+        confidence=args.confidence,
+        canary_items=args.canary_items,
+        guesses=args.guesses,
+        pipeline="central" if args.central else "federated",
+    )
+    print()
+    print(format_audit(result))
+    print(f"Audit: {Path(args.out) / 'audit.json'}")
+    return 1 if result["passed"] is False else 0
+
+
 def cmd_layers(args: argparse.Namespace) -> int:
     from server.taxonomy import build_taxonomy, render_tree
 
@@ -151,6 +171,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--verify", action="store_true", help="recompute ε from the ledgers with two accountants")
     pr.add_argument("--tolerance", type=float, default=0.05, help="allowed relative disagreement (default 0.05)")
     pr.set_defaults(func=cmd_privacy_report)
+
+    audit = sub.add_parser("audit", help="one-run canary audit: an empirical ε lower bound (Steinke et al. 2023)")
+    audit.add_argument("--config", "-c", help="TOML preset, e.g. configs/audit-hub.toml")
+    audit.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    audit.add_argument("--out", "-o", required=True, help="fresh audit directory (data/, run/, audit.json)")
+    audit.add_argument("--canaries", "-m", type=int, required=True, help="number of canary users m")
+    audit.add_argument("--canary-items", type=int, default=20, help="items each canary rates (default 20)")
+    audit.add_argument("--guesses", type=int, help="fix the guesses per side (default: Bonferroni-corrected grid)")
+    audit.add_argument("--confidence", type=float, default=0.95)
+    audit.add_argument("--seed", type=int, help="seed of the canary profiles (default run.seed; coins are OS-random)")
+    audit.add_argument("--central", action="store_true", help="train with the central reference, not the federation")
+    audit.set_defaults(func=cmd_audit)
 
     layers = sub.add_parser("layers", help="build and print the interest taxonomy of a run")
     layers.add_argument("run", help="run directory")

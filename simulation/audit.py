@@ -1,0 +1,419 @@
+"""One-run empirical privacy audit with canary users (Steinke, Nasr & Jagielski 2023).
+
+m synthetic canary users are added to the configured data set, each *independently with
+probability ½* (a secret coin from OS randomness); the model is trained once through the real
+pipeline; every canary is scored by the final model's log-likelihood of its own training items;
+the auditor guesses "member" for the k highest scores and "non-member" for the k lowest (and
+abstains on the rest). If the training is (ε, δ)-DP with respect to one user, the number of
+correct guesses among r = 2k is bounded in distribution by Binomial(r, e^ε / (1 + e^ε)) plus a
+δ term (their Theorem 5.2 / Appendix D); the largest ε that this rejects at the given confidence
+is an ε lower bound. It must stay below the reported ε; with DP off it measures the audit's power.
+
+Validity of the reported bound: the coins are drawn after the canary profiles and never shown to
+the guesser, and the guess rule depends only on the released model and the public canary set.
+By default k is chosen from a small grid *after* looking at the scores, so each grid point is
+tested at level (1 − confidence) / len(grid) (Bonferroni): the reported maximum then holds at
+the stated confidence. With a fixed `guesses` there is no correction.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import random
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import stats
+
+from shared.config import StrataConfig
+from shared.data.matrices import train_tensors
+from shared.data.source import load_source
+from shared.data.split import split_configured
+from shared.data.types import Catalog, LoadReport, RatingsData
+from shared.privacy.accounting import default_delta
+
+log = logging.getLogger("strata")
+
+CANARY_PREFIX = "canary-"
+"""User ids of canaries; a data set with users of this form is refused."""
+GRID_FRACTIONS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)
+"""Default guesses per side, as a share of m (each tested at a Bonferroni-corrected level)."""
+
+Pipeline = Literal["federated", "central"]
+
+
+@dataclass(frozen=True)
+class Canaries:
+    """The canary users: original ids, their items (catalog ids), and the secret inclusion coins."""
+
+    user_ids: tuple[str, ...]
+    items: tuple[tuple[str, ...], ...]
+    """Original catalog item ids of each canary, all rated `rating`."""
+    rating: float
+    included: np.ndarray
+    """bool per canary: True when the canary is in the training data. Secret until training ends."""
+
+    @property
+    def m(self) -> int:
+        return len(self.user_ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# The ε lower bound (Steinke et al. 2023, Theorem 5.2 and Appendix D)
+# ---------------------------------------------------------------------------------------------
+
+
+def audit_p_value(*, m: int, guesses: int, correct: int, epsilon: float, delta: float) -> float:
+    """P[≥ `correct` right out of `guesses`] under the null "the training is (ε, δ)-DP".
+
+    p = P[Bin(r, q) ≥ v] + 2mδ · max_{1≤i≤v} P[v−i ≤ Bin(r, q) < v] / i, with q = e^ε/(1+e^ε).
+    """
+    if not 0 <= correct <= guesses <= m:
+        raise ValueError(f"need 0 ≤ correct ≤ guesses ≤ m; got correct={correct}, guesses={guesses}, m={m}.")
+    if epsilon < 0 or not 0.0 <= delta <= 1.0:
+        raise ValueError("epsilon must be >= 0 and delta in [0, 1].")
+    q = 1.0 / (1.0 + math.exp(-epsilon))
+    p = float(stats.binom.sf(correct - 1, guesses, q))
+    if delta > 0 and correct > 0:
+        i = np.arange(1, correct + 1)
+        below = np.cumsum(stats.binom.pmf(correct - i, guesses, q))  # P[v-i <= Bin < v]
+        p += 2.0 * m * delta * float(np.max(below / i))
+    return min(p, 1.0)
+
+
+def epsilon_lower_bound(
+    *, m: int, guesses: int, correct: int, delta: float, confidence: float, tol: float = 1e-6
+) -> float:
+    """The largest ε that `correct` right guesses out of `guesses` reject at `confidence` (0 if none)."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1); got {confidence}.")
+    alpha = 1.0 - confidence
+
+    def rejected(eps: float) -> bool:
+        return audit_p_value(m=m, guesses=guesses, correct=correct, epsilon=eps, delta=delta) < alpha
+
+    if guesses == 0 or not rejected(0.0):
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while rejected(hi):
+        lo, hi = hi, 2.0 * hi
+        if hi > 1e3:  # p-values underflow long before; all guesses right at huge r
+            return lo
+    while hi - lo > tol:
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if rejected(mid) else (lo, mid)
+    return lo
+
+
+def guess_grid(m: int, guesses: int | None = None) -> list[int]:
+    """Guesses per side to try: `[guesses]` if fixed, else the distinct GRID_FRACTIONS of m."""
+    if guesses is not None:
+        if not 1 <= guesses <= m // 2:
+            raise ValueError(f"guesses per side must be in 1..{m // 2} (m // 2) for m={m}; got {guesses}.")
+        return [guesses]
+    grid = sorted({min(m // 2, max(1, round(f * m))) for f in GRID_FRACTIONS})
+    if not grid or grid[0] < 1:
+        raise ValueError(f"need at least 2 canaries to guess; got m={m}.")
+    return grid
+
+
+def bound_from_scores(
+    scores: np.ndarray,
+    included: np.ndarray,
+    *,
+    delta: float,
+    confidence: float,
+    guesses: int | None = None,
+) -> dict:
+    """Guess members (top k scores) and non-members (bottom k) for each k in the grid; the best
+    Bonferroni-corrected ε lower bound, with every grid point's figures."""
+    scores, included = np.asarray(scores, dtype=np.float64), np.asarray(included, dtype=bool)
+    if scores.shape != included.shape or scores.ndim != 1:
+        raise ValueError("scores and included must be 1-D arrays of the same length.")
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("canary scores must be finite.")
+    m = len(scores)
+    grid = guess_grid(m, guesses)
+    level = 1.0 - (1.0 - confidence) / len(grid)
+    order = np.argsort(-scores, kind="stable")
+    rows = []
+    for k in grid:
+        right = int(included[order[:k]].sum()) + int((~included[order[m - k :]]).sum())
+        rows.append(
+            {
+                "guesses_per_side": k,
+                "r": 2 * k,
+                "correct": right,
+                "epsilon_lower_bound": epsilon_lower_bound(
+                    m=m, guesses=2 * k, correct=right, delta=delta, confidence=level
+                ),
+                "epsilon_lower_bound_delta0": epsilon_lower_bound(
+                    m=m, guesses=2 * k, correct=right, delta=0.0, confidence=level
+                ),
+            }
+        )
+    best = max(rows, key=lambda row: (row["epsilon_lower_bound"], row["epsilon_lower_bound_delta0"]))
+    return {
+        **best,
+        "m": m,
+        "confidence": confidence,
+        "per_test_confidence": level,
+        "selection": "fixed" if guesses is not None else f"best of {len(grid)}, Bonferroni-corrected",
+        "grid": rows,
+        "delta": delta,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Canaries
+# ---------------------------------------------------------------------------------------------
+
+
+def draw_coins(m: int, rng: random.Random | None = None) -> np.ndarray:
+    """m fair inclusion coins from OS randomness (`secrets`) unless `rng` is given (tests)."""
+    source = rng if rng is not None else secrets.SystemRandom()
+    return np.fromiter((source.random() < 0.5 for _ in range(m)), dtype=bool, count=m)
+
+
+def make_canaries(
+    data: RatingsData,
+    *,
+    m: int,
+    k: int,
+    seed: int,
+    rating: float | None = None,
+    coins: random.Random | None = None,
+) -> Canaries:
+    """m canary users, each rating k distinct items drawn uniformly from the catalog.
+
+    Profiles come from `seed` (reproducible, public to the auditor); inclusion coins from OS
+    randomness. Rating defaults to the data's highest rating, so every canary item is a positive.
+    """
+    if m < 2:
+        raise ValueError(f"the audit needs at least 2 canaries; got {m}.")
+    if not 1 <= k <= data.n_items:
+        raise ValueError(f"canary items must be in 1..{data.n_items} (the catalog size); got {k}.")
+    clash = [u for u in data.user_ids if u.startswith(CANARY_PREFIX)]
+    if clash:
+        raise ValueError(
+            f"the data set already has users named like canaries (e.g. {clash[0]!r}); is it an audit's output?"
+        )
+    value = float(rating if rating is not None else (data.ratings.max() if data.n_ratings else 5.0))
+    rng = np.random.default_rng([seed, 0xC4A7])
+    width = len(str(m - 1))
+    ids = tuple(f"{CANARY_PREFIX}{j:0{width}d}" for j in range(m))
+    items = tuple(
+        tuple(data.catalog.item_ids[i] for i in np.sort(rng.choice(data.n_items, size=k, replace=False)))
+        for _ in range(m)
+    )
+    return Canaries(user_ids=ids, items=items, rating=value, included=draw_coins(m, coins))
+
+
+def write_audit_data(data: RatingsData, canaries: Canaries, out_dir: Path) -> tuple[Path, Path]:
+    """Write the real ratings plus the *included* canaries, and the catalog; return both paths.
+
+    Files are `ratings.csv` (user,item,rating) and `ratings_catalog.csv`
+    (item,title,categories,year), the layout `strata data validate` finds on its own.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ratings_csv, catalog_csv = out_dir / "ratings.csv", out_dir / "ratings_catalog.csv"
+    cat = data.catalog
+    with open(catalog_csv, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["item", "title", "categories", "year"])
+        for item, title, cats, year in zip(cat.item_ids, cat.titles, cat.categories, cat.years, strict=True):
+            w.writerow([item, title, "|".join(cats), "" if year is None else year])
+    with open(ratings_csv, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["user", "item", "rating"])
+        for u, i, r in zip(data.users, data.items, data.ratings, strict=True):
+            w.writerow([data.user_ids[u], cat.item_ids[i], f"{float(r):g}"])
+        for uid, items, keep in zip(canaries.user_ids, canaries.items, canaries.included, strict=True):
+            if keep:
+                w.writerows([uid, item, f"{canaries.rating:g}"] for item in items)
+    return ratings_csv, catalog_csv
+
+
+def canary_data(canaries: Canaries, catalog: Catalog) -> RatingsData:
+    """All canaries (members or not) as a data set over `catalog`'s item index."""
+    pos = {item: j for j, item in enumerate(catalog.item_ids)}
+    users = np.repeat(np.arange(canaries.m), [len(x) for x in canaries.items])
+    items = np.fromiter((pos[i] for x in canaries.items for i in x), dtype=np.int64, count=len(users))
+    return RatingsData(
+        name="canaries",
+        users=users.astype(np.int64),
+        items=items,
+        ratings=np.full(len(users), canaries.rating, dtype=np.float32),
+        user_ids=canaries.user_ids,
+        catalog=catalog,
+        report=LoadReport(source="canaries", rows_read=len(users)),
+    )
+
+
+@torch.no_grad()
+def canary_scores(model: torch.nn.Module, canaries: Canaries, config: StrataConfig, catalog: Catalog) -> np.ndarray:
+    """Σ log softmax(logits)_i over each canary's *training* items, given those items as input.
+
+    The training items are the canary's split under the run's data settings (the same per-user
+    seeded split the pipeline applies), so a member is scored on exactly what it trained on.
+    """
+    users = split_configured(canary_data(canaries, catalog), config.data, config.run.seed)
+    tensors = train_tensors(users, catalog.n_items, config.data.positive_threshold)
+    model.eval()
+    out = model(*tensors.as_tuple())
+    loglik = F.log_softmax(out.logits, dim=1) * tensors.mask
+    return loglik.sum(1).double().numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# The audit
+# ---------------------------------------------------------------------------------------------
+
+
+def _trainer(pipeline: Pipeline) -> Callable[[StrataConfig], dict]:
+    if pipeline == "federated":
+        from simulation.simulate import simulate
+
+        return simulate
+    if pipeline == "central":
+        from simulation.central import run_central
+
+        return run_central
+    raise ValueError(f"pipeline must be 'federated' or 'central', not {pipeline!r}.")
+
+
+def run_audit(
+    config: StrataConfig,
+    *,
+    canaries: int,
+    out: Path,
+    seed: int,
+    confidence: float = 0.95,
+    canary_items: int = 20,
+    guesses: int | None = None,
+    pipeline: Pipeline = "federated",
+) -> dict:
+    """Insert `canaries` canary users (each with probability ½), train once, and bound ε from below.
+
+    Writes out/data/ (the training data), out/run/ (the run) and out/audit.json; returns the latter.
+    `guesses` fixes the guesses per side (else a Bonferroni-corrected grid); `pipeline="central"`
+    trains with `run_central` instead of the Flower simulation.
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1); got {confidence}.")
+    out = Path(out)
+    run_dir = out / "run"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ValueError(f"{run_dir} already holds a run: an audit needs a fresh --out (new coins, new ledgers).")
+    train = _trainer(pipeline)
+    guess_grid(canaries, guesses)  # fail on bad sizes before training
+    started = time.perf_counter()
+    base = load_source(config.data, config.run.seed)
+    planted = make_canaries(base, m=canaries, k=canary_items, seed=seed)
+    ratings_csv, catalog_csv = write_audit_data(base, planted, out / "data")
+    audited = config.replace(
+        {"data.source": str(ratings_csv), "data.catalog": str(catalog_csv), "run.out": str(run_dir)}
+    )
+    n_users = base.n_users + int(planted.included.sum())
+    log.info(
+        "audit: %d canaries of %d items each (rating %g) added with probability 1/2 to %s (%d users); "
+        "training once (%s, %s topology, privacy %s)",
+        canaries, canary_items, planted.rating, base.name, base.n_users, pipeline,
+        config.federation.topology, config.privacy.mode,
+    )
+    delta = audited.privacy.delta or default_delta(n_users)
+    if 2 * canaries * delta >= 1.0 - confidence:
+        log.warning(
+            "audit: the δ term 2·m·δ = %.3g is not small against the significance level %.3g, so the audit "
+            "can hardly reject any ε; set privacy.delta well below %.1e (e.g. 1e-5) for a meaningful audit.",
+            2 * canaries * delta, 1.0 - confidence, (1.0 - confidence) / (2 * canaries),
+        )
+    load_source.cache_clear()  # the CSV path may have held other data earlier in this process
+    summary = train(audited)
+
+    from server.export import load_exported
+
+    model, manifest, run_config = load_exported(run_dir)
+    catalog = load_source(run_config.data, run_config.run.seed).catalog
+    scores = canary_scores(model, planted, run_config, catalog)
+    bound = bound_from_scores(scores, planted.included, delta=delta, confidence=confidence, guesses=guesses)
+    reported = float(summary.get("epsilon", 0.0))
+    private = run_config.privacy.mode != "off"
+    passed = bool(bound["epsilon_lower_bound"] <= reported) if private else None
+    result = {
+        "method": "one-run canary audit (Steinke, Nasr & Jagielski 2023), guesses on top/bottom scores",
+        "score": "log-likelihood of the canary's training items given them as input (final model, eval mode)",
+        **{key: bound[key] for key in ("m", "r", "guesses_per_side", "correct", "epsilon_lower_bound",
+                                       "epsilon_lower_bound_delta0", "confidence", "per_test_confidence",
+                                       "selection", "delta", "grid")},
+        "accuracy": bound["correct"] / bound["r"],
+        "canary_items": canary_items,
+        "canaries_included": int(planted.included.sum()),
+        "privacy_mode": run_config.privacy.mode,
+        "reported_epsilon": reported if private else None,
+        "passed": passed,
+        "verdict": _verdict(bound, reported, confidence, passed),
+        "pipeline": pipeline,
+        "topology": run_config.federation.topology,
+        "run_dir": str(run_dir),
+        "data": {"source": config.data.source, "real_users": base.n_users, "training_users": n_users,
+                 "ratings_csv": str(ratings_csv), "catalog_csv": str(catalog_csv)},
+        "data_fingerprint": manifest["data_fingerprint"],
+        "seed": seed,
+        "wall_s": round(time.perf_counter() - started, 2),
+        "canaries": [
+            {"user": uid, "included": bool(keep), "score": float(s)}
+            for uid, keep, s in zip(planted.user_ids, planted.included, scores, strict=True)
+        ],
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "audit.json").write_text(json.dumps(result, indent=1))
+    for line in format_audit(result).splitlines():
+        log.info("%s", line)
+    return result
+
+
+def _verdict(bound: dict, reported: float, confidence: float, passed: bool | None) -> str:
+    eps, delta, conf = bound["epsilon_lower_bound"], bound["delta"], f"{confidence:.0%} confidence"
+    if passed is None:
+        if eps > 0:
+            return f"privacy off: no ε is claimed; the audit detects membership, ε ≥ {eps:.3f} at δ = {delta:.3g}, {conf}."
+        if bound["epsilon_lower_bound_delta0"] > 0:
+            return (
+                f"privacy off: no ε is claimed; membership is detected at δ = 0 (ε ≥ {bound['epsilon_lower_bound_delta0']:.3f}) "
+                f"but the δ term 2·m·δ = {2 * bound['m'] * delta:.3g} swamps it: set a smaller privacy.delta."
+            )
+        return f"privacy off: no ε is claimed, yet no membership is detected ({conf}): the audit has no power here."
+    if passed:
+        return f"PASS: the lower bound ε ≥ {eps:.3f} is at most the reported ε = {reported:.3f} (δ = {delta:.3g}, {conf})."
+    return (
+        f"FAIL: the lower bound ε ≥ {eps:.3f} exceeds the reported ε = {reported:.3f} (δ = {delta:.3g}, {conf}): "
+        "the training leaks more than its accounting claims."
+    )
+
+
+def format_audit(result: dict) -> str:
+    """A few readable lines: the guesses, the bound and the verdict."""
+    lines = [
+        f"Audit of {result['run_dir']}: {result['m']} canaries ({result['canaries_included']} included), "
+        f"{result['r']} guesses ({result['guesses_per_side']} per side), {result['correct']} correct "
+        f"({result['accuracy']:.0%})",
+        f"ε lower bound {result['epsilon_lower_bound']:.3f} at δ = {result['delta']:.3g} "
+        f"({result['epsilon_lower_bound_delta0']:.3f} at δ = 0), {result['confidence']:.0%} confidence, "
+        f"{result['selection']}",
+    ]
+    if result["reported_epsilon"] is not None:
+        lines.append(f"reported ε {result['reported_epsilon']:.3f}")
+    lines.append(result["verdict"])
+    return "\n".join(lines)
+

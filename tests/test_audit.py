@@ -1,0 +1,156 @@
+"""The one-run canary audit: the ε lower bound, the canaries, and a tiny end-to-end audit."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import random
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from shared.data.csv_loader import load_csv
+from shared.data.synthetic import make_synthetic
+from shared.data.validate import validate_path
+from simulation.audit import (
+    CANARY_PREFIX,
+    audit_p_value,
+    bound_from_scores,
+    draw_coins,
+    epsilon_lower_bound,
+    make_canaries,
+    run_audit,
+    write_audit_data,
+)
+
+
+def _small_data():
+    data, _ = make_synthetic(n_users=30, n_items=40, n_categories=2, subs_per_category=2, seed=3)
+    return data
+
+
+# --- the bound ------------------------------------------------------------------------------
+
+
+def test_all_correct_pure_dp_bound_matches_closed_form() -> None:
+    # With δ = 0 and v = r, p(ε) = q^r with q = e^ε/(1+e^ε); the bound solves q^r = 0.05:
+    # q = 0.05^(1/50) = 0.94184, ε = log(q / (1 - q)) = 2.7845.
+    q = 0.05 ** (1 / 50)
+    expected = math.log(q / (1 - q))
+    got = epsilon_lower_bound(m=100, guesses=50, correct=50, delta=0.0, confidence=0.95)
+    assert got == pytest.approx(expected, abs=1e-4)
+    assert got == pytest.approx(2.7845, abs=1e-3)
+
+
+def test_half_correct_gives_no_bound() -> None:
+    assert epsilon_lower_bound(m=200, guesses=50, correct=25, delta=0.0, confidence=0.95) == 0.0
+    # Just above chance is still not significant: P[Bin(50, ½) ≥ 30] = 0.101 > 0.05.
+    assert stats.binom.sf(29, 50, 0.5) > 0.05
+    assert epsilon_lower_bound(m=200, guesses=50, correct=30, delta=0.0, confidence=0.95) == 0.0
+
+
+def test_bound_is_monotone_in_correct_and_shrinks_with_delta() -> None:
+    bounds = [epsilon_lower_bound(m=200, guesses=50, correct=v, delta=1e-5, confidence=0.95) for v in range(25, 51)]
+    assert all(a <= b for a, b in zip(bounds, bounds[1:], strict=False))
+    assert bounds[-1] > 2.0
+    big_delta = epsilon_lower_bound(m=200, guesses=50, correct=50, delta=1e-3, confidence=0.95)
+    assert 0.0 <= big_delta < bounds[-1]
+
+
+def test_p_value_at_the_bound_is_the_significance_level() -> None:
+    eps = epsilon_lower_bound(m=200, guesses=80, correct=70, delta=1e-5, confidence=0.95)
+    assert audit_p_value(m=200, guesses=80, correct=70, epsilon=eps, delta=1e-5) == pytest.approx(0.05, abs=1e-4)
+    # δ adds 2mδ · max_i P[v-i <= Bin < v]/i; with v = 1 only i = 1: P[Bin = 0] = (1 - q)^r.
+    p = audit_p_value(m=10, guesses=4, correct=1, epsilon=0.0, delta=0.01)
+    assert p == pytest.approx(min(1.0, (1 - 0.5**4) + 2 * 10 * 0.01 * 0.5**4))
+
+
+def test_bound_from_scores_guesses_top_and_bottom() -> None:
+    included = np.array([True] * 50 + [False] * 50)
+    perfect = bound_from_scores(np.where(included, 1.0, 0.0) + np.linspace(0, 0.1, 100), included, delta=0.0, confidence=0.95, guesses=25)
+    assert (perfect["r"], perfect["correct"]) == (50, 50)
+    assert perfect["epsilon_lower_bound"] == pytest.approx(
+        epsilon_lower_bound(m=100, guesses=50, correct=50, delta=0.0, confidence=0.95)
+    )
+    inverted = bound_from_scores(np.where(included, 0.0, 1.0), included, delta=0.0, confidence=0.95, guesses=25)
+    assert inverted["correct"] == 0 and inverted["epsilon_lower_bound"] == 0.0
+    # The grid is Bonferroni-corrected: each point is tested at level 0.05 / 5.
+    grid = bound_from_scores(np.where(included, 1.0, 0.0), included, delta=0.0, confidence=0.95)
+    assert len(grid["grid"]) == 5 and grid["per_test_confidence"] == pytest.approx(0.99)
+    assert grid["epsilon_lower_bound"] == max(row["epsilon_lower_bound"] for row in grid["grid"])
+    with pytest.raises(ValueError, match="guesses per side"):
+        bound_from_scores(np.zeros(10), np.zeros(10, dtype=bool), delta=0.0, confidence=0.95, guesses=6)
+
+
+# --- canaries -------------------------------------------------------------------------------
+
+
+def test_coins_are_fair_and_from_os_randomness_by_default() -> None:
+    coins = draw_coins(4000, random.Random(7))
+    assert abs(coins.mean() - 0.5) < 0.03  # 4 standard deviations of the mean
+    a, b = draw_coins(256), draw_coins(256)
+    assert not np.array_equal(a, b)  # OS randomness: two draws differ (fails with prob 2^-256)
+
+
+def test_canaries_are_distinct_users_and_the_csv_validates(tmp_path) -> None:
+    data = _small_data()
+    canaries = make_canaries(data, m=40, k=8, seed=1, coins=random.Random(0))
+    assert canaries.m == 40 and len(set(canaries.user_ids)) == 40
+    assert not set(canaries.user_ids) & set(data.user_ids)
+    assert all(len(set(items)) == 8 for items in canaries.items)
+    real_profiles = {
+        tuple(sorted(data.catalog.item_ids[i] for i in data.items[data.users == u])) for u in range(data.n_users)
+    }
+    assert not set(canaries.items) & real_profiles
+    assert canaries.rating == data.ratings.max()
+    ratings_csv, catalog_csv = write_audit_data(data, canaries, tmp_path / "data")
+    result = validate_path(ratings_csv)
+    assert result.ok, result.summary()
+    loaded = load_csv(ratings_csv, catalog_csv)
+    assert loaded.n_users == data.n_users + int(canaries.included.sum())
+    assert loaded.n_ratings == data.n_ratings + 8 * int(canaries.included.sum())
+    assert loaded.catalog == data.catalog
+    members = {u for u in loaded.user_ids if u.startswith(CANARY_PREFIX)}
+    assert members == {u for u, keep in zip(canaries.user_ids, canaries.included, strict=True) if keep}
+    # The same seed gives the same profiles (the coins are not seeded).
+    assert make_canaries(data, m=40, k=8, seed=1).items == canaries.items
+
+
+def test_canaries_refuse_bad_sizes_and_audited_data() -> None:
+    data = _small_data()
+    with pytest.raises(ValueError, match="at least 2 canaries"):
+        make_canaries(data, m=1, k=5, seed=0)
+    with pytest.raises(ValueError, match="canary items"):
+        make_canaries(data, m=10, k=41, seed=0)
+    audited = dataclasses.replace(data, user_ids=(f"{CANARY_PREFIX}0", *data.user_ids[1:]))
+    with pytest.raises(ValueError, match="already has users named like canaries"):
+        make_canaries(audited, m=10, k=5, seed=0)
+
+
+# --- end to end -----------------------------------------------------------------------------
+
+
+def test_tiny_central_audit_end_to_end(tiny_config, tmp_path, caplog) -> None:
+    # Central pipeline (run_central): Flower's simulation takes minutes to start on a loaded machine.
+    cfg = tiny_config.replace({"train.epochs": 3, "privacy.mode": "local", "privacy.noise-multiplier": 1.0})
+    out = tmp_path / "audit"
+    with caplog.at_level(logging.WARNING, logger="strata"):
+        result = run_audit(cfg, canaries=20, out=out, seed=5, canary_items=6, pipeline="central")
+    # δ = 1/N^1.1 with N ≈ 50 makes 2mδ ≈ 0.5: the audit warns that it can hardly reject anything.
+    assert "2·m·δ" in caplog.text
+    saved = json.loads((out / "audit.json").read_text())
+    assert saved == json.loads(json.dumps(result))
+    for key in ("m", "r", "correct", "epsilon_lower_bound", "confidence", "reported_epsilon", "passed", "verdict", "delta"):
+        assert key in saved, key
+    assert saved["m"] == 20 and len(saved["canaries"]) == 20
+    assert 0 <= saved["correct"] <= saved["r"] <= 20
+    assert saved["epsilon_lower_bound"] >= 0.0
+    summary = json.loads((out / "run" / "summary.json").read_text())
+    assert saved["reported_epsilon"] == pytest.approx(summary["epsilon"]) and summary["epsilon"] > 0
+    assert saved["passed"] == (saved["epsilon_lower_bound"] <= saved["reported_epsilon"])
+    assert saved["canaries_included"] == sum(c["included"] for c in saved["canaries"])
+    with pytest.raises(ValueError, match="fresh --out"):
+        run_audit(cfg, canaries=20, out=out, seed=5, canary_items=6, pipeline="central")
