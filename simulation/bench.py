@@ -92,6 +92,15 @@ def _fmt(values: list[float | None], digits: int = 4) -> str:
     return f"{statistics.mean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
 
 
+def _median(values: list[float | None], digits: int = 1) -> str:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "—"
+    if len(vals) == 1:
+        return f"{vals[0]:.{digits}f}"
+    return f"{statistics.median(vals):.{digits}f} ({min(vals):.{digits}f}–{max(vals):.{digits}f})"
+
+
 def _machine() -> str:
     mem = ""
     try:
@@ -101,6 +110,19 @@ def _machine() -> str:
         pass
     versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("torch", "flwr", "opacus", "dp-accounting"))
     return f"{platform.machine()} Linux, {os.cpu_count()} cores{mem}, no GPU; Python {platform.python_version()}, {versions}"
+
+
+def _code_version() -> str:
+    """The git commit the benchmark ran on (and whether the tree had local changes)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return commit + (" with uncommitted changes" if dirty else "")
 
 
 def run_bench(*, seeds: int, out: Path, runs_dir: Path, only: list[str] | None = None, quick: bool = False) -> dict:
@@ -113,11 +135,12 @@ def run_bench(*, seeds: int, out: Path, runs_dir: Path, only: list[str] | None =
     raw_path = runs_dir / "results.json"
     if raw_path.exists() and only:
         results = json.loads(raw_path.read_text())  # keep rows measured earlier
+    version = _code_version()
     for row in rows:
         results[row.key] = []
         for seed in range(seeds):
             log.info("bench: %s, seed %d", row.key, seed)
-            results[row.key].append(_run_one(row, seed, runs_dir, quick))
+            results[row.key].append({**_run_one(row, seed, runs_dir, quick), "code": version})
             runs_dir.mkdir(parents=True, exist_ok=True)
             raw_path.write_text(json.dumps(results, indent=1))
     command = "strata " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("strata") else "strata bench"
@@ -134,6 +157,9 @@ def render(results: dict[str, list[dict]], *, seeds: int, command: str, quick: b
         f"Produced by `{command}` on {dt.date.today().isoformat()}, machine: {_machine()}.",
         "Data: MovieLens 100K, per-user 80/20 split (DESIGN.md §7), mean ± std over "
         f"{seeds} seed(s) (the seed changes the split, initialisation and sampling).",
+        f"Code: commit(s) {', '.join(sorted({r.get('code', 'unknown') for rs in results.values() for r in rs}))}. "
+        "Wall time and clients/s are the median (min–max) over seeds, measured on a shared 2-core machine: "
+        "compare rows of one table, not tables of different days.",
         "" if not quick else "**Quick mode: synthetic data, pipeline check only — not comparable figures.**",
         "",
         "| Method | NDCG@100 | Recall@20 | RMSE | ε (user-level) | Wall time (s) | Clients trained / s |",
@@ -150,7 +176,7 @@ def render(results: dict[str, list[dict]], *, seeds: int, command: str, quick: b
             rmse = f"{rmse} (bias-only); {_fmt([r['global_mean_rmse'] for r in rs])} (global mean)"
         lines.append(
             f"| {row.label} | {_fmt([r['ndcg@100'] for r in rs])} | {_fmt([r['recall@20'] for r in rs])} | {rmse} | "
-            f"{eps_text} | {_fmt([r['wall_s'] for r in rs], 1)} | {_fmt([r.get('clients_per_s') for r in rs], 1)} |"
+            f"{eps_text} | {_median([r['wall_s'] for r in rs])} | {_median([r.get('clients_per_s') for r in rs])} |"
         )
     if "central" in results and "fed-device" in results:
         c = statistics.mean(r["ndcg@100"] for r in results["central"])
