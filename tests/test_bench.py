@@ -1,0 +1,17 @@
+"""The benchmark command writes its table (quick mode: synthetic data, no Flower)."""
+
+from __future__ import annotations
+
+from simulation.bench import run_bench
+
+
+def test_quick_bench_writes_a_table(tmp_path) -> None:
+    out = tmp_path / "bench.md"
+    results = run_bench(seeds=2, out=out, runs_dir=tmp_path / "runs", only=["popularity", "central"], quick=True)
+    text = out.read_text()
+    assert "| Popularity" in text and "| Central Mult-VAE" in text
+    assert "Quick mode" in text and "2 seed(s)" in text
+    for row in ("popularity", "central"):
+        assert len(results[row]) == 2
+        assert all(0 < r["ndcg@100"] <= 1 for r in results[row])
+    assert " ± " in text  # mean ± std over the seeds
