@@ -1,9 +1,18 @@
-"""Local training and evaluation of a client over its own users (no Flower here)."""
+"""Local training and evaluation of a client over its own users (no Flower here).
+
+Without central DP a client trains one model over its users and returns its weights.
+With central DP (DP-FedAvg) the privacy unit of the server's clipping is the user, so a
+client trains one copy of the global model per user (from the same global weights, with
+local DP-SGD too under `local+central`), clips each user's update to `privacy.update-clip`
+and returns the *sum* of the clipped updates; in the `device` topology that is one user.
+"""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
@@ -56,7 +65,7 @@ def beta_for_round(config: StrataConfig, server_round: int) -> float:
 @dataclass(frozen=True)
 class LocalResult:
     weights: OrderedDict[str, torch.Tensor] | None
-    """None when the client refused to train."""
+    """New weights; under central DP the sum of clipped per-user updates. None when the client refused to train."""
     users: int
     examples: int
     mean_loss: float
@@ -70,8 +79,7 @@ def noise_multiplier_for(config: StrataConfig, store: DeviceStore, ledger: Ledge
     p = config.privacy
     if p.target_epsilon <= 0:
         return p.noise_multiplier
-    q, steps_per_epoch = poisson_plan(store.n_users, config.train.batch_size)
-    steps_per_round = config.train.local_epochs * steps_per_epoch
+    q, steps_per_round = local_plan(config, store)
     planned = max(1, round(config.federation.rounds * config.federation.fraction_train))
     return _calibrated(
         p.target_epsilon,
@@ -90,6 +98,21 @@ def _calibrated(target: float, delta: float, q: float, steps: int, accountant: s
     )
 
 
+def local_plan(config: StrataConfig, store: DeviceStore) -> tuple[float, int]:
+    """(sample rate, steps per round) of the client's DP-SGD: over all its users, or over
+    each user alone under central DP (one model copy per user)."""
+    n = min(store.n_users, 1) if config.privacy.central_dp else store.n_users
+    q, steps_per_epoch = poisson_plan(n, config.train.batch_size)
+    return q, config.train.local_epochs * steps_per_epoch
+
+
+def clip_update(update: OrderedDict[str, torch.Tensor], *, max_norm: float) -> tuple[OrderedDict[str, torch.Tensor], float]:
+    """`update` scaled to L2 norm (over all tensors) at most `max_norm`; and its norm before."""
+    norm = math.sqrt(sum(float(v.double().pow(2).sum()) for v in update.values()))
+    scale = min(1.0, max_norm / norm) if norm > 0 else 1.0
+    return OrderedDict((k, v * scale) for k, v in update.items()), norm
+
+
 def train_locally(
     store: DeviceStore,
     config: StrataConfig,
@@ -104,17 +127,20 @@ def train_locally(
     delta = resolved_delta(config, store)
     spent = epsilon_of(ledger.entries, delta, p.accountant) if ledger.entries else 0.0
     dp: DPSettings | None = None
-    if p.mode == "local":
+    if p.local_dp:
         sigma = noise_multiplier_for(config, store, ledger, run_id)
         dp = DPSettings(noise_multiplier=sigma, max_grad_norm=p.max_grad_norm, ghost_clipping=p.ghost_clipping)
-        q, steps_per_epoch = poisson_plan(store.n_users, config.train.batch_size)
-        steps = config.train.local_epochs * steps_per_epoch
+        q, steps = local_plan(config, store)
         planned = LedgerEntry("dp-sgd", sigma, q, steps, run_id, server_round, store.client_id, p.max_grad_norm)
         if p.max_epsilon > 0:
             after = epsilon_of([*ledger.entries, planned], delta, p.accountant)
             if after > p.max_epsilon:
                 reason = f"budget: this round would bring ε to {after:.3f} > max-epsilon {p.max_epsilon}"
                 return LocalResult(None, store.n_users, 0, float("nan"), spent, refused=reason)
+    if p.central_dp:
+        return _clipped_update_sum(
+            store, config, weights, server_round=server_round, run_id=run_id, ledger=ledger, dp=dp, spent=spent
+        )
     model = model_for(store, config, weights)
     data = train_tensors(store.users, store.n_items, config.data.positive_threshold)
     seed = derive_seed(config.run.seed, store.client_id, server_round)
@@ -141,6 +167,64 @@ def train_locally(
         ledger.append(entry)
         spent = epsilon_of(ledger.entries, delta, p.accountant)
     return LocalResult(parameters_of(model), store.n_users, data.n_ratings, stats.mean_loss, spent)
+
+
+def _clipped_update_sum(
+    store: DeviceStore,
+    config: StrataConfig,
+    weights: OrderedDict[str, torch.Tensor],
+    *,
+    server_round: int,
+    run_id: str,
+    ledger: Ledger,
+    dp: DPSettings | None,
+    spent: float,
+) -> LocalResult:
+    """Central DP: train a copy of the global model on each user alone, clip each user's
+    update to S and return their sum (norm ≤ n_users · S). Each user only touches their own
+    copy, so local DP-SGD (if on) is one ledger entry per round for all of them."""
+    p = config.privacy
+    base = model_for(store, config, weights)
+    start = parameters_of(base)
+    total: OrderedDict[str, torch.Tensor] = OrderedDict((k, torch.zeros_like(v)) for k, v in start.items())
+    beta = beta_for_round(config, server_round)
+    loss_sum, examples, clipped = 0.0, 0, 0
+    sample_rate, steps = 0.0, 0
+    for index, user in enumerate(store.users):
+        model = copy.deepcopy(base)
+        data = train_tensors([user], store.n_items, config.data.positive_threshold)
+        seed = derive_seed(config.run.seed, store.client_id, server_round, index)
+        optimizer = make_optimizer(model, "sgd", config.train.local_lr, config.train.weight_decay)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            stats = train_users(
+                model,
+                data,
+                epochs=config.train.local_epochs,
+                batch_size=config.train.batch_size,
+                optimizer=optimizer,
+                beta=beta,
+                rating_weight=config.model.rating_weight,
+                generator=torch.Generator().manual_seed(seed),
+                dp=dp,
+            )
+        update = OrderedDict((k, v.detach() - start[k]) for k, v in model.named_parameters())
+        update, norm = clip_update(update, max_norm=p.update_clip)
+        clipped += norm > p.update_clip
+        for k, v in update.items():
+            total[k].add_(v)
+        if math.isfinite(stats.mean_loss):
+            loss_sum += stats.mean_loss
+        examples += data.n_ratings
+        sample_rate, steps = stats.sample_rate, stats.steps
+    log.debug("client %s: %d of %d user updates clipped to %g", store.client_id, clipped, store.n_users, p.update_clip)
+    if dp is not None and store.n_users:
+        ledger.append(
+            LedgerEntry("dp-sgd", dp.noise_multiplier, sample_rate, steps, run_id, server_round, store.client_id, dp.max_grad_norm)
+        )
+        spent = epsilon_of(ledger.entries, resolved_delta(config, store), p.accountant)
+    mean_loss = loss_sum / store.n_users if store.n_users else float("nan")
+    return LocalResult(total, store.n_users, examples, mean_loss, spent)
 
 
 def evaluate_locally(store: DeviceStore, config: StrataConfig, weights: OrderedDict[str, torch.Tensor]) -> MetricSums:

@@ -19,6 +19,7 @@ from shared.data.source import fingerprint, load_source
 from shared.features import catalog_features
 from shared.model import build_model
 
+from .central_dp import CentralDP, build_central_dp
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .export import export_model
 from .strategy import StrataStrategy
@@ -43,17 +44,23 @@ def run_federation(grid: Grid, config: StrataConfig, *, timeout: float = 3600.0)
     features = torch.from_numpy(catalog_features(data.catalog))
     model = build_model(data.n_items, config.model, features, seed=config.run.seed)
     weights = {k: v.detach().clone() for k, v in model.named_parameters()}
-    strategy = StrataStrategy(config, np.random.default_rng([config.run.seed, 1]))
     start_round = 1
     run_id = uuid.uuid4().hex[:12]
     metrics_path = run_dir / "metrics.jsonl"
-    if ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
+    ckpt = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    if ckpt is not None:
+        run_id = ckpt.run_id
+    central: CentralDP | None = None
+    if config.privacy.central_dp:
+        central = build_central_dp(
+            config, data_users=data.n_users, run_id=run_id, ledger_path=run_dir / "ledgers" / "central.jsonl"
+        )
+    strategy = StrataStrategy(config, np.random.default_rng([config.run.seed, 1]), central=central)
+    if ckpt is not None:
         weights, start_round = ckpt.weights, ckpt.round + 1
         strategy.optimizer.load_state_dict(ckpt.optimizer)
         strategy.rng.bit_generator.state = ckpt.rng_state
         strategy.client_epsilon = dict(ckpt.client_epsilon)
-        run_id = ckpt.run_id
         log.info("resuming from %s after round %d", ckpt_path, ckpt.round)
         _truncate_metrics(metrics_path, ckpt.round)
     elif metrics_path.exists():
@@ -68,11 +75,21 @@ def run_federation(grid: Grid, config: StrataConfig, *, timeout: float = 3600.0)
     strategy.summary()
     started = time.perf_counter()
     last_eval: dict = {}
+    last_round = start_round - 1
+    stopped = ""
     for rnd in range(start_round, fed.rounds + 1):
+        if central is not None and config.privacy.central_max_epsilon > 0:
+            after = central.epsilon_after_next(server_round=rnd, run_id=run_id)
+            if after > config.privacy.central_max_epsilon:
+                stopped = (
+                    f"central budget: round {rnd} would bring the central ε to {after:.3f} > "
+                    f"privacy.central-max-epsilon {config.privacy.central_max_epsilon}"
+                )
+                log.warning("stopping before round %d: %s; exporting the model of round %d", rnd, stopped, rnd - 1)
+                break
         t0 = time.perf_counter()
-        replies = grid.send_and_receive(
-            strategy.configure_train(rnd, arrays, ConfigRecord({"run-id": run_id}), grid), timeout=timeout
-        )
+        messages = list(strategy.configure_train(rnd, arrays, ConfigRecord({"run-id": run_id}), grid))
+        replies = grid.send_and_receive(messages, timeout=timeout) if messages else []
         new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
         if new_arrays is not None:
             arrays = new_arrays
@@ -93,6 +110,9 @@ def run_federation(grid: Grid, config: StrataConfig, *, timeout: float = 3600.0)
             "epsilon": train.get("epsilon", 0.0),
             "round_s": round(time.perf_counter() - t0, 3),
         }
+        if central is not None:
+            line["central_epsilon"] = train.get("central-epsilon", central.epsilon())
+            line["sampled"] = len(messages)
         with open(metrics_path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(line) + "\n")
         save_checkpoint(
@@ -107,15 +127,16 @@ def run_federation(grid: Grid, config: StrataConfig, *, timeout: float = 3600.0)
             ),
         )
         _progress(rnd, fed.rounds, train, evaluation, time.perf_counter() - started)
+        last_round = rnd
     elapsed = time.perf_counter() - started
     final = arrays.to_torch_state_dict()
     manifest = export_model(
-        run_dir / "model", final, config, data.catalog, data_fingerprint=fingerprint(data), rounds=fed.rounds
+        run_dir / "model", final, config, data.catalog, data_fingerprint=fingerprint(data), rounds=last_round
     )
     summary = {
         "run_id": run_id,
         "run_dir": str(run_dir),
-        "rounds": fed.rounds,
+        "rounds": last_round,
         "clients": n_nodes,
         "wall_s": round(elapsed, 2),
         "epsilon": max(strategy.client_epsilon.values(), default=0.0),
@@ -123,6 +144,11 @@ def run_federation(grid: Grid, config: StrataConfig, *, timeout: float = 3600.0)
         "rejected_updates": strategy.rejected,
         "weights_fingerprint": manifest["weights_fingerprint"],
     }
+    if central is not None:
+        summary["central_epsilon"] = central.epsilon()
+        summary["central_noise_multiplier"] = central.noise_multiplier
+    if stopped:
+        summary["stopped_early"] = stopped
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
@@ -164,6 +190,8 @@ def _progress(rnd: int, rounds: int, train: dict, evaluation: dict, elapsed: flo
     loss = train.get("train-loss", float("nan"))
     parts.append(f"loss {loss:.2f}")
     parts.append(f"ε {train.get('epsilon', 0.0):.3f}")
+    if "central-epsilon" in train:
+        parts.append(f"central ε {train['central-epsilon']:.3f}")
     if evaluation:
         parts.append(f"NDCG@100 {evaluation['ndcg@100']:.4f} Recall@20 {evaluation['recall@20']:.4f} RMSE {evaluation['rmse']:.4f}")
     parts.append(f"{elapsed:.0f}s")

@@ -5,6 +5,12 @@ DESIGN.md §4 "Budget report". The guarantee is user-level (ε, δ)-DP: every us
 users in `hub`), so the headline is the maximum over the clients' ledgers, composed over
 rounds and runs with dp-accounting's PLD accountant (RDP alongside as a cross-check; never
 GDP). `verify=True` recomputes every ε from the ledgers and lists each check it made.
+
+`ledgers/central.jsonl` is either a central reference run's DP-SGD ledger or, in a
+federated run with central DP, the server's DP-FedAvg ledger (`dp-fedavg` entries, one per
+round): then every user's ε composes their client's ledger (if local DP is on too) with
+the server's, metrics.jsonl's "epsilon" is the local maximum and "central_epsilon" the
+server's, and the report states both.
 """
 
 from __future__ import annotations
@@ -254,6 +260,11 @@ def _series(
     return [(r, epsilon_of(_upto(entries, r, current_run), delta, accountant)) for r in points]
 
 
+def _is_fedavg(files: _RunFiles) -> bool:
+    """Whether central.jsonl is the server's DP-FedAvg ledger (not a central training run's)."""
+    return any(e.mechanism == "dp-fedavg" for e in files.central)
+
+
 def _holders(files: _RunFiles) -> dict[str, list[LedgerEntry]]:
     """Who holds users, with everything spent on those users: each client's ledger composed
     with the central one (a user's data feeds both); the central ledger alone without clients."""
@@ -316,7 +327,11 @@ def _build(
         eps_rdp = max((h["epsilon_rdp"] for h in per_holder.values()), default=0.0)
     finals = sorted(h["epsilon"] for h in per_holder.values())
     tied = sum(1 for h in per_holder.values() if holder and math.isclose(h["epsilon"], per_holder[holder]["epsilon"]))
-    headline = _headline(config, eps, eps_rdp, delta, holder, tied, len(holders), points[-1] if points else 0, len(runs))
+    fedavg = _is_fedavg(files)
+    headline = _headline(
+        config, eps, eps_rdp, delta, holder, tied, len(holders), points[-1] if points else 0, len(runs), fedavg=fedavg
+    )
+    local_eps = max((epsilon_of(entries, delta, "pld") for entries in files.clients.values()), default=0.0)
     return {
         "format": "strata-privacy-report/1",
         "run_dir": str(run_dir),
@@ -333,9 +348,12 @@ def _build(
             "accountant": "pld",
             "held_by": holder,
             "privacy_mode": p.mode,
-            "topology": "central" if files.central and not files.clients else fed.topology,
+            "topology": "central" if files.central and not files.clients and not fedavg else fed.topology,
             "n_users": n_users,
             "holders": len(holders),
+            "central_dp": fedavg,
+            "local_epsilon": local_eps if fedavg else None,
+            "central_epsilon": central["epsilon"] if fedavg and central else None,
         },
         "composition": {
             "current_run": current_run,
@@ -366,7 +384,7 @@ def _build(
             "ledgers_sha256": files.ledger_hashes,
         },
         "refusals": _refusals(files.metrics),
-        "limits": _limits(config, bool(files.central), bool(files.clients)),
+        "limits": _limits(config, bool(files.central), bool(files.clients), fedavg=fedavg),
         "verification": None,
     }
 
@@ -381,6 +399,8 @@ def _headline(
     n_holders: int,
     rounds: int,
     n_runs: int,
+    *,
+    fedavg: bool = False,
 ) -> str:
     if config.privacy.mode == "off":
         return (
@@ -397,8 +417,16 @@ def _headline(
             f"Every user holds (ε = {_fmt_eps(eps)}, δ = {_fmt_delta(delta)}) user-level DP: the ledgers record no "
             "DP release of users' data."
         )
-    if holder == "central":
+    if holder == "central" and fedavg:
+        who = "the server's DP-FedAvg ledger (clients ran no local DP)"
+    elif holder == "central":
         who = "the central trainer's ledger"
+    elif fedavg:
+        at = f"all {tied} tie" if tied == n_holders and tied > 1 else (f"{tied} clients tie" if tied > 1 else f"{holder}")
+        who = (
+            f"the largest over the ledgers of {_plural(n_holders, 'client')} ({at}), each composed with the "
+            "server's DP-FedAvg ledger"
+        )
     else:
         at = f"all {tied} tie" if tied == n_holders and tied > 1 else (f"{tied} clients tie" if tied > 1 else f"{holder}")
         who = f"the largest over the ledgers of {_plural(n_holders, 'client')} ({at})"
@@ -472,7 +500,7 @@ def _refusals(metrics: list[dict]) -> list[dict]:
     return rows
 
 
-def _limits(config: StrataConfig, has_central: bool, has_clients: bool) -> list[str]:
+def _limits(config: StrataConfig, has_central: bool, has_clients: bool, *, fedavg: bool = False) -> list[str]:
     p = config.privacy
     out = [
         "The guarantee is user-level: it bounds what anyone can learn about whether one user (all of their "
@@ -483,14 +511,22 @@ def _limits(config: StrataConfig, has_central: bool, has_clients: bool) -> list[
         "Only the DP-SGD releases recorded in the ledgers are covered. Federated-evaluation replies (sums of NDCG, "
         "recall, squared and absolute errors, counts of users and ratings), training-loss and user/example counts "
         "in training replies are released without noise and are not covered.",
-        "Central DP (server-side noise, DP-FedAvg) is not implemented yet: the guarantee comes from each client's "
-        "local DP-SGD alone; the server's client sampling is fixed-size and no amplification by it is claimed.",
+        (
+            "Central DP (DP-FedAvg) trusts the server: it sees every sampled client's sum of clipped updates before "
+            "adding noise, so the central ε protects users against whoever sees the model, not against the server. "
+            "Its Poisson sampling and noise come from OS-seeded generators. Amplification by the server's sampling is "
+            "claimed only in the device topology (one user per client); in a hub the ledger records sample rate 1."
+            if fedavg
+            else "Central DP (server-side noise, DP-FedAvg) was not used in this run: the guarantee comes from each "
+            "client's local DP-SGD alone; the server's client sampling is fixed-size and no amplification by it is "
+            "claimed."
+        ),
         "The sample rate q = 1/⌈n/batch-size⌉ in each ledger entry reveals roughly how many users a client holds; "
         "client sizes are not protected.",
-        "Noise comes from Opacus with secure_mode=False: torch's Mersenne Twister, seeded from (run.seed, client "
-        "id, round) for reproducibility. Whoever knows run.seed (it is in config.toml and the model manifest) could "
-        "in principle regenerate the noise; the guarantee assumes the seed is kept secret. Floating-point attacks "
-        "on the Gaussian sampler are not mitigated.",
+        "DP noise and Poisson sampling come from torch Mersenne-Twister generators seeded from the operating "
+        "system's secret randomness on every call (not from run.seed), so they cannot be regenerated from the run's "
+        "files; this is not a cryptographically secure generator, and Opacus' secure_mode (the defence against "
+        "floating-point attacks on the Gaussian sampler) is off.",
         "Side channels are not covered: timing, message sizes, which clients answered, refusals and failures.",
         "Tuning hyper-parameters on the same users (several runs, keeping the best) spends budget too; it is only "
         "counted when those runs share this run's ledger directory. Runs elsewhere on the same users add to ε.",
@@ -540,7 +576,8 @@ def _check_ledger_structure(files: _RunFiles, current_run: str | None) -> Check:
     p = config.privacy
     problems: list[str] = []
     sigmas: dict[str, set[float]] = {}
-    named = {**{f"client-{c}.jsonl": (c, e) for c, e in files.clients.items()}, "central.jsonl": ("central", files.central)}
+    central_name = "server" if _is_fedavg(files) else "central"
+    named = {**{f"client-{c}.jsonl": (c, e) for c, e in files.clients.items()}, "central.jsonl": (central_name, files.central)}
     for fname, (cid, entries) in named.items():
         last: dict[str, int] = {}
         for n, e in enumerate(entries, 1):
@@ -550,6 +587,9 @@ def _check_ledger_structure(files: _RunFiles, current_run: str | None) -> Check:
             if e.round < last.get(e.run_id, e.round):
                 problems.append(f"{where}: round {e.round} after round {last[e.run_id]} of run {e.run_id}")
             last[e.run_id] = e.round
+            if e.mechanism == "dp-fedavg":
+                problems += _fedavg_entry_problems(e, where, config, current_run)
+                continue
             k = round(1 / e.sample_rate)
             epochs = 1 if cid == "central" else config.train.local_epochs
             # Earlier runs may have had other local epochs: only a whole number of epochs is required.
@@ -577,6 +617,25 @@ def _check_ledger_structure(files: _RunFiles, current_run: str | None) -> Check:
         return Check("ledger entries consistent", True, ok_msg + ".")
     more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
     return Check("ledger entries consistent", False, "; ".join(problems[:10]) + more)
+
+
+def _fedavg_entry_problems(e: LedgerEntry, where: str, config: StrataConfig, current_run: str | None) -> list[str]:
+    """A DP-FedAvg entry: one step per round; in this run (z, q, S) are the configured ones."""
+    from .central_dp import accounted_sample_rate
+
+    p = config.privacy
+    out = []
+    if e.steps != 1:
+        out.append(f"{where}: a dp-fedavg round has {e.steps} steps, expected 1")
+    if e.run_id != current_run:
+        return out
+    if p.central_target_epsilon <= 0 and not math.isclose(e.noise_multiplier, p.central_noise_multiplier, rel_tol=1e-9):
+        out.append(f"{where}: z = {e.noise_multiplier:g}, config privacy.central-noise-multiplier = {p.central_noise_multiplier:g}")
+    if not math.isclose(e.sample_rate, accounted_sample_rate(config), rel_tol=1e-9):
+        out.append(f"{where}: q = {e.sample_rate:g}, the configured sampling allows q = {accounted_sample_rate(config):g}")
+    if not math.isclose(e.max_grad_norm, p.update_clip, rel_tol=1e-9):
+        out.append(f"{where}: S = {e.max_grad_norm:g}, config privacy.update-clip = {p.update_clip:g}")
+    return out
 
 
 def _check_accountants(
@@ -608,6 +667,8 @@ def _check_metrics(
     """metrics.jsonl's ε after round R (max over clients, by the run's accountant) equals the
     replay of every ledger up to R; summary.json's ε equals the last one."""
     accountant = files.config.privacy.accountant
+    if _is_fedavg(files):
+        return _check_fedavg_metrics(files, report, delta, current_run, points, tolerance)
     holders = {**_holders(files), **({"central": files.central} if files.central else {})}
     if accountant == "pld":
         replay = {r: e for r, e in report["max_over_rounds"]}
@@ -655,6 +716,58 @@ def _check_metrics(
     return checks
 
 
+def _check_fedavg_metrics(
+    files: _RunFiles, report: dict, delta: float, current_run: str | None, points: list[int], tolerance: float
+) -> list[Check]:
+    """With the server's DP-FedAvg ledger: metrics' "epsilon" (the max over the clients' own
+    ledgers) and "central_epsilon" (the server's ledger) each equal their replay after every
+    round, and summary.json's figures equal the last ones."""
+    accountant = files.config.privacy.accountant
+    client_series = [_series(entries, points, current_run, delta, accountant) for entries in files.clients.values()]
+    local = {r: max((s[i][1] for s in client_series), default=0.0) for i, r in enumerate(points)}
+    central = dict(_series(files.central, points, current_run, delta, accountant))
+    if not files.metrics:
+        return [Check("metrics ε = ledger replay", False, "metrics.jsonl is missing or empty: nothing to compare the ledgers with.")]
+    bad, compared = [], 0
+    for key, replay in (("epsilon", local), ("central_epsilon", central)):
+        prev = 0.0
+        for m in files.metrics:
+            r = int(m["round"])
+            if key not in m:
+                bad.append(f"round {r}: metrics.jsonl has no {key!r}")
+                continue
+            logged = float(m[key])
+            if logged < prev - 1e-12:
+                bad.append(f"round {r}: logged {key} = {logged:.4f} decreased from {prev:.4f}")
+            prev = logged
+            if r in replay:
+                compared += 1
+                if not _close(logged, replay[r], tolerance):
+                    bad.append(f"round {r}: metrics.jsonl {key} = {logged:.4f}, ledger replay ({accountant}) = {replay[r]:.4f}")
+    checks = [
+        Check(
+            "metrics ε = ledger replay",
+            not bad,
+            "; ".join(bad[:10]) if bad else (
+                f"{compared} logged figures (local ε = max over the client ledgers, central ε = the server's DP-FedAvg "
+                f"ledger) equal the {accountant.upper()} replay within {tolerance:.0%}; neither ever decreases."
+            ),
+        )
+    ]
+    if files.summary is not None and points:
+        for key, replay in (("epsilon", local), ("central_epsilon", central)):
+            if key in files.summary:
+                logged, final = float(files.summary[key]), replay[points[-1]]
+                checks.append(
+                    Check(
+                        f"summary {key} = ledger replay",
+                        _close(logged, final, tolerance),
+                        f"summary.json {key} = {logged:.4f}, ledger replay after round {points[-1]} = {final:.4f}.",
+                    )
+                )
+    return checks
+
+
 def _check_entry_counts(files: _RunFiles, current_run: str | None) -> Check:
     """Under DP, every client whose update was accepted in round R wrote an entry for R
     (a deleted entry shows up here even when it does not change the maximum ε)."""
@@ -662,26 +775,39 @@ def _check_entry_counts(files: _RunFiles, current_run: str | None) -> Check:
     if files.config.privacy.mode == "off":
         return Check(name, True, "privacy.mode is 'off': no entries are expected.")
     bad = []
-    if files.central or not files.clients and not any("clients" in (m.get("train") or {}) for m in files.metrics):
+    if _is_fedavg(files):
+        rounds = [e.round for e in files.central if e.run_id == current_run]
+        for m in files.metrics:
+            if rounds.count(int(m["round"])) < 1:
+                bad.append(f"round {int(m['round'])}: no dp-fedavg entry in ledgers/central.jsonl")
+        if files.config.privacy.local_dp:
+            bad += _client_entry_shortfalls(files, current_run)
+    elif files.central or not files.clients and not any("clients" in (m.get("train") or {}) for m in files.metrics):
         rounds = [e.round for e in files.central if e.run_id == current_run]
         for m in files.metrics:
             r = int(m["round"])
             if rounds.count(r) < 1:
                 bad.append(f"epoch {r}: no entry in ledgers/central.jsonl")
     else:
-        written: dict[int, int] = {}
-        for entries in files.clients.values():
-            for e in entries:
-                if e.run_id == current_run:
-                    written[e.round] = written.get(e.round, 0) + 1
-        for m in files.metrics:
-            r, trained = int(m["round"]), int((m.get("train") or {}).get("clients", 0) or 0)
-            if written.get(r, 0) < trained:
-                bad.append(f"round {r}: {trained} client(s) trained but only {written.get(r, 0)} ledger entries")
+        bad += _client_entry_shortfalls(files, current_run)
     msg = "; ".join(bad[:10]) if bad else (
         f"every round of metrics.jsonl has at least as many ledger entries as DP training replies (run {current_run})."
     )
     return Check(name, not bad, msg)
+
+
+def _client_entry_shortfalls(files: _RunFiles, current_run: str | None) -> list[str]:
+    written: dict[int, int] = {}
+    for entries in files.clients.values():
+        for e in entries:
+            if e.run_id == current_run:
+                written[e.round] = written.get(e.round, 0) + 1
+    bad = []
+    for m in files.metrics:
+        r, trained = int(m["round"]), int((m.get("train") or {}).get("clients", 0) or 0)
+        if written.get(r, 0) < trained:
+            bad.append(f"round {r}: {trained} client(s) trained but only {written.get(r, 0)} ledger entries")
+    return bad
 
 
 def _check_fingerprints(run_dir: Path, manifest: dict | None, data_fp: str | None, data_error: str | None) -> list[Check]:
@@ -901,7 +1027,27 @@ def render_html(report: dict) -> str:
     ]
     per = report["per_client"]
     central_only = g["topology"] == "central"
-    if central_only:
+    fedavg_only = bool(g.get("central_dp")) and set(per) <= {"central"}
+    if g.get("central_dp"):
+        parts.append(
+            "<p>The server ran user-level <b>DP-FedAvg</b> (McMahan et al. 2018): each client clips every user's "
+            "update to norm S and sends the sum; the server adds N(0, z²S²) per coordinate to the sum over the clients "
+            "it sampled (each independently with probability q), divides by the public expected count q·N and records "
+            "one <code>dp-fedavg</code> entry per round in <code>ledgers/central.jsonl</code>. "
+            + (
+                f"Local ε (max over the client ledgers) = {_e(_fmt_eps(g['local_epsilon']))}; central ε = "
+                f"{_e(_fmt_eps(g['central_epsilon']))}; every user's guarantee composes both."
+                if g.get("central_epsilon") is not None and not fedavg_only
+                else f"Central ε = {_e(_fmt_eps(g['central_epsilon'] or 0.0))}."
+            )
+            + "</p>"
+        )
+    if fedavg_only:
+        parts.append(
+            "<p>No client ledgers: clients ran no local DP (privacy.mode = central). Every user holds the server's "
+            "DP-FedAvg ε; see <i>Central ε over rounds</i> below.</p>"
+        )
+    elif central_only:
         parts.append(
             "<p>No client ledgers: this is a central run, in which one trainer holds every user. "
             "See <i>Central ε over rounds</i> below.</p>"
@@ -926,7 +1072,9 @@ def render_html(report: dict) -> str:
         parts.append("<p>No ledger records a DP release: there is nothing to plot.</p>")
     parts.append("<h2 id='distribution-of-per-user-guarantees'>Distribution of per-user guarantees</h2>")
     dist = report["distribution"]
-    if central_only:
+    if fedavg_only:
+        parts.append(f"<p>Every user holds the server's DP-FedAvg ε = {_e(_fmt_eps(g['epsilon']))}.</p>")
+    elif central_only:
         parts.append(f"<p>Every user holds the central ε = {_e(_fmt_eps(g['epsilon']))}.</p>")
     elif dist:
         parts.append(

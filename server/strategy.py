@@ -3,6 +3,12 @@
 Samples clients, validates every reply, averages client weights weighted by users or
 examples, applies the server optimizer to the averaged update, and aggregates
 evaluation sums and counts exactly (so the federated figure equals the central one).
+
+With central DP (`privacy.mode` = `central` or `local+central`) training follows
+DP-FedAvg instead (`central_dp.py`): secret Poisson sampling, replies are sums of
+per-user clipped updates, the server adds Gaussian noise to their sum, divides by the
+public expected count and records the release in its ledger — every round, even one
+with no client sampled.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from flwr.serverapp.strategy import Strategy
 from shared.config import StrataConfig
 from shared.metrics import MetricSums
 
+from .central_dp import CLIP_SLACK, CentralDP, update_norm
 from .server_optimizer import ServerOptimizer
 from .update_check import InvalidUpdate, check_update
 
@@ -29,10 +36,20 @@ log = logging.getLogger(__name__)
 class StrataStrategy(Strategy):
     """FedAvg/FedAdam over validated client updates with exact evaluation aggregation."""
 
-    def __init__(self, config: StrataConfig, rng: np.random.Generator) -> None:
+    def __init__(self, config: StrataConfig, rng: np.random.Generator, *, central: CentralDP | None = None) -> None:
+        if config.privacy.central_dp and central is None:
+            raise ValueError(
+                f"privacy.mode = {config.privacy.mode!r} needs the server's DP-FedAvg mechanism: "
+                "pass central=build_central_dp(...) to StrataStrategy."
+            )
+        if central is not None and not config.privacy.central_dp:
+            raise ValueError(f"a central DP mechanism was given but privacy.mode is {config.privacy.mode!r}.")
         self.config = config
         self.fed = config.federation
         self.rng = rng
+        """Seeded: fixed-size sampling without central DP, and evaluation sampling."""
+        self.central = central
+        self._run_id = ""
         self.optimizer = ServerOptimizer(self.fed.server_optimizer, self.fed.server_lr)
         self._current: OrderedDict[str, torch.Tensor] | None = None
         self.client_epsilon: dict[int, float] = {}
@@ -40,6 +57,15 @@ class StrataStrategy(Strategy):
         self.rejected: list[str] = []
 
     def summary(self) -> None:
+        if self.central is not None:
+            log.info(
+                "strategy: DP-FedAvg + %s, Poisson sampling q %.3f, update clip %g, noise multiplier %.4f",
+                self.fed.server_optimizer,
+                self.fed.fraction_train,
+                self.central.clip,
+                self.central.noise_multiplier,
+            )
+            return
         log.info(
             "strategy: %s, fraction-train %.3f, min-train-clients %d, weighted by %s",
             self.fed.server_optimizer,
@@ -60,16 +86,27 @@ class StrataStrategy(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         self._current = arrays.to_torch_state_dict()
+        self._run_id = str(config["run-id"]) if "run-id" in config else ""
         config["server-round"] = server_round
-        return self._messages(self._sample(grid, self.fed.fraction_train), arrays, config, MessageType.TRAIN)
+        if self.central is not None:
+            nodes = self.central.sample(sorted(grid.get_node_ids()))
+        else:
+            nodes = self._sample(grid, self.fed.fraction_train)
+        return self._messages(nodes, arrays, config, MessageType.TRAIN)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         assert self._current is not None, "configure_train must run before aggregate_train"
+        if self.central is not None:
+            return self._aggregate_central(server_round, replies)
         current = self._current
-        # Streaming weighted sum: memory stays at two models however many clients reply.
-        acc: OrderedDict[str, torch.Tensor] = OrderedDict((k, torch.zeros_like(v)) for k, v in current.items())
+        # Streaming weighted sum: memory stays at a few models however many clients reply. In
+        # float64, so the result does not depend on the order replies arrive in (FedAdam
+        # turns float32 rounding noise in unchanged coordinates into full ±lr steps).
+        acc: OrderedDict[str, torch.Tensor] = OrderedDict(
+            (k, torch.zeros_like(v, dtype=torch.float64)) for k, v in current.items()
+        )
         total = 0.0
         accepted = failed = refused = 0
         loss_sum = users = 0.0
@@ -116,8 +153,66 @@ class StrataStrategy(Strategy):
                 self.fed.min_train_clients,
             )
             return None, record
-        delta = OrderedDict((k, acc[k].div_(total).sub_(v)) for k, v in current.items())
+        delta = OrderedDict((k, acc[k].div_(total).sub_(v).to(v.dtype)) for k, v in current.items())
         new = self.optimizer.step(current, delta)
+        return ArrayRecord(new), record
+
+    def _aggregate_central(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord, MetricRecord]:
+        """DP-FedAvg: sum the clipped per-user updates, add noise, divide by the public
+        expected count, record the release, apply the server optimizer. Never skipped."""
+        assert self._current is not None and self.central is not None
+        current, central = self._current, self.central
+        acc: OrderedDict[str, torch.Tensor] = OrderedDict(
+            (k, torch.zeros_like(v, dtype=torch.float64)) for k, v in current.items()
+        )
+        accepted = failed = refused = 0
+        loss_sum = users = 0.0
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            if msg.has_error():
+                failed += 1
+                log.warning("round %d: client %d failed: %s", server_round, node, msg.error.reason)
+                continue
+            metrics = msg.content["metrics"]
+            self.client_epsilon[node] = float(metrics["epsilon"])
+            if int(metrics["refused"]):
+                refused += 1
+                continue
+            update = msg.content["arrays"].to_torch_state_dict()
+            n_users = float(metrics["num-users"])
+            try:
+                check_update(update, current)
+                norm = update_norm(update)
+                if norm > n_users * central.clip * (1 + CLIP_SLACK) + 1e-6:
+                    raise InvalidUpdate(
+                        f"clipped update sum has norm {norm:.4g} > num-users {n_users:g} × update-clip {central.clip:g}"
+                    )
+            except InvalidUpdate as exc:
+                failed += 1
+                self.rejected.append(f"round {server_round}, node {node}: {exc}")
+                log.warning("round %d: rejected update from node %d: %s", server_round, node, exc)
+                continue
+            for k, v in update.items():
+                acc[k].add_(v)
+            accepted += 1
+            loss_sum += float(metrics["train-loss"]) * n_users
+            users += n_users
+        noisy = OrderedDict((k, v.to(current[k].dtype)) for k, v in central.noisy_mean(acc).items())
+        central.record(server_round=server_round, run_id=self._run_id)  # durable before the release
+        new = self.optimizer.step(current, noisy)
+        if accepted == 0:
+            log.info("round %d: no update from any sampled client; released noise only", server_round)
+        record = MetricRecord(
+            {
+                "clients": accepted,
+                "failed": failed,
+                "refused": refused,
+                "users": users,
+                "train-loss": loss_sum / users if users else float("nan"),
+                "epsilon": max(self.client_epsilon.values(), default=0.0),
+                "central-epsilon": central.epsilon(),
+            }
+        )
         return ArrayRecord(new), record
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:

@@ -95,8 +95,9 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class PrivacyConfig:
-    mode: Literal["off", "local"] = "off"
-    """`local`: Opacus DP-SGD inside each client, privacy unit = one user."""
+    mode: Literal["off", "local", "central", "local+central"] = "off"
+    """`local`: Opacus DP-SGD inside each client; `central`: user-level DP-FedAvg on the
+    server (McMahan et al. 2018); `local+central`: both. The privacy unit is one user."""
     noise_multiplier: float = 1.0
     """σ of DP-SGD (noise std = σ · max-grad-norm). Ignored when target-epsilon > 0."""
     target_epsilon: float = 0.0
@@ -111,10 +112,50 @@ class PrivacyConfig:
     """Headline accountant (PLD from dp-accounting); RDP is the cross-check."""
     ghost_clipping: bool = True
     """Use Opacus ghost clipping (about 2x plain cost) instead of per-sample hooks."""
+    update_clip: float = 1.0
+    """Central DP: L2 bound S on each user's model update (new - global weights), applied
+    on the client before the update leaves it (per user, also inside a hub)."""
+    central_noise_multiplier: float = 1.0
+    """Central DP: z; the server adds N(0, z²S²) per coordinate to the sum of clipped
+    updates. Ignored when central-target-epsilon > 0."""
+    central_target_epsilon: float = 0.0
+    """Central DP: if > 0, calibrate z so that the planned rounds spend exactly this ε
+    (earlier runs in the server's ledger included)."""
+    central_max_epsilon: float = 0.0
+    """Central DP: the server ends the run (and exports the model) before a round that
+    would take the central ε above this (0: no limit)."""
+    expected_users: int = 0
+    """Central DP: the public N_users of the expected count q·N_users the noisy sum is
+    divided by; 0 takes it from the data source."""
+
+    @property
+    def local_dp(self) -> bool:
+        """Clients run DP-SGD (`local` or `local+central`)."""
+        return self.mode in ("local", "local+central")
+
+    @property
+    def central_dp(self) -> bool:
+        """The server runs DP-FedAvg (`central` or `local+central`)."""
+        return self.mode in ("central", "local+central")
 
     def __post_init__(self) -> None:
-        if self.mode not in ("off", "local"):
-            raise ValueError(f"privacy.mode must be 'off' or 'local', not {self.mode!r}.")
+        if self.mode not in ("off", "local", "central", "local+central"):
+            raise ValueError(
+                f"privacy.mode must be 'off', 'local', 'central' or 'local+central', not {self.mode!r}."
+            )
+        if self.update_clip <= 0:
+            raise ValueError("privacy.update-clip (the central clipping norm S) should be a positive value.")
+        if self.central_noise_multiplier < 0 or self.central_target_epsilon < 0 or self.central_max_epsilon < 0:
+            raise ValueError(
+                "privacy.central-noise-multiplier, central-target-epsilon and central-max-epsilon must be >= 0."
+            )
+        if self.central_dp and self.central_target_epsilon == 0 and self.central_noise_multiplier == 0:
+            raise ValueError(
+                f"privacy.mode = {self.mode!r} needs noise: set privacy.central-noise-multiplier > 0 "
+                "or privacy.central-target-epsilon > 0."
+            )
+        if self.expected_users < 0:
+            raise ValueError("privacy.expected-users must be >= 0 (0: take N_users from the data).")
         if self.max_grad_norm <= 0:
             raise ValueError("privacy.max-grad-norm (the clipping norm) should be a positive value.")
         if self.noise_multiplier < 0 or self.target_epsilon < 0 or self.max_epsilon < 0:

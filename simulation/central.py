@@ -46,7 +46,7 @@ def run_central(config: StrataConfig, *, eval_every: int = 5) -> dict:
     ledger = Ledger(path=run_dir / "ledgers" / "central.jsonl")
     if ledger.path is not None and ledger.path.exists():
         ledger.path.unlink()
-    if p.mode == "local":
+    if p.local_dp:  # DP-SGD over all users: the central twin of the clients' local DP
         sigma = p.noise_multiplier
         if p.target_epsilon > 0:
             sigma = calibrate_noise_multiplier(

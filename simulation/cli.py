@@ -54,8 +54,13 @@ def _print_headline(summary: dict) -> None:
             f"NDCG@100 {ev['ndcg@100']:.4f} · Recall@20 {ev['recall@20']:.4f} · "
             f"RMSE {ev['rmse']:.4f} · MAE {ev['mae']:.4f}"
         )
-    eps = summary.get("epsilon", 0.0)
-    print(f"ε spent (max over clients): {eps:.3f}" if eps else "ε: no DP mechanism was run (privacy off)")
+    eps, central_eps = summary.get("epsilon", 0.0), summary.get("central_epsilon", 0.0)
+    if eps:
+        print(f"ε spent, local DP (max over clients): {eps:.3f}")
+    if central_eps:
+        print(f"ε spent, central DP-FedAvg: {central_eps:.3f}")
+    if not eps and not central_eps:
+        print("ε: no DP mechanism was run (privacy off)")
     print(f"Wall time: {summary['wall_s']:.1f} s")
 
 

@@ -1,6 +1,7 @@
 """The privacy ledger: an append-only list of immutable mechanism entries.
 
-A client writes one entry per DP release (e.g. a round of local DP-SGD). The ledger
+A client writes one entry per DP release (e.g. a round of local DP-SGD); the server
+writes one per round of central DP-FedAvg into its own ledger. The ledger
 lives in Flower's `context.state` during a run and in a JSON-lines file on the device,
 so ε composes across rounds and runs; an auditor replays it with any accountant.
 """
@@ -12,7 +13,9 @@ import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-MECHANISMS = ("dp-sgd",)
+MECHANISMS = ("dp-sgd", "dp-fedavg")
+"""`dp-sgd`: a client's local DP-SGD (or the central reference's); `dp-fedavg`: the
+server's user-level DP-FedAvg round (McMahan et al. 2018), one step per round."""
 
 
 class LedgerError(ValueError):
@@ -23,9 +26,12 @@ class LedgerError(ValueError):
 class LedgerEntry:
     """One DP mechanism: `steps` compositions of the Poisson-subsampled Gaussian mechanism.
 
-    Each step releases (Σ clipped per-user gradients + N(0, σ²C²)) over a batch drawn by
-    including every user independently with probability `sample_rate`. Its privacy loss
-    depends only on (noise_multiplier, sample_rate, steps); the rest is provenance.
+    `dp-sgd`: each step releases (Σ clipped per-user gradients + N(0, σ²C²)) over a batch
+    drawn by including every user independently with probability `sample_rate`.
+    `dp-fedavg`: one step per round releases (Σ per-user model updates clipped to
+    S = `max_grad_norm` + N(0, z²S²)) over the users the server sampled with probability
+    `sample_rate`; `noise_multiplier` is z and `client` is "server". The same event: its
+    privacy loss depends only on (noise_multiplier, sample_rate, steps); the rest is provenance.
     """
 
     mechanism: str
@@ -41,7 +47,7 @@ class LedgerEntry:
         if self.mechanism not in MECHANISMS:
             raise LedgerError(f"Unknown mechanism {self.mechanism!r}; known: {', '.join(MECHANISMS)}.")
         if not self.noise_multiplier > 0:
-            raise LedgerError("A DP-SGD entry needs a positive noise multiplier.")
+            raise LedgerError(f"A {self.mechanism} entry needs a positive noise multiplier.")
         if not 0 < self.sample_rate <= 1:
             raise LedgerError(f"sample_rate must be in (0, 1], got {self.sample_rate}.")
         if self.steps < 0:

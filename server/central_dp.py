@@ -1,0 +1,183 @@
+"""User-level DP-FedAvg on the server (McMahan et al. 2018, "Learning Differentially Private
+Recurrent Language Models").
+
+Each round the server includes every client independently with probability q (Poisson
+sampling, so the subsampled-Gaussian accounting applies), every client sends the sum of its
+users' updates each clipped to L2 norm S, and the server releases
+
+    (Σ clipped per-user updates + N(0, z²S² I)) / (q · N_users)
+
+— the *public* expected count, never the private number of users that answered. Every round
+releases, including one in which nobody was sampled (noise only), and every round is one
+`dp-fedavg` entry in the server's append-only ledger. Sampling and noise come from
+generators seeded by the OS: whoever knows the run's (public) seed must not be able to
+replay them, or neither amplification nor noise would hold.
+
+Amplification by the server's sampling is claimed only where one client is one user
+(`device` topology). In a hub a user is in the round exactly when the hub's other users
+are, so their inclusions are not independent and the subsampled-Gaussian bound does not
+apply; there the ledger records sample rate 1 (a plain Gaussian mechanism per round),
+which holds whatever the sampling.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import secrets
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+
+from shared.config import StrataConfig
+from shared.privacy.accounting import calibrate_noise_multiplier, default_delta, epsilon_of
+from shared.privacy.ledger import Ledger, LedgerEntry
+
+log = logging.getLogger(__name__)
+
+Weights = OrderedDict[str, torch.Tensor]
+
+SERVER = "server"
+"""The `client` field of the server's ledger entries."""
+CLIP_SLACK = 1e-4
+"""Relative float slack when checking that a reply's norm is within users · S."""
+
+
+def accounted_sample_rate(config: StrataConfig) -> float:
+    """The q the ledger may claim: the server's sampling rate where a client is one user
+    (`device`), else 1 (no amplification, see the module docstring)."""
+    return config.federation.fraction_train if config.federation.topology == "device" else 1.0
+
+
+def update_norm(update: Weights) -> float:
+    """The L2 norm of an update over all its tensors together."""
+    return math.sqrt(sum(float(v.double().pow(2).sum()) for v in update.values()))
+
+
+class CentralDP:
+    """The server's DP-FedAvg mechanism: secret Poisson sampling, Gaussian noise on the sum,
+    division by the public expected count, and the ledger of every release."""
+
+    def __init__(
+        self,
+        *,
+        clip: float,
+        noise_multiplier: float,
+        fraction: float,
+        accounted_rate: float,
+        expected_users: float,
+        ledger: Ledger,
+        delta: float,
+        accountant: str = "pld",
+        sampler: random.Random | None = None,
+    ) -> None:
+        if clip <= 0:
+            raise ValueError("The central clipping norm S (privacy.update-clip) should be a positive value.")
+        if noise_multiplier <= 0:
+            raise ValueError("The central noise multiplier z should be a positive value.")
+        if not 0 < fraction <= 1 or not fraction <= accounted_rate <= 1:
+            raise ValueError(
+                f"The sampling rate q = {fraction} must be in (0, 1] and the accounted rate {accounted_rate} in [q, 1]."
+            )
+        if expected_users <= 0:
+            raise ValueError(f"The expected count q · N_users must be positive, got {expected_users}.")
+        self.clip = clip
+        self.noise_multiplier = noise_multiplier
+        self.fraction = fraction
+        self.accounted_rate = accounted_rate
+        self.expected_users = expected_users
+        self.ledger = ledger
+        self.delta = delta
+        self.accountant = accountant
+        self._sampler = sampler if sampler is not None else random.SystemRandom()
+
+    @property
+    def noise_std(self) -> float:
+        """Standard deviation of the noise on the *averaged* update: z · S / (q · N_users)."""
+        return self.noise_multiplier * self.clip / self.expected_users
+
+    def sample(self, nodes: list[int]) -> list[int]:
+        """Every node independently with probability q (possibly none)."""
+        return [n for n in nodes if self._sampler.random() < self.fraction]
+
+    def noisy_mean(self, clipped_sum: Weights) -> Weights:
+        """(sum + N(0, z²S²) per coordinate) / expected count, with noise from an OS-seeded generator."""
+        gen = torch.Generator().manual_seed(secrets.randbits(63))
+        std = self.noise_multiplier * self.clip
+        out: Weights = OrderedDict()
+        for k, v in clipped_sum.items():
+            noise = torch.normal(0.0, std, size=v.shape, generator=gen, dtype=torch.float64)
+            out[k] = ((v.double() + noise) / self.expected_users).to(v.dtype)
+        return out
+
+    def entry(self, *, server_round: int, run_id: str) -> LedgerEntry:
+        return LedgerEntry(
+            "dp-fedavg", self.noise_multiplier, self.accounted_rate, 1, run_id, server_round, SERVER, self.clip
+        )
+
+    def record(self, *, server_round: int, run_id: str) -> LedgerEntry:
+        """Append this round's release to the ledger (durably, before the update is applied)."""
+        e = self.entry(server_round=server_round, run_id=run_id)
+        self.ledger.append(e)
+        return e
+
+    def epsilon(self) -> float:
+        """ε(δ) of every release in the ledger (earlier runs included)."""
+        return epsilon_of(self.ledger.entries, self.delta, self.accountant) if len(self.ledger) else 0.0
+
+    def epsilon_after_next(self, *, server_round: int, run_id: str) -> float:
+        """ε(δ) if one more round were released."""
+        planned = self.entry(server_round=server_round, run_id=run_id)
+        return epsilon_of([*self.ledger.entries, planned], self.delta, self.accountant)
+
+
+def build_central_dp(config: StrataConfig, *, data_users: int, run_id: str, ledger_path: Path) -> CentralDP:
+    """The server's mechanism for `config`: z given or calibrated over the planned rounds
+    (entries of earlier runs in the ledger count), expected count q · N_users."""
+    p, fed = config.privacy, config.federation
+    ledger = Ledger.open(ledger_path)
+    prior = [e for e in ledger.entries if e.run_id != run_id]
+    if prior:
+        log.warning(
+            "%s already holds %d release(s) of earlier runs: the central ε composes with them "
+            "(the same users' data is used again). Use a new --out for an untouched budget.",
+            ledger_path,
+            len(prior),
+        )
+    delta = p.delta or default_delta(data_users)
+    rate = accounted_sample_rate(config)
+    if p.central_target_epsilon > 0:
+        z = calibrate_noise_multiplier(
+            target_epsilon=p.central_target_epsilon,
+            delta=delta,
+            sample_rate=rate,
+            steps=fed.rounds,
+            accountant=p.accountant,
+            prior=prior,
+        )
+    else:
+        z = p.central_noise_multiplier
+    n_users = p.expected_users or data_users
+    central = CentralDP(
+        clip=p.update_clip,
+        noise_multiplier=z,
+        fraction=fed.fraction_train,
+        accounted_rate=rate,
+        expected_users=fed.fraction_train * n_users,
+        ledger=ledger,
+        delta=delta,
+        accountant=p.accountant,
+    )
+    log.info(
+        "central DP-FedAvg: q=%.4f (accounted %.4f), S=%g, z=%.4f, expected count %.1f, δ=%.3g; noise std on the mean %.3g",
+        fed.fraction_train, rate, p.update_clip, z, central.expected_users, delta, central.noise_std,
+    )
+    if fed.topology != "device":
+        log.warning(
+            "central DP in the %s topology: a user's inclusion follows their hub's, so hub sampling gives no "
+            "user-level amplification; the ledger records sample rate 1.",
+            fed.topology,
+        )
+    return central

@@ -1,0 +1,282 @@
+"""Central DP (user-level DP-FedAvg): sampling, clipping, noise, ledger, budget, report."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+import client.trainer as trainer
+from client.client_app import build_client_app
+from client.store import num_clients, simulation_store
+from server.central_dp import CentralDP, accounted_sample_rate, build_central_dp, update_norm
+from server.federation import run_federation
+from server.privacy_report import write_privacy_report
+from server.strategy import StrataStrategy
+from shared.config import StrataConfig, load_config
+from shared.model import build_model
+from shared.privacy.accounting import default_delta, epsilon_of
+from shared.privacy.ledger import Ledger, LedgerEntry
+from simulation.simulate import simulate
+
+
+class _Nodes:
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = ids
+
+    def get_node_ids(self) -> list[int]:
+        return self.ids
+
+
+class _DirectGrid:
+    """A Grid that calls the real ClientApp in-process (no Ray): node i is partition i."""
+
+    def __init__(self, config: StrataConfig) -> None:
+        self.app = build_client_app(config)
+        self.n = num_clients(config)
+        self.contexts = {
+            i: Context(run_id=1, node_id=i, node_config={"partition-id": i, "num-partitions": self.n}, state=RecordDict(), run_config={})
+            for i in range(self.n)
+        }
+
+    def get_node_ids(self) -> list[int]:
+        return list(range(self.n))
+
+    def send_and_receive(self, messages, *, timeout=None):  # noqa: ANN001, ARG002
+        replies = []
+        for k, msg in enumerate(messages):
+            msg.metadata.__dict__["_message_id"] = f"m{k}"
+            replies.append(self.app(msg, self.contexts[msg.metadata.dst_node_id]))
+        return replies
+
+
+def _central(*, z: float = 1.0, clip: float = 1.0, q: float = 0.5, n_users: int = 50) -> CentralDP:
+    return CentralDP(
+        clip=clip, noise_multiplier=z, fraction=q, accounted_rate=q, expected_users=q * n_users,
+        ledger=Ledger(), delta=1e-4,
+    )
+
+
+def _strategy(central: CentralDP, q: float) -> StrataStrategy:
+    cfg = load_config(
+        None,
+        ['privacy.mode="central"', f"federation.fraction-train={q}", 'federation.server-optimizer="fedavg"', 'federation.topology="device"'],
+    )
+    return StrataStrategy(cfg, np.random.default_rng(0), central=central)
+
+
+def _reply(request: Message, update: dict[str, torch.Tensor], users: int) -> Message:
+    metrics = MetricRecord({"num-users": users, "num-examples": 5, "train-loss": 1.0, "epsilon": 0.0, "refused": 0})
+    request.metadata.__dict__["_message_id"] = f"m{request.metadata.dst_node_id}"
+    return Message(content=RecordDict({"metrics": metrics, "arrays": ArrayRecord(OrderedDict(update))}), reply_to=request)
+
+
+# ------------------------------------------------------------------------- sampling
+
+
+def test_poisson_sampling_includes_each_node_with_probability_q() -> None:
+    q, nodes, draws = 0.1, list(range(50)), 2000
+    central = _central(q=q)
+    counts = np.zeros(len(nodes))
+    sizes = []
+    for _ in range(draws):
+        picked = central.sample(nodes)
+        sizes.append(len(picked))
+        counts[picked] += 1
+    n = draws * len(nodes)
+    # Total inclusions ~ Binomial(100000, 0.1): mean 10000, sd ≈ 94.9; 5 sd is a 1-in-3.5-million miss.
+    assert abs(counts.sum() - n * q) <= 5 * math.sqrt(n * q * (1 - q))
+    # Every node on its own ~ Binomial(2000, 0.1): mean 200, sd ≈ 13.4 (Bonferroni over 50 nodes at 5 sd).
+    assert np.all(np.abs(counts - draws * q) <= 5 * math.sqrt(draws * q * (1 - q)))
+    # Poisson, not fixed-size: the sample size varies, empty samples included (P = 0.9^50 ≈ 0.5%).
+    assert len(set(sizes)) > 5 and min(sizes) == 0
+
+
+def test_sampling_is_secret_not_replayed_from_the_seed() -> None:
+    nodes = _Nodes(list(range(64)))
+    picks = []
+    for _ in range(2):
+        s = _strategy(_central(q=0.5), 0.5)
+        msgs = s.configure_train(1, ArrayRecord(OrderedDict(w=torch.zeros(1))), ConfigRecord({"run-id": "t"}), nodes)
+        picks.append([m.metadata.dst_node_id for m in msgs])
+    assert picks[0] != picks[1]  # same seed, different samples (equal with probability 2^-64)
+
+
+# ---------------------------------------------------------------------------- noise
+
+
+@pytest.mark.parametrize("with_clients", [False, True])
+def test_noise_on_the_mean_has_std_z_s_over_q_n(with_clients: bool) -> None:
+    z, clip, q, n_users, size = 2.0, 0.5, 0.2, 50, 40_000
+    central = _central(z=z, clip=clip, q=q, n_users=n_users)
+    strategy = _strategy(central, q)
+    current = OrderedDict(w=torch.zeros(size))
+    nodes = _Nodes(list(range(n_users)) if with_clients else [])  # no nodes: an empty sample
+    msgs = list(strategy.configure_train(1, ArrayRecord(current), ConfigRecord({"run-id": "r1"}), nodes))
+    replies = [_reply(m, {"w": torch.zeros(size)}, 1) for m in msgs]  # zero updates in
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    assert arrays is not None, "a central-DP round always releases"
+    out32 = arrays.to_torch_state_dict()["w"]
+    assert out32.dtype == torch.float32  # noise is drawn in float64, the model stays float32
+    out = out32.double()
+    expected = z * clip / (q * n_users)  # 0.1
+    assert central.noise_std == pytest.approx(expected)
+    # Sample std of 40000 normals: relative sd ≈ 1/sqrt(2·40000) = 0.35%; 3% is > 8 sd.
+    assert out.std().item() == pytest.approx(expected, rel=0.03)
+    assert abs(out.mean().item()) < 5 * expected / math.sqrt(size)
+    # The release is in the ledger even with nobody sampled.
+    (entry,) = central.ledger.entries
+    assert (entry.mechanism, entry.round, entry.run_id, entry.client) == ("dp-fedavg", 1, "r1", "server")
+    assert (entry.noise_multiplier, entry.sample_rate, entry.steps, entry.max_grad_norm) == (z, q, 1, clip)
+    assert metrics["central-epsilon"] == pytest.approx(epsilon_of([entry], 1e-4))
+    assert metrics["clients"] == len(msgs)
+
+
+def test_noise_differs_run_to_run() -> None:
+    a = _central().noisy_mean(OrderedDict(w=torch.zeros(100)))["w"]
+    b = _central().noisy_mean(OrderedDict(w=torch.zeros(100)))["w"]
+    assert not torch.equal(a, b)
+
+
+def test_server_rejects_a_sum_above_users_times_clip() -> None:
+    central = _central(z=0.1, clip=1.0, q=1.0, n_users=2)
+    strategy = _strategy(central, 1.0)
+    msgs = list(strategy.configure_train(1, ArrayRecord(OrderedDict(w=torch.zeros(2))), ConfigRecord({"run-id": "r"}), _Nodes([1, 2])))
+    ok, too_big = torch.tensor([0.6, 0.8]), torch.tensor([3.0, 4.0])  # norms 1 and 5; each reply holds 2 users
+    arrays, metrics = strategy.aggregate_train(1, [_reply(msgs[0], {"w": ok}, 2), _reply(msgs[1], {"w": too_big}, 2)])
+    assert metrics["clients"] == 1 and metrics["failed"] == 1
+    # fedavg: new = 0 + (ok + noise) / (q·N = 2), noise std on the mean 0.05; with the
+    # rejected sum it would be (ok + too_big) / 2 = [1.8, 2.4].
+    assert torch.allclose(arrays.to_torch_state_dict()["w"], ok / 2, atol=0.35)
+
+
+# ------------------------------------------------------------------------- clipping
+
+
+def test_each_user_update_is_clipped_and_the_sum_is_bounded(tiny_config, monkeypatch) -> None:
+    clip = 0.05
+    cfg = tiny_config.replace({"privacy.mode": "central", "privacy.update-clip": clip, "train.local-lr": 50.0})
+    store = simulation_store(cfg, 0)
+    assert store.n_users > 1
+    weights = trainer.parameters_of(build_model(store.n_items, cfg.model, store.features, 0))
+    seen: list[tuple[float, float]] = []
+    original = trainer.clip_update
+
+    def spy(update, *, max_norm):  # noqa: ANN001, ANN202
+        out, before = original(update, max_norm=max_norm)
+        seen.append((before, update_norm(out)))
+        return out, before
+
+    monkeypatch.setattr(trainer, "clip_update", spy)
+    result = trainer.train_locally(store, cfg, weights, server_round=1, run_id="r", ledger=Ledger())
+    assert result.weights is not None and result.users == store.n_users
+    assert len(seen) == store.n_users  # one model copy and one clip per user
+    assert any(before > clip for before, _ in seen), "the test should force clipping"
+    for before, after in seen:
+        assert after <= clip * (1 + 1e-5)
+        if before <= clip:
+            assert after == pytest.approx(before)
+    total = update_norm(result.weights)
+    assert 0 < total <= store.n_users * clip * (1 + 1e-5)
+    assert set(result.weights) == set(weights)
+
+
+def test_local_plus_central_writes_one_dp_sgd_entry_per_round(tiny_config) -> None:
+    cfg = tiny_config.replace({"privacy.mode": "local+central", "privacy.noise-multiplier": 1.0})
+    store = simulation_store(cfg, 1)
+    weights = trainer.parameters_of(build_model(store.n_items, cfg.model, store.features, 0))
+    ledger = Ledger()
+    result = trainer.train_locally(store, cfg, weights, server_round=1, run_id="r", ledger=ledger)
+    (entry,) = ledger.entries
+    # Each user trains their own copy alone: q = 1, one step per local epoch (parallel composition).
+    assert (entry.mechanism, entry.sample_rate, entry.steps) == ("dp-sgd", 1.0, cfg.train.local_epochs)
+    assert result.epsilon == pytest.approx(epsilon_of([entry], default_delta(store.total_users)))
+    assert update_norm(result.weights) <= store.n_users * cfg.privacy.update_clip * (1 + 1e-5)
+
+
+# --------------------------------------------------------------------- config, build
+
+
+def test_config_fields_and_validation() -> None:
+    cfg = load_config(None, ['privacy.mode="local+central"', "privacy.update-clip=0.5", "privacy.central-noise-multiplier=1.2"])
+    assert cfg.privacy.local_dp and cfg.privacy.central_dp and cfg.privacy.update_clip == 0.5
+    assert not load_config(None, ['privacy.mode="local"']).privacy.central_dp
+    with pytest.raises(ValueError, match="update-clip"):
+        load_config(None, ['privacy.mode="central"', "privacy.update-clip=0"])
+    with pytest.raises(ValueError, match="needs noise"):
+        load_config(None, ['privacy.mode="central"', "privacy.central-noise-multiplier=0"])
+    with pytest.raises(ValueError, match="needs the server's DP-FedAvg"):
+        StrataStrategy(load_config(None, ['privacy.mode="central"']), np.random.default_rng(0))
+
+
+def test_hub_sampling_is_not_counted_as_amplification(tmp_path: Path) -> None:
+    hub = load_config(None, ['privacy.mode="central"', "federation.fraction-train=0.5", 'federation.topology="hub"'])
+    device = hub.replace({"federation.topology": "device"})
+    assert accounted_sample_rate(hub) == 1.0 and accounted_sample_rate(device) == 0.5
+
+
+def test_calibration_spends_the_central_target_over_the_planned_rounds(tmp_path: Path) -> None:
+    cfg = load_config(
+        None,
+        ['privacy.mode="central"', "privacy.central-target-epsilon=3.0", 'federation.topology="device"',
+         "federation.fraction-train=0.1", "federation.rounds=50"],
+    )
+    central = build_central_dp(cfg, data_users=1000, run_id="r", ledger_path=tmp_path / "central.jsonl")
+    assert central.expected_users == pytest.approx(100.0)
+    entries = [central.entry(server_round=r, run_id="r") for r in range(1, 51)]
+    assert 2.9 <= epsilon_of(entries, default_delta(1000)) <= 3.0
+
+
+# ------------------------------------------------------------------ run and report
+
+
+def test_budget_stops_the_run_early_and_exports_the_model(tiny_config) -> None:
+    cfg = tiny_config.replace(
+        {"privacy.mode": "central", "privacy.central-noise-multiplier": 1.0, "federation.rounds": 5}
+    )
+    delta = default_delta(cfg.data.synthetic_users)
+    one = epsilon_of([LedgerEntry("dp-fedavg", 1.0, 1.0, 1, "r", 1, "server", 1.0)] * 2, delta)
+    cfg = cfg.replace({"privacy.central-max-epsilon": one * 1.01})  # room for 2 of the 5 rounds
+    summary = run_federation(_DirectGrid(cfg), cfg)
+    assert summary["rounds"] == 2 and "central budget" in summary["stopped_early"]
+    assert summary["central_epsilon"] <= cfg.privacy.central_max_epsilon
+    lines = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [x["round"] for x in lines] == [1, 2]
+    assert (cfg.run_dir / "model" / "weights.pt").exists()
+    report, verified = write_privacy_report(cfg.run_dir, verify=True)
+    assert verified, [c for c in report["verification"]["checks"] if not c["passed"]]
+
+
+@pytest.mark.parametrize("mode", ["central", "local+central"])
+def test_simulation_in_central_mode_verifies(tiny_config, mode: str) -> None:
+    cfg = tiny_config.replace({"privacy.mode": mode, "privacy.update-clip": 0.5, "privacy.central-noise-multiplier": 0.8})
+    summary = simulate(cfg)
+    run = cfg.run_dir
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["round"] for x in lines] == [1, 2]
+    central = Ledger.open(run / "ledgers" / "central.jsonl")
+    assert [(e.mechanism, e.round, e.client) for e in central.entries] == [("dp-fedavg", 1, "server"), ("dp-fedavg", 2, "server")]
+    delta = default_delta(cfg.data.synthetic_users)
+    for line in lines:
+        assert line["train"]["clients"] == 4 and 0 < line["eval"]["ndcg@100"] <= 1, line
+        replay = epsilon_of([e for e in central.entries if e.round <= line["round"]], delta)
+        assert line["central_epsilon"] == pytest.approx(replay, rel=1e-9)
+    clients = [Ledger.open(p) for p in sorted((run / "ledgers").glob("client-*.jsonl"))]
+    if mode == "central":
+        assert not clients and lines[-1]["epsilon"] == 0.0
+    else:
+        assert len(clients) == 4
+        assert lines[-1]["epsilon"] == pytest.approx(max(epsilon_of(c.entries, delta) for c in clients), rel=1e-9)
+    assert summary["central_epsilon"] == pytest.approx(lines[-1]["central_epsilon"])
+    report, verified = write_privacy_report(run, verify=True)
+    assert verified, [c for c in report["verification"]["checks"] if not c["passed"]]
+    assert report["guarantee"]["central_epsilon"] == pytest.approx(lines[-1]["central_epsilon"], rel=0.05)
+    assert report["guarantee"]["epsilon"] >= report["guarantee"]["central_epsilon"] - 1e-9
+    assert any(m["mechanism"] == "dp-fedavg" for m in report["mechanisms"])
+    assert "DP-FedAvg" in (run / "privacy_report.html").read_text()
