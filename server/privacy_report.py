@@ -105,6 +105,7 @@ def write_privacy_report(run_dir: Path, *, verify: bool, tolerance: float = 0.05
     )
     with _quiet_absl():
         report = _build(run_dir, files, delta, delta_source, n_users, current_run, points)
+        report["audit"] = _audit_result(run_dir)
         verified = True
         if verify:
             checks += _verify(run_dir, files, report, delta, current_run, points, data_fp, data_error, tolerance)
@@ -128,6 +129,18 @@ def write_privacy_report(run_dir: Path, *, verify: bool, tolerance: float = 0.05
     (run_dir / "privacy_report.html").write_text(render_html(report), encoding="utf-8")
     log.info("wrote %s and %s", run_dir / "privacy_report.json", run_dir / "privacy_report.html")
     return report, verified
+
+
+def _audit_result(run_dir: Path) -> dict | None:
+    """The `strata audit` result for this run, if the run was trained by an audit (out/audit.json)."""
+    path = run_dir.parent / "audit.json"
+    if not path.is_file():
+        return None
+    audit = json.loads(path.read_text())
+    if Path(audit.get("run_dir", "")).resolve() != run_dir.resolve():
+        return None
+    keep = ("m", "r", "guesses_per_side", "correct", "epsilon_lower_bound", "confidence", "reported_epsilon", "passed", "verdict")
+    return {k: audit[k] for k in keep if k in audit}
 
 
 def _json_safe(value: object) -> object:
@@ -1104,6 +1117,16 @@ def render_html(report: dict) -> str:
         )
         rows = [(c["name"], "pass" if c["passed"] else "FAIL", c["message"]) for c in ver["checks"]]
         parts.append(_table(["check", "result", "detail"], rows))
+    parts.append("<h2 id='empirical-audit'>Empirical audit</h2>")
+    audit = report.get("audit")
+    if audit:
+        parts.append(f"<p>{_e(audit.get('verdict', ''))}</p>")
+        parts.append(_table(["field", "value"], [[k, v] for k, v in audit.items() if k != "verdict"]))
+    else:
+        parts.append(
+            "<p>No canary audit was run for this run (<code>strata audit</code> trains its own run with canaries "
+            "and bounds ε from below).</p>"
+        )
     parts.append("<h2 id='mechanisms'>Mechanisms</h2>")
     if report["mechanisms"]:
         parts.append(

@@ -244,3 +244,22 @@ def test_privacy_off_states_no_guarantee(tmp_path: Path) -> None:
     assert json.loads((run_dir / "privacy_report.json").read_text())["guarantee"]["epsilon"] == "inf"
     page = (run_dir / "privacy_report.html").read_text()
     assert "No guarantee: ε = ∞" in page and "ε = 0.000, δ" not in page
+
+
+def test_audit_result_is_included_when_present(tmp_path) -> None:
+    """A run trained by `strata audit` (out/run next to out/audit.json) shows the audit's bound."""
+    import json as _json
+
+    from server.privacy_report import _audit_result
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert _audit_result(run) is None
+    audit = {"run_dir": str(run), "m": 200, "r": 120, "correct": 118, "epsilon_lower_bound": 3.2,
+             "confidence": 0.95, "reported_epsilon": None, "passed": None, "verdict": "DP off: ε ≥ 3.2", "canaries": []}
+    (tmp_path / "audit.json").write_text(_json.dumps(audit))
+    got = _audit_result(run)
+    assert got["epsilon_lower_bound"] == 3.2 and got["m"] == 200 and "canaries" not in got
+    other = tmp_path / "other"
+    other.mkdir()
+    assert _audit_result(other) is None  # an audit of a different run is not attached
