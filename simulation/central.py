@@ -56,32 +56,15 @@ def run_central(config: StrataConfig, *, eval_every: int = 5) -> dict:
         log.info("central DP-SGD: σ=%.4f, q=%.4f, %d steps, δ=%.3g", sigma, q, t.epochs * steps_per_epoch, delta)
     metrics_path = run_dir / "metrics.jsonl"
     metrics_path.unlink(missing_ok=True)
-    m = config.model
-    step, epsilon, last = 0, 0.0, {}
     started = time.perf_counter()
-    for epoch in range(1, t.epochs + 1):
-        betas = [min(m.beta_max, m.beta_max * (step + i) / max(m.anneal_steps, 1)) for i in range(steps_per_epoch)]
-        stats = train_users(
-            model, tensors, epochs=1, batch_size=t.batch_size, optimizer=optimizer, beta=betas,
-            rating_weight=m.rating_weight, generator=gen, dp=dp,
+    with torch.random.fork_rng():
+        # Dropout and the VAE's sampling draw from torch's global generator: seed a private
+        # fork so a non-DP central run is reproducible (DP noise and sampling stay secret).
+        torch.manual_seed(config.run.seed)
+        epsilon, last = _train_epochs(
+            model, tensors, users, data.n_items, config, optimizer, gen, dp, ledger, delta,
+            steps_per_epoch, metrics_path, eval_every,
         )
-        step += stats.steps
-        if dp is not None:
-            ledger.append(
-                LedgerEntry("dp-sgd", dp.noise_multiplier, stats.sample_rate, stats.steps, "central", epoch, "central", dp.max_grad_norm)
-            )
-            epsilon = epsilon_of(ledger.entries, delta, p.accountant)
-        line: dict = {"round": epoch, "train": {"train-loss": stats.mean_loss, "users": stats.users}, "epsilon": epsilon}
-        if epoch % eval_every == 0 or epoch == t.epochs:
-            sums = evaluate_model(model, users, data.n_items, threshold)
-            line["eval"] = {**sums.to_dict(), **sums.means()}
-            last = line["eval"]
-            log.info(
-                "epoch %d/%d · loss %.2f · ε %.3f · NDCG@100 %.4f Recall@20 %.4f RMSE %.4f",
-                epoch, t.epochs, stats.mean_loss, epsilon, last["ndcg@100"], last["recall@20"], last["rmse"],
-            )
-        with open(metrics_path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(line) + "\n")
     elapsed = time.perf_counter() - started
     weights = {k: v.detach().clone() for k, v in model.named_parameters()}
     manifest = export_model(run_dir / "model", weights, config, data.catalog, data_fingerprint=fingerprint(data), rounds=t.epochs)  # type: ignore[arg-type]
@@ -97,3 +80,35 @@ def run_central(config: StrataConfig, *, eval_every: int = 5) -> dict:
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _train_epochs(model, tensors, users, n_items, config, optimizer, gen, dp, ledger, delta, steps_per_epoch,
+                  metrics_path, eval_every) -> tuple[float, dict]:
+    """The epoch loop of `run_central`: train, account, evaluate, log one line per epoch."""
+    m, t, p = config.model, config.train, config.privacy
+    threshold = config.data.positive_threshold
+    step, epsilon, last = 0, 0.0, {}
+    for epoch in range(1, t.epochs + 1):
+        betas = [min(m.beta_max, m.beta_max * (step + i) / max(m.anneal_steps, 1)) for i in range(steps_per_epoch)]
+        stats = train_users(
+            model, tensors, epochs=1, batch_size=t.batch_size, optimizer=optimizer, beta=betas,
+            rating_weight=m.rating_weight, generator=gen, dp=dp,
+        )
+        step += stats.steps
+        if dp is not None:
+            ledger.append(
+                LedgerEntry("dp-sgd", dp.noise_multiplier, stats.sample_rate, stats.steps, "central", epoch, "central", dp.max_grad_norm)
+            )
+            epsilon = epsilon_of(ledger.entries, delta, p.accountant)
+        line: dict = {"round": epoch, "train": {"train-loss": stats.mean_loss, "users": stats.users}, "epsilon": epsilon}
+        if epoch % eval_every == 0 or epoch == t.epochs:
+            sums = evaluate_model(model, users, n_items, threshold)
+            line["eval"] = {**sums.to_dict(), **sums.means()}
+            last = line["eval"]
+            log.info(
+                "epoch %d/%d · loss %.2f · ε %.3f · NDCG@100 %.4f Recall@20 %.4f RMSE %.4f",
+                epoch, t.epochs, stats.mean_loss, epsilon, last["ndcg@100"], last["recall@20"], last["rmse"],
+            )
+        with open(metrics_path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(line) + "\n")
+    return epsilon, last

@@ -141,6 +141,22 @@ def cmd_layers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from simulation.generate import generate_profiles
+
+    result = generate_profiles(Path(args.run), n=args.n, out=Path(args.out), interest=args.interest, seed=args.seed)
+    print(f"Synthetic users: {result['out']} (catalog {result['catalog']}); comparison: {result['report']}")
+    print(result["privacy"]["statement"])
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from server.run_report import write_run_report
+
+    print(f"Run report: {write_run_report(Path(args.run))}")
+    return 0
+
+
 def cmd_recommend(args: argparse.Namespace) -> int:
     from client.recommend import format_recommendations, recommend_for_user
 
@@ -192,6 +208,18 @@ def build_parser() -> argparse.ArgumentParser:
     layers = sub.add_parser("layers", help="build and print the interest taxonomy of a run")
     layers.add_argument("run", help="run directory")
     layers.set_defaults(func=cmd_layers)
+
+    gen = sub.add_parser("generate", help="synthetic user profiles sampled from a run's model (+ comparison report)")
+    gen.add_argument("run", help="run directory")
+    gen.add_argument("--n", type=int, required=True, help="number of synthetic users")
+    gen.add_argument("--out", required=True, help="ratings CSV to write (catalog: <stem>_catalog.csv next to it)")
+    gen.add_argument("--interest", help="condition on an L2 interest id of the taxonomy, e.g. Drama/1")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.set_defaults(func=cmd_generate)
+
+    report = sub.add_parser("report", help="report.html of a run: utility, ε, taxonomy, census, example user")
+    report.add_argument("run", help="run directory")
+    report.set_defaults(func=cmd_report)
 
     rec = sub.add_parser("recommend", help="top-N recommendations for one user, on the device's own data")
     rec.add_argument("run", help="run directory")

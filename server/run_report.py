@@ -1,0 +1,368 @@
+"""`report.html` of a run: utility, ε, interest taxonomy, DP census and an example user (DESIGN.md §6).
+
+One self-contained page (inline CSS and SVG, no scripts; every text is HTML-escaped):
+
+- **Utility over rounds**: NDCG@100, Recall@20 and RMSE of the `eval` entries of `metrics.jsonl`.
+- **ε over rounds**: `epsilon` (and `central_epsilon` where present) per round; with
+  `privacy.mode = "off"` the page says there is no guarantee.
+- **Interest taxonomy**: L1 categories → L2 interests with sizes and names (`load_taxonomy`,
+  which builds `taxonomy.json` from the model and the public catalog if it is missing).
+- **DP interest census**: bars from `census.json` in the run directory if present, else a
+  placeholder ("DP interest census not run"). Expected format::
+
+      {"interests": [{"id": str, "label": str, "count": float}, ...],
+       "epsilon": float, "delta": float}
+
+  `id` is an L1 or L2 interest id of the taxonomy, `label` its readable name, `count` the
+  noisy number of users holding it (may be negative or fractional after noise; drawn clipped
+  at 0), and (ε, δ) the census's own DP guarantee.
+- **Example user**: the first user id of the run's data set, its layered profile and top-10
+  layered recommendations from `client.recommend.recommend_for_user`, i.e. what that user's
+  device computes from its own ratings, the model and the taxonomy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+
+from server.privacy_report import _CSS, _e, _line_chart, _table
+from shared.config import StrataConfig
+
+log = logging.getLogger(__name__)
+
+FILENAME = "report.html"
+CENSUS_FILENAME = "census.json"
+EXAMPLE_N = 10
+"""Recommendations shown for the example user."""
+
+_EXTRA_CSS = """
+.cards{display:flex;gap:1em;flex-wrap:wrap;margin:.8em 0}
+.card{border:1px solid #ccc;border-radius:6px;padding:.5em 1em;min-width:9em;background:#fafafa}
+.card .v{font-size:1.5em;font-weight:600}.card .k{color:#555;font-size:.85em}
+.note{border-left:4px solid #1f77b4;background:#f2f7fc;padding:.5em 1em}
+.placeholder{border:2px dashed #bbb;color:#555;padding:1em;border-radius:6px;background:#fafafa}
+tr.l1 td{background:#f4f4f4;font-weight:600} td.id{white-space:nowrap}
+"""
+
+
+def write_run_report(run_dir: Path) -> Path:
+    """Write `run_dir/report.html`; return its path."""
+    run_dir = Path(run_dir)
+    from server.export import read_run_config
+
+    config = read_run_config(run_dir)
+    metrics = read_metrics(run_dir)
+    summary = _read_json(run_dir / "summary.json")
+    taxonomy, taxonomy_error = _taxonomy(run_dir)
+    census, census_error = read_census(run_dir)
+    example, example_error = _example_user(run_dir, config)
+    page = render_html(
+        run_name=config.run.name,
+        run_dir=str(run_dir),
+        privacy_mode=config.privacy.mode,
+        metrics=metrics,
+        summary=summary,
+        taxonomy=taxonomy,
+        taxonomy_error=taxonomy_error,
+        census=census,
+        census_error=census_error,
+        example=example,
+        example_error=example_error,
+    )
+    path = run_dir / FILENAME
+    path.write_text(page, encoding="utf-8")
+    log.info("wrote %s", path)
+    return path
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The lines of `run_dir/metrics.jsonl` (empty if absent); a bad line is an error naming it."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    lines = []
+    for n, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not text.strip():
+            continue
+        try:
+            lines.append(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}, line {n}: not JSON ({exc.msg}).") from exc
+    return lines
+
+
+def read_census(run_dir: Path) -> tuple[dict | None, str | None]:
+    """`census.json` if present and well formed: (census, None); absent: (None, None); bad: (None, why)."""
+    path = Path(run_dir) / CENSUS_FILENAME
+    if not path.is_file():
+        return None, None
+    try:
+        census = json.loads(path.read_text(encoding="utf-8"))
+        rows = census["interests"]
+        for r in rows:
+            str(r["id"]), str(r["label"]), float(r["count"])
+        float(census["epsilon"]), float(census["delta"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        why = f"{path} is not in the expected format ({type(exc).__name__}: {exc})"
+        log.warning("%s", why)
+        return None, why
+    return census, None
+
+
+def _taxonomy(run_dir: Path) -> tuple[dict | None, str | None]:
+    from server.taxonomy import load_taxonomy
+
+    try:
+        return load_taxonomy(run_dir), None
+    except (FileNotFoundError, ValueError) as exc:
+        log.warning("report: no taxonomy for %s: %s", run_dir, exc)
+        return None, str(exc)
+
+
+def _example_user(run_dir: Path, config: StrataConfig) -> tuple[dict | None, str | None]:
+    """Layered recommendations for the data set's first user, as that user's device computes them."""
+    from client.recommend import recommend_for_user
+    from shared.data.source import load_source
+
+    try:
+        data = load_source(config.data, config.run.seed)
+        if not data.user_ids:
+            return None, "the data set has no users."
+        return recommend_for_user(run_dir, data.user_ids[0], n=EXAMPLE_N, layered=True), None
+    except (FileNotFoundError, ValueError) as exc:
+        log.warning("report: no example user for %s: %s", run_dir, exc)
+        return None, str(exc)
+
+
+# ------------------------------------------------------------------------------- SVG
+
+
+def _bars(rows: list[tuple[str, float, str]], *, width: int = 760, label_width: int = 260, max_value: float | None = None) -> str:
+    """Horizontal SVG bars: (label, value, text drawn after the bar); values below 0 are drawn as 0."""
+    bar_h, gap, top = 18, 6, 4
+    h = top + len(rows) * (bar_h + gap) + 4
+    vmax = max_value if max_value is not None else max((max(v, 0.0) for _, v, _ in rows), default=1.0)
+    vmax = vmax if vmax > 0 else 1.0
+    plot = width - label_width - 200
+    out = [f'<svg width="{width}" height="{h}" viewBox="0 0 {width} {h}" role="img" aria-label="bar chart">']
+    for k, (label, value, text) in enumerate(rows):
+        y = top + k * (bar_h + gap)
+        w = max(value, 0.0) / vmax * plot
+        short = label if len(label) <= 40 else label[:39] + "…"
+        out.append(
+            f'<text x="{label_width - 8}" y="{y + bar_h - 5}" font-size="12" text-anchor="end">'
+            f"<title>{_e(label)}</title>{_e(short)}</text>"
+        )
+        out.append(f'<rect x="{label_width}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="#1f77b4"/>')
+        out.append(f'<text x="{label_width + w + 6:.1f}" y="{y + bar_h - 5}" font-size="11">{_e(text)}</text>')
+    out.append(f'<line x1="{label_width}" x2="{label_width}" y1="{top - 2}" y2="{h - 2}" stroke="#333"/>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+# ------------------------------------------------------------------------------ HTML
+
+
+def _fmt(v: object, digits: int = 4) -> str:
+    return f"{v:.{digits}f}" if isinstance(v, int | float) and math.isfinite(float(v)) else "—"
+
+
+def _utility_section(metrics: list[dict], summary: dict | None) -> list[str]:
+    evals = [(float(m["round"]), m["eval"]) for m in metrics if isinstance(m.get("eval"), dict) and "round" in m]
+    final = (summary or {}).get("final_eval") or (evals[-1][1] if evals else {})
+    parts = ["<h2 id='utility'>Utility over rounds</h2>"]
+    if final:
+        cards = [("NDCG@100", final.get("ndcg@100")), ("Recall@20", final.get("recall@20")), ("RMSE", final.get("rmse"))]
+        parts.append(
+            "<div class='cards'>"
+            + "".join(f"<div class='card'><div class='v'>{_e(_fmt(v))}</div><div class='k'>final {_e(k)}</div></div>" for k, v in cards)
+            + "</div>"
+        )
+    if not evals:
+        parts.append("<p>No evaluation entries in <code>metrics.jsonl</code>.</p>")
+        return parts
+    ranking = [
+        (name, [(r, float(e[key])) for r, e in evals if key in e], False)
+        for name, key in (("NDCG@100", "ndcg@100"), ("Recall@20", "recall@20"))
+    ]
+    parts.append(_line_chart([s for s in ranking if s[1]], x_label="round / epoch", y_label="ranking metric"))
+    rmse = [(r, float(e["rmse"])) for r, e in evals if "rmse" in e]
+    if rmse:
+        parts.append(_line_chart([("RMSE", rmse, False)], x_label="round / epoch", y_label="RMSE (rating)"))
+    parts.append(
+        "<p class='muted'>Evaluated on each user's held-out ratings (sums over users, then means), "
+        f"{len(evals)} evaluation point(s).</p>"
+    )
+    return parts
+
+
+def _epsilon_section(metrics: list[dict], privacy_mode: str) -> list[str]:
+    parts = ["<h2 id='epsilon'>ε over rounds</h2>"]
+    if privacy_mode == "off":
+        parts.append(
+            "<div class='placeholder'><b>Privacy off</b> (<code>privacy.mode = \"off\"</code>): no DP mechanism ran, "
+            "so there is no guarantee (ε = ∞).</div>"
+        )
+        return parts
+    local = [(float(m["round"]), float(m["epsilon"])) for m in metrics if "epsilon" in m and "round" in m]
+    central = [(float(m["round"]), float(m["central_epsilon"])) for m in metrics if "central_epsilon" in m and "round" in m]
+    series = [(name, pts, False) for name, pts in (("ε (local, max over clients)", local), ("ε (central)", central)) if pts]
+    if not series or all(v == 0 for _, pts, _ in series for _, v in pts):
+        parts.append(f"<p>privacy.mode = <code>{_e(privacy_mode)}</code>, but <code>metrics.jsonl</code> records no ε.</p>")
+        return parts
+    parts.append(_line_chart(series, x_label="round / epoch", y_label="ε so far"))
+    last = ", ".join(f"{name} {pts[-1][1]:.3f}" for name, pts, _ in series)
+    parts.append(
+        f"<p>After the last round: {_e(last)}. User-level, composed with the PLD accountant; "
+        "<code>strata privacy-report RUN --verify</code> recomputes it from the ledgers.</p>"
+    )
+    return parts
+
+
+def _taxonomy_section(taxonomy: dict | None, error: str | None) -> list[str]:
+    parts = ["<h2 id='taxonomy'>Interest taxonomy</h2>"]
+    if taxonomy is None:
+        parts.append(f"<div class='placeholder'>No taxonomy: {_e(error or 'unknown reason')}</div>")
+        return parts
+    cats = taxonomy["categories"]
+    n_l2 = sum(len(c["interests"]) for c in cats)
+    parts.append(
+        f"<p>{len(cats)} L1 categories, {n_l2} L2 interests over {taxonomy['n_items']} items — built from the model's "
+        f"item vectors and the public catalog only (model {_e(taxonomy['model_fingerprint'][:12])}, taxonomy "
+        f"{_e(taxonomy['fingerprint'][:12])}). Bars: items per L1 category and the model's population prior share.</p>"
+    )
+    parts.append(_bars([(c["id"], float(c["n_items"]), f"{c['n_items']} items · prior {100 * c['prior_share']:.1f}%") for c in cats]))
+    rows = ["<table><thead><tr><th>L1 / L2 interest</th><th>items</th><th>prior</th><th>name (representative titles, decades, keywords)</th></tr></thead><tbody>"]
+    for c in cats:
+        rows.append(
+            f"<tr class='l1'><td class='id'>{_e(c['id'])}</td><td class='num'>{c['n_items']}</td>"
+            f"<td class='num'>{100 * c['prior_share']:.1f}%</td><td>{len(c['interests'])} L2 interest(s)</td></tr>"
+        )
+        for it in c["interests"]:
+            rows.append(
+                f"<tr><td class='id'>&nbsp;&nbsp;└ {_e(it['id'])}</td><td class='num'>{it['n_items']}</td>"
+                f"<td class='num'>{100 * it['prior_share']:.1f}%</td><td>{_e(it['name'])}</td></tr>"
+            )
+    rows.append("</tbody></table>")
+    parts.append("".join(rows))
+    return parts
+
+
+def _census_section(census: dict | None, error: str | None) -> list[str]:
+    parts = ["<h2 id='census'>DP interest census</h2>"]
+    if census is None:
+        why = f" ({error})" if error else ""
+        parts.append(
+            f"<div class='placeholder'><b>DP interest census not run</b>{_e(why)}. When <code>{CENSUS_FILENAME}</code> "
+            "is in the run directory this section shows how many users hold each interest (noisy counts).</div>"
+        )
+        return parts
+    rows = sorted(census["interests"], key=lambda r: -float(r["count"]))
+    parts.append(
+        f"<p>Noisy number of users holding each interest, released with (ε, δ) = "
+        f"({float(census['epsilon']):.3g}, {float(census['delta']):.3g}) on top of training. Negative noisy counts "
+        "are drawn as 0.</p>"
+    )
+    parts.append(_bars([(f"{r['label']} ({r['id']})" if r["label"] != r["id"] else str(r["id"]), float(r["count"]), f"{float(r['count']):.1f}") for r in rows]))
+    return parts
+
+
+def _example_section(example: dict | None, error: str | None) -> list[str]:
+    parts = ["<h2 id='example-user'>Example user: layered profile and recommendations</h2>"]
+    if example is None:
+        parts.append(f"<div class='placeholder'>No example user: {_e(error or 'unknown reason')}</div>")
+        return parts
+    p, h = example["profile"], example["history"]
+    parts.append(
+        f"<p class='note'>User <b>{_e(example['user'])}</b> (the first user id of the data set). Computed locally, as "
+        "on that user's device: from this user's own train ratings, the model and the taxonomy only; on a real "
+        f"deployment none of it leaves the device. {h['train_ratings']} train ratings, {h['train_positives']} positives; the "
+        f"model's prediction weighs {100 * p['blend']['model_weight']:.0f}% in the blended shares.</p>"
+    )
+    parts.append("<h3>L1 core interests (blended share; population prior in brackets)</h3>")
+    l1 = [e for e in p["l1"] if e["share"] > 0.005][:10]
+    parts.append(_bars([(e["id"], e["share"], f"{100 * e['share']:.0f}%  (prior {100 * e['prior']:.0f}%)") for e in l1]))
+    parts.append("<h3>L2 fine interests</h3>")
+    if p["l2"]:
+        parts.append(_table(
+            ["interest", "share", "observed", "predicted", "name"],
+            [(e["id"], f"{100 * e['share']:.1f}%", f"{100 * e['observed']:.1f}%", f"{100 * e['predicted']:.1f}%", e["name"]) for e in p["l2"]],
+            numeric=(1, 2, 3),
+        ))
+    else:
+        parts.append("<p>None observed.</p>")
+    parts.append("<h3>L3 latent interests (predicted, not yet shown)</h3>")
+    if p["l3"]:
+        parts.append(_table(
+            ["interest", "lift", "predicted", "observed", "name"],
+            [(e["id"], f"{e['lift']:.1f}×", f"{100 * e['predicted']:.1f}%", f"{100 * e['observed']:.1f}%", e["name"]) for e in p["l3"]],
+            numeric=(1, 2, 3),
+        ))
+    else:
+        parts.append("<p>None: the model predicts no interest well above the population prior that the user has not shown.</p>")
+    parts.append(
+        f"<h3>Top {len(example['items'])}, layered (calibrated to L1, discovery slots for L3; "
+        f"miscalibration KL {example['miscalibration']:.3f})</h3>"
+    )
+    parts.append(_table(
+        ["#", "title", "r̂", "layer", "interest", "why"],
+        [(r["rank"], r["title"], f"{r['predicted_rating']:.1f}", r["layer"], r["interest"], r["why"]) for r in example["items"]],
+        numeric=(0, 2),
+    ))
+    return parts
+
+
+def render_html(
+    *,
+    run_name: str,
+    run_dir: str,
+    privacy_mode: str,
+    metrics: list[dict],
+    summary: dict | None,
+    taxonomy: dict | None,
+    taxonomy_error: str | None = None,
+    census: dict | None = None,
+    census_error: str | None = None,
+    example: dict | None = None,
+    example_error: str | None = None,
+) -> str:
+    """The run report as one self-contained HTML page (inline CSS and SVG, no scripts)."""
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    eps = (summary or {}).get("epsilon")
+    if privacy_mode == "off":
+        privacy = "privacy off — no DP guarantee (ε = ∞)"
+    elif isinstance(eps, int | float):
+        privacy = f"privacy.mode = {privacy_mode}, ε = {eps:.3f}" + (
+            f", central ε = {summary['central_epsilon']:.3f}" if summary and isinstance(summary.get("central_epsilon"), int | float) else ""
+        )
+    else:
+        privacy = f"privacy.mode = {privacy_mode}"
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>Run report — {_e(run_name)}</title><style>{_CSS}{_EXTRA_CSS}</style></head><body>",
+        f"<h1>Run report — “{_e(run_name)}”</h1>",
+        f"<p class='muted'>{_e(run_dir)} · {_e(privacy)} · generated {_e(when)}</p>",
+    ]
+    parts += _utility_section(metrics, summary)
+    parts += _epsilon_section(metrics, privacy_mode)
+    parts += _taxonomy_section(taxonomy, taxonomy_error)
+    parts += _census_section(census, census_error)
+    parts += _example_section(example, example_error)
+    parts.append(
+        "<p class='muted'>Budget details: <code>privacy_report.html</code> (<code>strata privacy-report RUN</code>).</p>"
+    )
+    parts.append("</body></html>")
+    return "\n".join(parts)
