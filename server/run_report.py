@@ -181,7 +181,7 @@ def _fmt(v: object, digits: int = 4) -> str:
 
 
 def _utility_section(metrics: list[dict], summary: dict | None) -> list[str]:
-    evals = [(float(m["round"]), m["eval"]) for m in metrics if isinstance(m.get("eval"), dict) and "round" in m]
+    evals = [(float(m["round"]), m["eval"]) for m in metrics if isinstance(m.get("eval"), dict) and m["eval"] and "round" in m]
     final = (summary or {}).get("final_eval") or (evals[-1][1] if evals else {})
     parts = ["<h2 id='utility'>Utility over rounds</h2>"]
     if final:
