@@ -66,7 +66,7 @@ def run_federation(grid: Grid, config: StrataConfig, *, timeout: float = 3600.0)
     elif metrics_path.exists():
         metrics_path.unlink()
     arrays = ArrayRecord(weights)
-    n_nodes = len(list(grid.get_node_ids()))
+    n_nodes = _wait_for_clients(grid, config.federation.min_available_clients, config.federation.wait_for_clients_s)
     fed = config.federation
     log.info(
         "run %s: %d clients (%s topology), %d rounds, privacy %s; writing %s",
@@ -151,6 +151,25 @@ def run_federation(grid: Grid, config: StrataConfig, *, timeout: float = 3600.0)
         summary["stopped_early"] = stopped
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _wait_for_clients(grid: Grid, minimum: int, timeout_s: float) -> int:
+    """Block until at least `minimum` clients are connected; return how many are.
+
+    Flower starts the ServerApp while SuperNodes are still registering: sampling before
+    they are all there would train on a subset (or on nobody) without saying so.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        n = len(list(grid.get_node_ids()))
+        if n >= max(minimum, 1):
+            return n
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"only {n} of the {minimum} clients (federation.min-available-clients) connected within "
+                f"{timeout_s:.0f} s (federation.wait-for-clients-s)."
+            )
+        time.sleep(0.2)
 
 
 def _check_resumable(run_dir: Path, config: StrataConfig) -> None:

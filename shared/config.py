@@ -175,6 +175,10 @@ class FederationConfig:
     rounds: int = 10
     fraction_train: float = 1.0
     """Share of clients sampled for training each round."""
+    min_available_clients: int = 1
+    """Clients that must be connected before round 1 starts (`strata simulate` sets the topology's count)."""
+    wait_for_clients_s: float = 300.0
+    """How long the server waits for min-available-clients before giving up with an error."""
     min_train_clients: int = 1
     """A round with fewer successful replies is skipped (logged), never averaged over nothing."""
     eval_every: int = 1

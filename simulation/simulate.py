@@ -26,6 +26,7 @@ def backend_config(config: StrataConfig) -> dict:
 def simulate(config: StrataConfig) -> dict:
     """Simulate the federation of `config` and return the run summary (also in summary.json)."""
     n = num_clients(config)
+    config = config.replace({"federation.min-available-clients": n})  # start only once all are registered
     log.info("simulating %d virtual clients on Flower's simulation engine", n)
     ledgers = sorted((config.run_dir / "ledgers").glob("client-*.jsonl"))
     if ledgers:

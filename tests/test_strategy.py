@@ -91,3 +91,22 @@ def test_fraction_sampling_is_seeded() -> None:
 def test_bad_server_optimizer_is_refused() -> None:
     with pytest.raises(ValueError, match="server optimizer"):
         ServerOptimizer("sgd")
+
+
+def test_server_waits_for_clients_before_round_one() -> None:
+    """Flower starts the ServerApp while SuperNodes still register: round 1 must wait for them."""
+    from server.federation import _wait_for_clients
+
+    class _Registering:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def get_node_ids(self) -> list[int]:
+            self.calls += 1
+            return list(range(min(self.calls, 4)))
+
+    grid = _Registering()
+    assert _wait_for_clients(grid, 4, timeout_s=5) == 4
+    assert grid.calls >= 4
+    with pytest.raises(RuntimeError, match="min-available-clients"):
+        _wait_for_clients(_Nodes([1]), 3, timeout_s=0.3)
