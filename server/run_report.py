@@ -29,7 +29,10 @@ import math
 from datetime import UTC, datetime
 from pathlib import Path
 
-from server.privacy_report import _CSS, _e, _line_chart, _table
+from server.html_parts import CSS as _CSS
+from server.html_parts import escape as _e
+from server.html_parts import line_chart as _line_chart
+from server.html_parts import table as _table
 from shared.config import StrataConfig
 
 log = logging.getLogger(__name__)
