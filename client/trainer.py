@@ -144,22 +144,7 @@ def train_locally(
     model = model_for(store, config, weights)
     data = train_tensors(store.users, store.n_items, config.data.positive_threshold)
     seed = derive_seed(config.run.seed, store.client_id, server_round)
-    optimizer = make_optimizer(model, "sgd", config.train.local_lr, config.train.weight_decay)
-    # Dropout, the VAE's sampling and Opacus' noise draw from torch's global generator:
-    # seed a private fork of it so a round is reproducible (and a resumed run identical).
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        stats = train_users(
-            model,
-            data,
-            epochs=config.train.local_epochs,
-            batch_size=config.train.batch_size,
-            optimizer=optimizer,
-            beta=beta_for_round(config, server_round),
-            rating_weight=config.model.rating_weight,
-            generator=torch.Generator().manual_seed(seed),
-            dp=dp,
-        )
+    stats = _seeded_train(model, data, config, beta_for_round(config, server_round), seed, dp)
     if dp is not None:
         entry = LedgerEntry(
             "dp-sgd", dp.noise_multiplier, stats.sample_rate, stats.steps, run_id, server_round, store.client_id, dp.max_grad_norm
@@ -167,6 +152,29 @@ def train_locally(
         ledger.append(entry)
         spent = epsilon_of(ledger.entries, delta, p.accountant)
     return LocalResult(parameters_of(model), store.n_users, data.n_ratings, stats.mean_loss, spent)
+
+
+def _seeded_train(model: StrataModel, data, config: StrataConfig, beta: float, seed: int, dp: DPSettings | None):
+    """Local SGD on `data`, reproducible from `seed` where it may be.
+
+    Dropout and the VAE's sampling draw from torch's global generator: a private fork of it
+    is seeded, so a non-DP round is reproducible (and a resumed run identical). DP noise and
+    Poisson sampling use their own secret generators inside `train_users`.
+    """
+    optimizer = make_optimizer(model, "sgd", config.train.local_lr, config.train.weight_decay)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return train_users(
+            model,
+            data,
+            epochs=config.train.local_epochs,
+            batch_size=config.train.batch_size,
+            optimizer=optimizer,
+            beta=beta,
+            rating_weight=config.model.rating_weight,
+            generator=torch.Generator().manual_seed(seed),
+            dp=dp,
+        )
 
 
 def _clipped_update_sum(
@@ -194,20 +202,7 @@ def _clipped_update_sum(
         model = copy.deepcopy(base)
         data = train_tensors([user], store.n_items, config.data.positive_threshold)
         seed = derive_seed(config.run.seed, store.client_id, server_round, index)
-        optimizer = make_optimizer(model, "sgd", config.train.local_lr, config.train.weight_decay)
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            stats = train_users(
-                model,
-                data,
-                epochs=config.train.local_epochs,
-                batch_size=config.train.batch_size,
-                optimizer=optimizer,
-                beta=beta,
-                rating_weight=config.model.rating_weight,
-                generator=torch.Generator().manual_seed(seed),
-                dp=dp,
-            )
+        stats = _seeded_train(model, data, config, beta, seed, dp)
         update = OrderedDict((k, v.detach() - start[k]) for k, v in model.named_parameters())
         update, norm = clip_update(update, max_norm=p.update_clip)
         clipped += norm > p.update_clip
