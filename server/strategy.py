@@ -15,11 +15,19 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -31,6 +39,17 @@ from .server_optimizer import ServerOptimizer
 from .update_check import InvalidUpdate, check_update
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Tally:
+    """What happened to one round's replies."""
+
+    accepted: int = 0
+    failed: int = 0
+    refused: int = 0
+    users: float = 0.0
+    loss_sum: float = 0.0
 
 
 class StrataStrategy(Strategy):
@@ -108,43 +127,14 @@ class StrataStrategy(Strategy):
             (k, torch.zeros_like(v, dtype=torch.float64)) for k, v in current.items()
         )
         total = 0.0
-        accepted = failed = refused = 0
-        loss_sum = users = 0.0
-        for msg in replies:
-            if msg.has_error():
-                failed += 1
-                log.warning("round %d: client %d failed: %s", server_round, msg.metadata.src_node_id, msg.error.reason)
-                continue
-            metrics = msg.content["metrics"]
-            self.client_epsilon[msg.metadata.src_node_id] = float(metrics["epsilon"])
-            if int(metrics["refused"]):
-                refused += 1
-                continue
-            weights = msg.content["arrays"].to_torch_state_dict()
-            try:
-                check_update(weights, current)
-            except InvalidUpdate as exc:
-                failed += 1
-                self.rejected.append(f"round {server_round}, node {msg.metadata.src_node_id}: {exc}")
-                log.warning("round %d: rejected update from node %d: %s", server_round, msg.metadata.src_node_id, exc)
-                continue
+        tally = _Tally()
+        for weights, metrics in self._usable(server_round, replies, current, tally):
             weight = float(metrics["num-users" if self.fed.weighted_by == "users" else "num-examples"])
             for k, v in weights.items():
                 acc[k].add_(v, alpha=weight)
             total += weight
-            accepted += 1
-            loss_sum += float(metrics["train-loss"]) * float(metrics["num-users"])
-            users += float(metrics["num-users"])
-        record = MetricRecord(
-            {
-                "clients": accepted,
-                "failed": failed,
-                "refused": refused,
-                "users": users,
-                "train-loss": loss_sum / users if users else float("nan"),
-                "epsilon": max(self.client_epsilon.values(), default=0.0),
-            }
-        )
+        record = self._record(tally)
+        accepted = tally.accepted
         if accepted < self.fed.min_train_clients or total <= 0:
             log.warning(
                 "round %d skipped: %d usable replies (< min-train-clients %d)",
@@ -165,55 +155,75 @@ class StrataStrategy(Strategy):
         acc: OrderedDict[str, torch.Tensor] = OrderedDict(
             (k, torch.zeros_like(v, dtype=torch.float64)) for k, v in current.items()
         )
-        accepted = failed = refused = 0
-        loss_sum = users = 0.0
+        tally = _Tally()
+
+        def within_clip(update: OrderedDict[str, torch.Tensor], metrics: MetricRecord) -> None:
+            n_users = float(metrics["num-users"])
+            norm = update_norm(update)
+            if norm > n_users * central.clip * (1 + CLIP_SLACK) + 1e-6:
+                raise InvalidUpdate(
+                    f"clipped update sum has norm {norm:.4g} > num-users {n_users:g} × update-clip {central.clip:g}"
+                )
+
+        for update, _ in self._usable(server_round, replies, current, tally, extra_check=within_clip):
+            for k, v in update.items():
+                acc[k].add_(v)
+        noisy = OrderedDict((k, v.to(current[k].dtype)) for k, v in central.noisy_mean(acc).items())
+        central.record(server_round=server_round, run_id=self._run_id)  # durable before the release
+        new = self.optimizer.step(current, noisy)
+        if tally.accepted == 0:
+            log.info("round %d: no update from any sampled client; released noise only", server_round)
+        record = self._record(tally)
+        record["central-epsilon"] = central.epsilon()
+        return ArrayRecord(new), record
+
+    def _usable(
+        self,
+        server_round: int,
+        replies: Iterable[Message],
+        current: OrderedDict[str, torch.Tensor],
+        tally: _Tally,
+        extra_check: Callable[[OrderedDict[str, torch.Tensor], MetricRecord], None] | None = None,
+    ) -> Iterator[tuple[OrderedDict[str, torch.Tensor], MetricRecord]]:
+        """The replies whose update may be aggregated; failures, refusals and invalid updates
+        are counted in `tally` and logged, never averaged."""
         for msg in replies:
             node = msg.metadata.src_node_id
             if msg.has_error():
-                failed += 1
+                tally.failed += 1
                 log.warning("round %d: client %d failed: %s", server_round, node, msg.error.reason)
                 continue
             metrics = msg.content["metrics"]
             self.client_epsilon[node] = float(metrics["epsilon"])
             if int(metrics["refused"]):
-                refused += 1
+                tally.refused += 1
                 continue
             update = msg.content["arrays"].to_torch_state_dict()
-            n_users = float(metrics["num-users"])
             try:
                 check_update(update, current)
-                norm = update_norm(update)
-                if norm > n_users * central.clip * (1 + CLIP_SLACK) + 1e-6:
-                    raise InvalidUpdate(
-                        f"clipped update sum has norm {norm:.4g} > num-users {n_users:g} × update-clip {central.clip:g}"
-                    )
+                if extra_check is not None:
+                    extra_check(update, metrics)
             except InvalidUpdate as exc:
-                failed += 1
+                tally.failed += 1
                 self.rejected.append(f"round {server_round}, node {node}: {exc}")
                 log.warning("round %d: rejected update from node %d: %s", server_round, node, exc)
                 continue
-            for k, v in update.items():
-                acc[k].add_(v)
-            accepted += 1
-            loss_sum += float(metrics["train-loss"]) * n_users
-            users += n_users
-        noisy = OrderedDict((k, v.to(current[k].dtype)) for k, v in central.noisy_mean(acc).items())
-        central.record(server_round=server_round, run_id=self._run_id)  # durable before the release
-        new = self.optimizer.step(current, noisy)
-        if accepted == 0:
-            log.info("round %d: no update from any sampled client; released noise only", server_round)
-        record = MetricRecord(
+            tally.accepted += 1
+            tally.users += float(metrics["num-users"])
+            tally.loss_sum += float(metrics["train-loss"]) * float(metrics["num-users"])
+            yield update, metrics
+
+    def _record(self, tally: _Tally) -> MetricRecord:
+        return MetricRecord(
             {
-                "clients": accepted,
-                "failed": failed,
-                "refused": refused,
-                "users": users,
-                "train-loss": loss_sum / users if users else float("nan"),
+                "clients": tally.accepted,
+                "failed": tally.failed,
+                "refused": tally.refused,
+                "users": tally.users,
+                "train-loss": tally.loss_sum / tally.users if tally.users else float("nan"),
                 "epsilon": max(self.client_epsilon.values(), default=0.0),
-                "central-epsilon": central.epsilon(),
             }
         )
-        return ArrayRecord(new), record
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         config["server-round"] = server_round
