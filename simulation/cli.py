@@ -18,7 +18,7 @@ class _QuietLibraries(logging.Filter):
     """Keep Flower's and Ray's chatter below WARNING out of Strata's progress log."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or not record.name.startswith(("flwr", "ray", "opacus"))
+        return record.levelno >= logging.WARNING or not record.name.startswith(("flwr", "ray", "opacus", "alembic"))
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -26,7 +26,7 @@ def _setup_logging(verbose: bool) -> None:
     if not verbose:
         for handler in logging.getLogger().handlers:
             handler.addFilter(_QuietLibraries())
-        for noisy in ("flwr", "ray", "opacus"):
+        for noisy in ("flwr", "ray", "opacus", "alembic"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
