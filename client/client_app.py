@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from shared.config import StrataConfig, config_from_run_config
 
 from .ledger_store import ledger_path, open_ledger, save_to_state
+from .release import contribute
 from .store import store_for
 from .trainer import evaluate_locally, train_locally
 
@@ -67,6 +68,28 @@ def build_client_app(config: StrataConfig | None = None) -> ClientApp:
         sums = evaluate_locally(store, c, msg.content["arrays"].to_torch_state_dict())
         metrics = MetricRecord({**sums.to_dict(), "num-users": store.n_users})
         return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+    @app.query()
+    def release(msg: Message, context: Context) -> Message:
+        """The client's part of a one-shot release (popularity prior, interest census)."""
+        c = cfg(context)
+        store = store_for(c, dict(context.node_config))
+        ledger = open_ledger(context, ledger_path(_ledger_dir(c, context), store.client_id))
+        conf = msg.content["config"]
+        weights = msg.content["arrays"].to_torch_state_dict() if "arrays" in msg.content else None
+        interests = msg.content["interests"]["l2"].numpy() if "interests" in msg.content else None
+        total, spent = contribute(
+            store, c, str(conf["release"]), run_id=str(conf["run-id"]), server_round=int(conf["server-round"]),
+            ledger=ledger, weights=weights, interest_matrix=interests,
+        )
+        save_to_state(context, ledger)
+        content = RecordDict(
+            {
+                "release": ArrayRecord({"sum": Array(total)}),
+                "metrics": MetricRecord({"num-users": store.n_users, "epsilon": spent}),
+            }
+        )
+        return Message(content=content, reply_to=msg)
 
     return app
 

@@ -164,6 +164,33 @@ def profile_from_distribution(
     }
 
 
+def interest_shares(
+    model: torch.nn.Module, positives: torch.Tensor, interest_matrix: np.ndarray, settings: ProfileSettings | None = None
+) -> np.ndarray:
+    """B×C blended L2 shares of B users at once (the `share` of `profile_from_distribution`),
+    from their B×I train positives and the I×C item × interest weights."""
+    s = settings or ProfileSettings()
+    if positives.shape[0] == 0:
+        return np.zeros((0, interest_matrix.shape[1]))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            mu, _ = model.encode(positives.float())  # type: ignore[operator]
+            pi = torch.softmax(model.decode(mu).double(), dim=1).numpy()  # type: ignore[operator]
+    finally:
+        model.train(was_training)
+    pos = positives.double().numpy()
+    n_pos = (pos > 0).sum(axis=1, keepdims=True)
+    a = s.kappa / (n_pos + s.kappa) if s.kappa > 0 else (n_pos == 0).astype(np.float64)
+
+    def rows_normalised(m: np.ndarray) -> np.ndarray:
+        total = m.sum(axis=1, keepdims=True)
+        return np.divide(m, total, out=np.zeros_like(m), where=total > 0)
+
+    return (1 - a) * rows_normalised(pos @ interest_matrix) + a * rows_normalised(pi @ interest_matrix)
+
+
 def user_profile(
     model: torch.nn.Module,
     taxonomy: dict,

@@ -19,7 +19,7 @@ from shared.data.source import load_source
 from shared.data.split import UserRatings, split_configured
 from shared.data.topology import partition_users
 from shared.data.types import RatingsData
-from shared.features import catalog_features
+from shared.features import model_features
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def _partitions(config: StrataConfig) -> tuple[RatingsData, tuple[np.ndarray, ..
         alpha=fed.dirichlet_alpha,
         seed=config.run.seed,
     )
-    return data, tuple(parts), torch.from_numpy(catalog_features(data.catalog))
+    return data, tuple(parts), model_features(data.catalog, config)
 
 
 def num_clients(config: StrataConfig) -> int:
@@ -84,7 +84,7 @@ def deployed_store(config: StrataConfig, node_config: dict) -> DeviceStore:
     catalog = node_config.get("catalog-path")
     data = load_csv(Path(str(node_config["data-path"])), Path(str(catalog)) if catalog else None)
     users = split_configured(data, config.data, config.run.seed)
-    feats = torch.from_numpy(catalog_features(data.catalog))
+    feats = model_features(data.catalog, config)
     client_id = str(node_config.get("client-id", Path(str(node_config["data-path"])).stem))
     return DeviceStore(client_id, users, data.n_items, feats, data.n_users)
 

@@ -23,8 +23,13 @@ from shared.config import StrataConfig
 from shared.data.matrices import train_tensors
 from shared.metrics import MetricSums, evaluate_model
 from shared.model import StrataModel, build_model
-from shared.privacy.accounting import calibrate_noise_multiplier, default_delta, epsilon_of
+from shared.privacy.accounting import (
+    calibrate_noise_multiplier,
+    default_delta,
+    epsilon_of,
+)
 from shared.privacy.ledger import Ledger, LedgerEntry
+from shared.privacy.release import planned_releases
 from shared.training import DPSettings, make_optimizer, poisson_plan, train_users
 
 from .store import DeviceStore
@@ -75,7 +80,7 @@ class LocalResult:
 
 def noise_multiplier_for(config: StrataConfig, store: DeviceStore, ledger: Ledger, run_id: str) -> float:
     """σ given directly, or calibrated so that this run's planned rounds bring the device's
-    total ε (earlier runs in its ledger included) to `target-epsilon`."""
+    total ε (earlier runs in its ledger and this run's releases included) to `target-epsilon`."""
     p = config.privacy
     if p.target_epsilon <= 0:
         return p.noise_multiplier
@@ -87,7 +92,10 @@ def noise_multiplier_for(config: StrataConfig, store: DeviceStore, ledger: Ledge
         q,
         steps_per_round * planned,
         p.accountant,
-        tuple(e for e in ledger.entries if e.run_id != run_id),
+        (
+            *(e for e in ledger.entries if e.run_id != run_id),
+            *planned_releases(config, run_id=run_id, holder=store.client_id, server=False),
+        ),
     )
 
 
@@ -191,6 +199,25 @@ def _clipped_update_sum(
     """Central DP: train a copy of the global model on each user alone, clip each user's
     update to S and return their sum (norm ≤ n_users · S). Each user only touches their own
     copy, so local DP-SGD (if on) is one ledger entry per round for all of them."""
+    if dp is None and config.train.local_epochs == 1 and config.train.weight_decay == 0 and store.n_users:
+        return _clipped_step_sum(store, config, weights, server_round=server_round, spent=spent)
+    return _clipped_update_loop(
+        store, config, weights, server_round=server_round, run_id=run_id, ledger=ledger, dp=dp, spent=spent
+    )
+
+
+def _clipped_update_loop(
+    store: DeviceStore,
+    config: StrataConfig,
+    weights: OrderedDict[str, torch.Tensor],
+    *,
+    server_round: int,
+    run_id: str,
+    ledger: Ledger,
+    dp: DPSettings | None,
+    spent: float,
+) -> LocalResult:
+    """`_clipped_update_sum` one user at a time: a model copy per user (any local training)."""
     p = config.privacy
     base = model_for(store, config, weights)
     start = parameters_of(base)
@@ -220,6 +247,29 @@ def _clipped_update_sum(
         spent = epsilon_of(ledger.entries, resolved_delta(config, store), p.accountant)
     mean_loss = loss_sum / store.n_users if store.n_users else float("nan")
     return LocalResult(total, store.n_users, examples, mean_loss, spent)
+
+
+def _clipped_step_sum(
+    store: DeviceStore, config: StrataConfig, weights: OrderedDict[str, torch.Tensor], *, server_round: int, spent: float
+) -> LocalResult:
+    """`_clipped_update_sum` in one batched pass when each user's update is one plain SGD
+    step: update_u = -lr·g_u, so Σ clip_S(update_u) = -lr·Σ clip_{S/lr}(g_u), which Opacus
+    computes (ghost clipping, noise 0, public normaliser n) as n · (new - old) weights."""
+    model = model_for(store, config, weights)
+    start = parameters_of(model)
+    data = train_tensors(store.users, store.n_items, config.data.positive_threshold)
+    n, lr = data.n_users, config.train.local_lr
+    clip = DPSettings(noise_multiplier=0.0, max_grad_norm=config.privacy.update_clip / lr, ghost_clipping=True)
+    seed = derive_seed(config.run.seed, store.client_id, server_round)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        stats = train_users(
+            model, data, epochs=1, batch_size=n, optimizer=make_optimizer(model, "sgd", lr),
+            beta=beta_for_round(config, server_round), rating_weight=config.model.rating_weight,
+            generator=torch.Generator().manual_seed(seed), dp=clip,
+        )
+    total = OrderedDict((k, (v.detach() - start[k]) * n) for k, v in model.named_parameters())
+    return LocalResult(total, n, data.n_ratings, stats.mean_loss, spent)
 
 
 def evaluate_locally(store: DeviceStore, config: StrataConfig, weights: OrderedDict[str, torch.Tensor]) -> MetricSums:

@@ -32,8 +32,13 @@ from pathlib import Path
 import torch
 
 from shared.config import StrataConfig
-from shared.privacy.accounting import calibrate_noise_multiplier, default_delta, epsilon_of
+from shared.privacy.accounting import (
+    calibrate_noise_multiplier,
+    default_delta,
+    epsilon_of,
+)
 from shared.privacy.ledger import Ledger, LedgerEntry
+from shared.privacy.release import planned_releases
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +140,11 @@ class CentralDP:
 
 def build_central_dp(config: StrataConfig, *, data_users: int, run_id: str, ledger_path: Path) -> CentralDP:
     """The server's mechanism for `config`: z given or calibrated over the planned rounds
-    (entries of earlier runs in the ledger count), expected count q · N_users."""
+    (entries of earlier runs in the ledger and this run's releases count), expected count q · N_users."""
     p, fed = config.privacy, config.federation
     ledger = Ledger.open(ledger_path)
     prior = [e for e in ledger.entries if e.run_id != run_id]
+    planned = planned_releases(config, run_id=run_id, holder=SERVER, server=True)
     if prior:
         log.warning(
             "%s already holds %d release(s) of earlier runs: the central ε composes with them "
@@ -155,7 +161,7 @@ def build_central_dp(config: StrataConfig, *, data_users: int, run_id: str, ledg
             sample_rate=rate,
             steps=fed.rounds,
             accountant=p.accountant,
-            prior=prior,
+            prior=[*prior, *planned],
         )
     else:
         z = p.central_noise_multiplier

@@ -66,7 +66,7 @@ def load_exported(run_dir: Path) -> tuple[torch.nn.Module, dict, StrataConfig]:
     against the manifest's fingerprint.
     """
     from shared.data.source import load_source
-    from shared.features import catalog_features
+    from shared.features import model_features
     from shared.model import build_model
 
     run_dir = Path(run_dir)
@@ -81,7 +81,7 @@ def load_exported(run_dir: Path) -> tuple[torch.nn.Module, dict, StrataConfig]:
     catalog = load_source(config.data, config.run.seed).catalog
     if list(catalog.item_ids) != manifest["item_index"]:
         raise ValueError(f"the catalog of {config.data.source!r} does not match the model's item index.")
-    model = build_model(len(catalog.item_ids), config.model, torch.from_numpy(catalog_features(catalog)), config.run.seed)
+    model = build_model(len(catalog.item_ids), config.model, model_features(catalog, config), config.run.seed)
     model.load_state_dict(weights, strict=False)
     model.eval()
     return model, manifest, config

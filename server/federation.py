@@ -14,15 +14,20 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
+from client.profiles import InterestIndex
 from shared.config import StrataConfig
 from shared.data.source import fingerprint, load_source
-from shared.features import catalog_features
+from shared.features import model_features
 from shared.model import build_model
+from shared.privacy.accounting import default_delta
+from shared.privacy.release import CENSUS, POPULARITY, bias_from_popularity
 
 from .central_dp import CentralDP, build_central_dp
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .export import export_model
+from .release import collect_release, write_census
 from .strategy import StrataStrategy
+from .taxonomy import taxonomy_from_model, write_taxonomy
 
 log = logging.getLogger("strata")
 
@@ -41,7 +46,7 @@ def run_federation(grid: Grid, config: StrataConfig, *, timeout: float = 3600.0)
     (run_dir / "config.toml").write_text(tomli_w.dumps(config.to_nested()))
     # The server uses only the public catalog (item index and features), never ratings.
     data = load_source(config.data, config.run.seed)
-    features = torch.from_numpy(catalog_features(data.catalog))
+    features = model_features(data.catalog, config)
     model = build_model(data.n_items, config.model, features, seed=config.run.seed)
     weights = {k: v.detach().clone() for k, v in model.named_parameters()}
     start_round = 1
@@ -65,7 +70,6 @@ def run_federation(grid: Grid, config: StrataConfig, *, timeout: float = 3600.0)
         _truncate_metrics(metrics_path, ckpt.round)
     elif metrics_path.exists():
         metrics_path.unlink()
-    arrays = ArrayRecord(weights)
     n_nodes = _wait_for_clients(grid, config.federation.min_available_clients, config.federation.wait_for_clients_s)
     fed = config.federation
     log.info(
@@ -73,6 +77,9 @@ def run_federation(grid: Grid, config: StrataConfig, *, timeout: float = 3600.0)
         run_id, n_nodes, fed.topology, fed.rounds, config.privacy.mode, run_dir,
     )
     strategy.summary()
+    if ckpt is None and config.model.popularity_prior:
+        weights = _with_popularity_prior(grid, config, model, strategy, central, run_id, timeout)
+    arrays = ArrayRecord(weights)
     started = time.perf_counter()
     last_eval: dict = {}
     last_round = start_round - 1
@@ -133,6 +140,9 @@ def run_federation(grid: Grid, config: StrataConfig, *, timeout: float = 3600.0)
     manifest = export_model(
         run_dir / "model", final, config, data.catalog, data_fingerprint=fingerprint(data), rounds=last_round
     )
+    if fed.census:
+        delta = config.privacy.delta or default_delta(data.n_users)
+        _census(grid, config, model, final, data.catalog, manifest, strategy, central, run_id, delta, timeout)
     summary = {
         "run_id": run_id,
         "run_dir": str(run_dir),
@@ -151,6 +161,35 @@ def run_federation(grid: Grid, config: StrataConfig, *, timeout: float = 3600.0)
         summary["stopped_early"] = stopped
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _with_popularity_prior(grid, config, model, strategy, central, run_id, timeout) -> dict:
+    """Weights whose decoder item bias comes from a (DP) popularity release (round 0)."""
+    release = collect_release(
+        grid, config, POPULARITY, run_id=run_id, dim=model.n_items,
+        server_ledger=central.ledger if central is not None else None, timeout=timeout,
+    )
+    strategy.client_epsilon.update(release.client_epsilon)
+    model.start_from_popularity(torch.from_numpy(bias_from_popularity(release.total)))
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def _census(grid, config, model, final, catalog, manifest, strategy, central, run_id, delta, timeout) -> None:
+    """Build the taxonomy of the final model and release the DP interest census (`census.json`)."""
+    model.load_state_dict(final, strict=False)
+    taxonomy = taxonomy_from_model(
+        model, catalog, seed=config.run.seed, model_fingerprint=manifest["weights_fingerprint"], run_name=config.run.name
+    )
+    write_taxonomy(config.run_dir, taxonomy)
+    index = InterestIndex.from_taxonomy(taxonomy, catalog.categories)
+    release = collect_release(
+        grid, config, CENSUS, run_id=run_id, dim=len(index.interests),
+        server_ledger=central.ledger if central is not None else None, timeout=timeout,
+        arrays=ArrayRecord(final), interests=index.l2,
+    )
+    strategy.client_epsilon.update(release.client_epsilon)
+    census = write_census(config.run_dir, taxonomy, release, config, delta)
+    log.info("census of %d interests from %d clients -> %s (census ε %.3f)", len(census["interests"]), release.clients, config.run_dir / "census.json", census["epsilon"])
 
 
 def _wait_for_clients(grid: Grid, minimum: int, timeout_s: float) -> int:

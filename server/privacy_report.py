@@ -36,6 +36,7 @@ from server.html_parts import table as _table
 from shared.config import StrataConfig
 from shared.privacy.accounting import PLD_DISCRETIZATION, default_delta, epsilon_of
 from shared.privacy.ledger import LedgerEntry, LedgerError, read_entries
+from shared.privacy.release import KINDS, RELEASE, release_bound, release_round
 
 from .export import read_run_config, weights_fingerprint
 
@@ -607,6 +608,9 @@ def _check_ledger_structure(files: _RunFiles, current_run: str | None) -> Check:
             if e.mechanism == "dp-fedavg":
                 problems += _fedavg_entry_problems(e, where, config, current_run)
                 continue
+            if e.mechanism == RELEASE:
+                problems += _release_entry_problems(e, where, config, current_run)
+                continue
             k = round(1 / e.sample_rate)
             epochs = 1 if cid == "central" else config.train.local_epochs
             # Earlier runs may have had other local epochs: only a whole number of epochs is required.
@@ -652,6 +656,23 @@ def _fedavg_entry_problems(e: LedgerEntry, where: str, config: StrataConfig, cur
         out.append(f"{where}: q = {e.sample_rate:g}, the configured sampling allows q = {accounted_sample_rate(config):g}")
     if not math.isclose(e.max_grad_norm, p.update_clip, rel_tol=1e-9):
         out.append(f"{where}: S = {e.max_grad_norm:g}, config privacy.update-clip = {p.update_clip:g}")
+    return out
+
+
+def _release_entry_problems(e: LedgerEntry, where: str, config: StrataConfig, current_run: str | None) -> list[str]:
+    """A one-shot release: in this run, z is the configured one and the bound is that of the
+    release its round names (0: popularity prior, rounds + 1: census)."""
+    if e.run_id != current_run:
+        return []
+    out = []
+    z = config.privacy.release_noise_multiplier
+    if not math.isclose(e.noise_multiplier, z, rel_tol=1e-9):
+        out.append(f"{where}: release z = {e.noise_multiplier:g}, config privacy.release-noise-multiplier = {z:g}")
+    kinds = {release_round(k, config): k for k in KINDS}
+    if e.round not in kinds:
+        out.append(f"{where}: a release in round {e.round}, expected round 0 (popularity) or {config.federation.rounds + 1} (census)")
+    elif not math.isclose(e.max_grad_norm, release_bound(kinds[e.round]), rel_tol=1e-9):
+        out.append(f"{where}: {kinds[e.round]} release bound {e.max_grad_norm:g}, expected {release_bound(kinds[e.round]):g}")
     return out
 
 

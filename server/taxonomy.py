@@ -50,8 +50,7 @@ FORMAT = "strata-taxonomy/1"
 FILENAME = "taxonomy.json"
 
 _STOPWORDS = frozenset(
-    "the a an of and in to on for with from at by is it my me you your his her our its la le les de du des "
-    "el il der die das und ii iii iv part movie film".split()
+    ["the", "a", "an", "of", "and", "in", "to", "on", "for", "with", "from", "at", "by", "is", "it", "my", "me", "you", "your", "his", "her", "our", "its", "la", "le", "les", "de", "du", "des", "el", "il", "der", "die", "das", "und", "ii", "iii", "iv", "part", "movie", "film"]
 )
 _YEAR_SUFFIX = re.compile(r"\s*\(\d{4}\)\s*$")
 
@@ -173,7 +172,7 @@ def _interest(
         "titles": titles,
         "keywords": keywords,
         "decades": decades,
-        "n_items": int(len(members)),
+        "n_items": len(members),
         "prior_share": round(float(share[members].sum()), 9),
         "items": [int(i) for i in np.sort(members)],
     }
@@ -212,7 +211,7 @@ def taxonomy_from_model(
         categories.append(
             {
                 "id": category,
-                "n_items": int(len(items)),
+                "n_items": len(items),
                 "prior_share": round(float(share[items].sum()), 9),
                 "silhouette": round(c.silhouette, 6),
                 "interests": interests,
@@ -249,10 +248,17 @@ def build_taxonomy(run_dir: Path, params: TaxonomyParams | None = None) -> dict:
         model, catalog, seed=config.run.seed, model_fingerprint=manifest["weights_fingerprint"],
         run_name=config.run.name, params=params,
     )
-    (run_dir / FILENAME).write_text(json.dumps(taxonomy, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    n_l2 = sum(len(c["interests"]) for c in taxonomy["categories"])
-    log.info("taxonomy of %s: %d categories, %d interests -> %s", run_dir, len(taxonomy["categories"]), n_l2, run_dir / FILENAME)
+    write_taxonomy(run_dir, taxonomy)
     return taxonomy
+
+
+def write_taxonomy(run_dir: Path, taxonomy: dict) -> Path:
+    """Write `run_dir/taxonomy.json`."""
+    path = Path(run_dir) / FILENAME
+    path.write_text(json.dumps(taxonomy, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    n_l2 = sum(len(c["interests"]) for c in taxonomy["categories"])
+    log.info("taxonomy of %s: %d categories, %d interests -> %s", run_dir, len(taxonomy["categories"]), n_l2, path)
+    return path
 
 
 def load_taxonomy(run_dir: Path) -> dict:

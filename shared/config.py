@@ -63,6 +63,13 @@ class ModelConfig:
     """Weight of the rating MSE in the per-user loss."""
     user_bias_damping: float = 5.0
     """Damping λ of the closed-form user bias Σ(r - b_i) / (n_u + λ)."""
+    text_dims: int = 0
+    """Add this many PCA dimensions of MiniLM embeddings of each item's title and genres to
+    the public item features (0: off; needs the optional `text` extra)."""
+    popularity_prior: bool = False
+    """Initialise the decoder's item bias from a popularity release before training: a
+    Gaussian release of bounded per-user vectors (`privacy.release-noise-multiplier`),
+    in the ledger; exact only with privacy off."""
 
     def __post_init__(self) -> None:
         for name in ("hidden_dim", "latent_dim", "rating_dim"):
@@ -70,6 +77,8 @@ class ModelConfig:
                 raise ValueError(f"model.{name.replace('_', '-')} must be positive.")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError("model.dropout must be in [0, 1).")
+        if self.text_dims < 0:
+            raise ValueError("model.text-dims must be >= 0 (0: no text features).")
 
 
 @dataclass(frozen=True)
@@ -124,6 +133,9 @@ class PrivacyConfig:
     central_max_epsilon: float = 0.0
     """Central DP: the server ends the run (and exports the model) before a round that
     would take the central ε above this (0: no limit)."""
+    release_noise_multiplier: float = 4.0
+    """z of one-shot releases (popularity prior, interest census): noise std z times the
+    per-user L2 bound, added by each client under local privacy, by the server under central."""
     expected_users: int = 0
     """Central DP: the public N_users of the expected count q·N_users the noisy sum is
     divided by; 0 takes it from the data source."""
@@ -154,6 +166,8 @@ class PrivacyConfig:
                 f"privacy.mode = {self.mode!r} needs noise: set privacy.central-noise-multiplier > 0 "
                 "or privacy.central-target-epsilon > 0."
             )
+        if self.release_noise_multiplier <= 0:
+            raise ValueError("privacy.release-noise-multiplier must be positive.")
         if self.expected_users < 0:
             raise ValueError("privacy.expected-users must be >= 0 (0: take N_users from the data).")
         if self.max_grad_norm <= 0:
@@ -192,6 +206,9 @@ class FederationConfig:
     """Weight of each client's update in the average."""
     num_cpus_per_client: float = 1.0
     """Ray resources per virtual client in simulation."""
+    census: bool = False
+    """After training, build the interest taxonomy and release a census of how many users
+    hold each interest (`census.json`; DP under local or central privacy)."""
 
     def __post_init__(self) -> None:
         if self.topology not in ("device", "hub"):

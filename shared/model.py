@@ -100,6 +100,15 @@ class StrataModel(nn.Module):
         self.rate_items.set_bias(RATING_PRIOR)
         self.drop = nn.Dropout(config.dropout)
 
+    def start_from_popularity(self, item_bias: torch.Tensor) -> None:
+        """Decoder item bias := `item_bias` and decoder item weights := 0, so the untrained
+        model ranks exactly by that popularity; training learns the personal part on top."""
+        self.dec_items.set_bias(item_bias)
+        with torch.no_grad():
+            for layer in (self.dec_items.learned, self.dec_items.to_features):
+                if layer is not None:
+                    layer.weight.zero_()
+
     def encode(self, positives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = F.normalize(positives, p=2, dim=1)
         x = self.drop(x)

@@ -93,10 +93,11 @@ def train_users(
     sampling_rng = torch.Generator().manual_seed(secrets.randbits(63))
     noise_rng = torch.Generator().manual_seed(secrets.randbits(63))
     poisson_loader = DPDataLoader.from_data_loader(loader, generator=sampling_rng)
-    engine = PrivacyEngine(secure_mode=False)
     with warnings.catch_warnings():
+        # Secure mode is not needed: sampling and noise use the OS-seeded generators above.
         warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
         warnings.filterwarnings("ignore", message=".*non-full backward hook.*")
+        engine = PrivacyEngine(secure_mode=False)
         kwargs = dict(
             module=model,
             optimizer=optimizer,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -33,6 +34,9 @@ class Row:
     label: str
     preset: str
     kind: str  # "baseline", "central" or "simulate"
+    overrides: tuple[str, ...] = ()
+    epsilon: float = 0.0
+    """Target ε of a frontier row (inf: DP off); 0 for the main table."""
 
 
 ROWS = (
@@ -48,14 +52,39 @@ ROWS = (
         "simulate",
     ),
 )
+FRONTIER_EPSILONS = (1.0, 2.0, 4.0, 8.0, math.inf)
+RELEASE_Z = {1.0: 8.0, 2.0: 6.0, 4.0: 4.0, 8.0: 3.0}
+"""Noise multiplier of the popularity release at each target ε: a cheaper release (larger z)
+leaves more of a small budget to training."""
+FRONTIER_MODES = {
+    "local": ("configs/frontier-local.toml", "privacy.target-epsilon", "local DP-SGD in 4 hubs"),
+    "central": ("configs/frontier-central.toml", "privacy.central-target-epsilon", "central DP-FedAvg over 4 hubs"),
+}
+
+
+def _frontier_rows() -> tuple[Row, ...]:
+    rows = []
+    for mode, (preset, key, label) in FRONTIER_MODES.items():
+        for eps in FRONTIER_EPSILONS:
+            name = "inf" if math.isinf(eps) else f"{eps:g}"
+            overrides = ('privacy.mode="off"',) if math.isinf(eps) else (f"{key}={eps}", f"privacy.release-noise-multiplier={RELEASE_Z[eps]}")
+            rows.append(Row(f"frontier-{mode}-eps{name}", f"{label}, ε = {'∞' if math.isinf(eps) else name}", preset, "simulate", overrides, eps))
+    return tuple(rows)
+
+
+FRONTIER = _frontier_rows()
+ALL_ROWS = ROWS + FRONTIER
 QUICK_PRESET = "configs/smoke.toml"
 
 
 def _run_one(row: Row, seed: int, runs_dir: Path, quick: bool) -> dict:
     preset = QUICK_PRESET if quick and row.kind != "baseline" else row.preset
-    overrides = [f"run.seed={seed}", f'run.out="{runs_dir / f"{row.key}-s{seed}"}"']
+    overrides = [*row.overrides, f"run.seed={seed}", f'run.out="{runs_dir / f"{row.key}-s{seed}"}"']
     if quick:
         overrides.append('data.source="synthetic"')
+        if row.epsilon:  # the smoke preset with the row's privacy mode, no text encoder needed
+            mode = "off" if math.isinf(row.epsilon) else ("central" if "central" in row.key else "local")
+            overrides += [f'privacy.mode="{mode}"', "model.popularity-prior=true", "model.item-side=\"both\""]
     cfg = load_config(preset, overrides)
     if cfg.run_dir.exists():
         shutil.rmtree(cfg.run_dir)  # a fresh experiment: no ledgers or checkpoints carried over
@@ -134,10 +163,13 @@ def _code_version() -> str:
 
 def run_bench(*, seeds: int, out: Path, runs_dir: Path, only: list[str] | None = None, quick: bool = False) -> dict:
     """Run every row × seed, write the markdown table to `out` and the raw results beside the runs."""
-    rows = [r for r in ROWS if not only or r.key in only]
-    unknown = set(only or []) - {r.key for r in ROWS}
+    only = _expand(only)
+    rows = [r for r in ALL_ROWS if (not only and not r.epsilon) or (only and r.key in only)]
+    unknown = set(only or []) - {r.key for r in ALL_ROWS}
     if unknown:
-        raise ValueError(f"unknown bench rows {sorted(unknown)}; rows: {', '.join(r.key for r in ROWS)}")
+        raise ValueError(
+            f"unknown bench rows {sorted(unknown)}; rows: {', '.join(r.key for r in ALL_ROWS)}, or 'frontier' for all frontier rows"
+        )
     results: dict[str, list[dict]] = {}
     raw_path = runs_dir / "results.json"
     if raw_path.exists() and only:
@@ -153,8 +185,43 @@ def run_bench(*, seeds: int, out: Path, runs_dir: Path, only: list[str] | None =
     command = "strata " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("strata") else "strata bench"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render(results, seeds=seeds, command=command, quick=quick))
+    if any(r.key in results for r in FRONTIER):
+        (out.parent / FRONTIER_SVG).write_text(frontier_svg(results))
     log.info("wrote %s", out)
     return results
+
+
+def _expand(only: list[str] | None) -> list[str] | None:
+    """`frontier` stands for every frontier row."""
+    if not only:
+        return only
+    return [k for name in only for k in ([r.key for r in FRONTIER] if name == "frontier" else [name])]
+
+
+FRONTIER_SVG = "frontier.svg"
+
+
+def _frontier_points(results: dict[str, list[dict]], mode: str, metric: str) -> list[tuple[float, float]]:
+    return [
+        (r.epsilon, statistics.mean(x[metric] for x in results[r.key]))
+        for r in FRONTIER
+        if r.key in results and r.key.startswith(f"frontier-{mode}-") and not math.isinf(r.epsilon)
+    ]
+
+
+def frontier_svg(results: dict[str, list[dict]]) -> str:
+    """NDCG@100 against user-level ε for both modes, with popularity and central non-private."""
+    from server.html_parts import line_chart
+
+    series = [(f"{mode}: {FRONTIER_MODES[mode][2]}", _frontier_points(results, mode, "ndcg@100"), False) for mode in FRONTIER_MODES]
+    series = [s for s in series if s[1]]
+    xs = [x for _, pts, _ in series for x, _ in pts] or [1.0, 8.0]
+    for key, label in (("popularity", "popularity"), ("central", "central Mult-VAE, no DP")):
+        if key in results:
+            v = statistics.mean(x["ndcg@100"] for x in results[key])
+            series.append((label, [(min(xs), v), (max(xs), v)], key == "popularity"))
+    svg = line_chart(series, x_label="user-level ε (δ = 1/N^1.1)", y_label="NDCG@100 (mean of seeds)")
+    return svg.replace("<svg ", '<svg xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" ', 1)
 
 
 def render(results: dict[str, list[dict]], *, seeds: int, command: str, quick: bool) -> str:
@@ -189,6 +256,7 @@ def render(results: dict[str, list[dict]], *, seeds: int, command: str, quick: b
         c = statistics.mean(r["ndcg@100"] for r in results["central"])
         f = statistics.mean(r["ndcg@100"] for r in results["fed-device"])
         lines += ["", f"Federated `device` / central NDCG@100: **{f / c:.3f}** (target ≥ 0.95)."]
+    lines += _frontier_section(results)
     lines += [
         "",
         "Presets: `configs/ml100k-central.toml`, `configs/ml100k-device.toml`, `configs/ml100k-hub.toml`,",
@@ -199,3 +267,37 @@ def render(results: dict[str, list[dict]], *, seeds: int, command: str, quick: b
         "",
     ]
     return "\n".join(lines)
+
+
+def _frontier_section(results: dict[str, list[dict]]) -> list[str]:
+    """The privacy–utility frontier table (ε × mode) and its plot."""
+    if not any(r.key in results for r in FRONTIER):
+        return []
+    lines = [
+        "",
+        "## Privacy–utility frontier",
+        "",
+        "User-level (ε, δ = 1/N^1.1) after the popularity release and all 100 rounds, both modes on 4 hubs",
+        "(`configs/frontier-local.toml`, `configs/frontier-central.toml`; compact model over public genre, decade and",
+        "MiniLM title features, DP popularity prior). ε is the PLD accountant's over the ledgers; ∞ is the same",
+        "configuration with privacy off (exact popularity prior).",
+        "",
+        "| Target ε | " + " | ".join(f"{m}: NDCG@100 | {m}: RMSE | {m}: ε spent" for m in FRONTIER_MODES) + " |",
+        "|---|" + "---|---|---|" * len(FRONTIER_MODES),
+    ]
+    for eps in FRONTIER_EPSILONS:
+        name = "inf" if math.isinf(eps) else f"{eps:g}"
+        cells = []
+        for mode in FRONTIER_MODES:
+            rs = results.get(f"frontier-{mode}-eps{name}")
+            if not rs:
+                cells += ["—", "—", "—"]
+                continue
+            spent = [r["epsilon"] for r in rs]
+            cells += [_fmt([r["ndcg@100"] for r in rs]), _fmt([r["rmse"] for r in rs]), "∞" if not any(spent) else _fmt(spent, 2)]
+        lines.append(f"| {'∞' if math.isinf(eps) else name} | " + " | ".join(cells) + " |")
+    if "popularity" in results:
+        pop = statistics.mean(r["ndcg@100"] for r in results["popularity"])
+        lines += ["", f"Popularity NDCG@100 on the same splits: {pop:.4f}."]
+    lines += ["", f"![NDCG@100 against ε]({FRONTIER_SVG})"]
+    return lines

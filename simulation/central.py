@@ -17,11 +17,12 @@ from shared.config import StrataConfig
 from shared.data.matrices import train_tensors
 from shared.data.source import fingerprint, load_source
 from shared.data.split import split_configured
-from shared.features import catalog_features
+from shared.features import model_features
 from shared.metrics import evaluate_model
 from shared.model import build_model
 from shared.privacy.accounting import calibrate_noise_multiplier, default_delta, epsilon_of
 from shared.privacy.ledger import Ledger, LedgerEntry
+from shared.privacy.release import bias_from_popularity, gaussian_noise, popularity_rows, release_entry
 from shared.training import DPSettings, make_optimizer, poisson_plan, train_users
 
 log = logging.getLogger("strata")
@@ -36,7 +37,7 @@ def run_central(config: StrataConfig, *, eval_every: int = 5) -> dict:
     users = split_configured(data, config.data, config.run.seed)
     threshold = config.data.positive_threshold
     tensors = train_tensors(users, data.n_items, threshold)
-    model = build_model(data.n_items, config.model, torch.from_numpy(catalog_features(data.catalog)), config.run.seed)
+    model = build_model(data.n_items, config.model, model_features(data.catalog, config), config.run.seed)
     optimizer = make_optimizer(model, "adam", config.train.lr, config.train.weight_decay)
     gen = torch.Generator().manual_seed(config.run.seed)
     p, t = config.privacy, config.train
@@ -46,11 +47,14 @@ def run_central(config: StrataConfig, *, eval_every: int = 5) -> dict:
     ledger = Ledger(path=run_dir / "ledgers" / "central.jsonl")
     if ledger.path is not None and ledger.path.exists():
         ledger.path.unlink()
+    if config.model.popularity_prior:
+        _popularity_prior(model, tensors, config, ledger)
     if p.local_dp:  # DP-SGD over all users: the central twin of the clients' local DP
         sigma = p.noise_multiplier
         if p.target_epsilon > 0:
             sigma = calibrate_noise_multiplier(
-                target_epsilon=p.target_epsilon, delta=delta, sample_rate=q, steps=t.epochs * steps_per_epoch
+                target_epsilon=p.target_epsilon, delta=delta, sample_rate=q, steps=t.epochs * steps_per_epoch,
+                prior=ledger.entries,
             )
         dp = DPSettings(noise_multiplier=sigma, max_grad_norm=p.max_grad_norm, ghost_clipping=p.ghost_clipping)
         log.info("central DP-SGD: σ=%.4f, q=%.4f, %d steps, δ=%.3g", sigma, q, t.epochs * steps_per_epoch, delta)
@@ -80,6 +84,17 @@ def run_central(config: StrataConfig, *, eval_every: int = 5) -> dict:
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _popularity_prior(model, tensors, config: StrataConfig, ledger: Ledger) -> None:
+    """Set the decoder item bias from a popularity release over all users: Gaussian noise
+    (z = privacy.release-noise-multiplier, bound 1 per user) and a ledger entry under DP."""
+    total = popularity_rows(tensors.positives.numpy()).sum(axis=0)
+    if config.privacy.mode != "off":
+        z = config.privacy.release_noise_multiplier
+        ledger.append(release_entry(noise_multiplier=z, bound=1.0, run_id="central", server_round=0, holder="central"))
+        total = total + gaussian_noise(total.shape[0], z)
+    model.start_from_popularity(torch.from_numpy(bias_from_popularity(total)))
 
 
 def _train_epochs(model, tensors, users, n_items, config, optimizer, gen, dp, ledger, delta, steps_per_epoch,

@@ -10,16 +10,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from direct_grid import DirectGrid
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 
 import client.trainer as trainer
-from client.client_app import build_client_app
-from client.store import num_clients, simulation_store
-from server.central_dp import CentralDP, accounted_sample_rate, build_central_dp, update_norm
+from client.store import simulation_store
+from server.central_dp import (
+    CentralDP,
+    accounted_sample_rate,
+    build_central_dp,
+    update_norm,
+)
 from server.federation import run_federation
 from server.privacy_report import write_privacy_report
 from server.strategy import StrataStrategy
-from shared.config import StrataConfig, load_config
+from shared.config import load_config
 from shared.model import build_model
 from shared.privacy.accounting import default_delta, epsilon_of
 from shared.privacy.ledger import Ledger, LedgerEntry
@@ -32,28 +43,6 @@ class _Nodes:
 
     def get_node_ids(self) -> list[int]:
         return self.ids
-
-
-class _DirectGrid:
-    """A Grid that calls the real ClientApp in-process (no Ray): node i is partition i."""
-
-    def __init__(self, config: StrataConfig) -> None:
-        self.app = build_client_app(config)
-        self.n = num_clients(config)
-        self.contexts = {
-            i: Context(run_id=1, node_id=i, node_config={"partition-id": i, "num-partitions": self.n}, state=RecordDict(), run_config={})
-            for i in range(self.n)
-        }
-
-    def get_node_ids(self) -> list[int]:
-        return list(range(self.n))
-
-    def send_and_receive(self, messages, *, timeout=None):  # noqa: ANN001, ARG002
-        replies = []
-        for k, msg in enumerate(messages):
-            msg.metadata.__dict__["_message_id"] = f"m{k}"
-            replies.append(self.app(msg, self.contexts[msg.metadata.dst_node_id]))
-        return replies
 
 
 def _central(*, z: float = 1.0, clip: float = 1.0, q: float = 0.5, n_users: int = 50) -> CentralDP:
@@ -161,7 +150,10 @@ def test_server_rejects_a_sum_above_users_times_clip() -> None:
 
 def test_each_user_update_is_clipped_and_the_sum_is_bounded(tiny_config, monkeypatch) -> None:
     clip = 0.05
-    cfg = tiny_config.replace({"privacy.mode": "central", "privacy.update-clip": clip, "train.local-lr": 50.0})
+    # Two local epochs: each user trains a model copy of their own (the one-at-a-time path).
+    cfg = tiny_config.replace(
+        {"privacy.mode": "central", "privacy.update-clip": clip, "train.local-lr": 50.0, "train.local-epochs": 2}
+    )
     store = simulation_store(cfg, 0)
     assert store.n_users > 1
     weights = trainer.parameters_of(build_model(store.n_items, cfg.model, store.features, 0))
@@ -185,6 +177,26 @@ def test_each_user_update_is_clipped_and_the_sum_is_bounded(tiny_config, monkeyp
     total = update_norm(result.weights)
     assert 0 < total <= store.n_users * clip * (1 + 1e-5)
     assert set(result.weights) == set(weights)
+
+
+@pytest.mark.parametrize("clip", [0.05, 1e6])
+def test_batched_clipped_step_sum_equals_the_per_user_loop(tiny_config, monkeypatch, clip) -> None:
+    """One local SGD step per user: the one-pass Opacus path gives the loop's Σ clip_S(update_u)."""
+    cfg = tiny_config.replace(
+        {"privacy.mode": "central", "privacy.update-clip": clip, "train.local-lr": 50.0, "model.dropout": 0.0}
+    )
+    store = simulation_store(cfg, 0)
+    weights = trainer.parameters_of(build_model(store.n_items, cfg.model, store.features, 0))
+    # The VAE's reparameterisation noise is the only randomness left: take it out of both paths.
+    monkeypatch.setattr(torch, "randn_like", torch.zeros_like)
+    args = dict(server_round=1, run_id="r", ledger=Ledger(), dp=None, spent=0.0)
+    loop = trainer._clipped_update_loop(store, cfg, weights, **args)
+    batched = trainer.train_locally(store, cfg, weights, server_round=1, run_id="r", ledger=Ledger())
+    assert batched.users == loop.users == store.n_users
+    for k, v in loop.weights.items():
+        torch.testing.assert_close(batched.weights[k], v, rtol=1e-4, atol=1e-5)
+    if clip < 1:
+        assert update_norm(batched.weights) <= store.n_users * clip * (1 + 1e-5)
 
 
 def test_local_plus_central_writes_one_dp_sgd_entry_per_round(tiny_config) -> None:
@@ -243,7 +255,7 @@ def test_budget_stops_the_run_early_and_exports_the_model(tiny_config) -> None:
     delta = default_delta(cfg.data.synthetic_users)
     one = epsilon_of([LedgerEntry("dp-fedavg", 1.0, 1.0, 1, "r", 1, "server", 1.0)] * 2, delta)
     cfg = cfg.replace({"privacy.central-max-epsilon": one * 1.01})  # room for 2 of the 5 rounds
-    summary = run_federation(_DirectGrid(cfg), cfg)
+    summary = run_federation(DirectGrid(cfg), cfg)
     assert summary["rounds"] == 2 and "central budget" in summary["stopped_early"]
     assert summary["central_epsilon"] <= cfg.privacy.central_max_epsilon
     lines = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -13,9 +13,11 @@ import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-MECHANISMS = ("dp-sgd", "dp-fedavg")
+MECHANISMS = ("dp-sgd", "dp-fedavg", "gaussian-sum")
 """`dp-sgd`: a client's local DP-SGD (or the central reference's); `dp-fedavg`: the
-server's user-level DP-FedAvg round (McMahan et al. 2018), one step per round."""
+server's user-level DP-FedAvg round (McMahan et al. 2018), one step per round;
+`gaussian-sum`: one Gaussian release of a sum of per-user vectors each bounded in L2 norm
+(the popularity prior, the interest census), sample rate 1 and one step."""
 
 
 class LedgerError(ValueError):
@@ -30,7 +32,9 @@ class LedgerEntry:
     drawn by including every user independently with probability `sample_rate`.
     `dp-fedavg`: one step per round releases (Σ per-user model updates clipped to
     S = `max_grad_norm` + N(0, z²S²)) over the users the server sampled with probability
-    `sample_rate`; `noise_multiplier` is z and `client` is "server". The same event: its
+    `sample_rate`; `noise_multiplier` is z and `client` is "server".
+    `gaussian-sum`: releases (Σ per-user vectors each clipped to L2 norm `max_grad_norm`
+    + N(0, z²·max_grad_norm²)) once, q = 1, steps = 1. The same event: its
     privacy loss depends only on (noise_multiplier, sample_rate, steps); the rest is provenance.
     """
 
@@ -52,6 +56,8 @@ class LedgerEntry:
             raise LedgerError(f"sample_rate must be in (0, 1], got {self.sample_rate}.")
         if self.steps < 0:
             raise LedgerError("steps must be >= 0.")
+        if self.mechanism == "gaussian-sum" and (self.sample_rate != 1.0 or self.steps != 1):
+            raise LedgerError("a gaussian-sum release has sample_rate 1 and exactly one step.")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -1,0 +1,161 @@
+"""One-shot DP releases: the popularity prior and the interest census (bounded per-user
+contributions, Gaussian noise where the privacy mode says, one ledger entry each)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from direct_grid import DirectGrid
+
+from client.release import contribute
+from client.store import simulation_store
+from client.trainer import noise_multiplier_for, parameters_of
+from server.privacy_report import write_privacy_report
+from server.release import collect_release
+from shared.data.matrices import train_tensors
+from shared.model import build_model
+from shared.privacy.accounting import default_delta, epsilon_of
+from shared.privacy.ledger import Ledger, LedgerEntry, LedgerError
+from shared.privacy.release import (
+    bias_from_popularity,
+    bounded_rows,
+    census_rows,
+    planned_releases,
+    popularity_rows,
+    release_bound,
+    release_entry,
+)
+from simulation.simulate import simulate
+
+
+def test_bounded_rows_respect_the_bound_and_keep_small_rows() -> None:
+    rows = np.array([[3.0, 4.0], [0.3, 0.4], [0.0, 0.0]])
+    out = bounded_rows(rows, 1.0)
+    assert np.linalg.norm(out, axis=1) == pytest.approx([1.0, 0.5, 0.0])
+    assert out[1] == pytest.approx(rows[1])
+    assert np.linalg.norm(popularity_rows(np.array([[1.0, 1.0, 0.0, 1.0]]))) == pytest.approx(1.0)
+
+
+def test_census_rows_mark_at_most_top_k_held_interests() -> None:
+    shares = np.array([[0.5, 0.3, 0.1, 0.1, 0.0], [0.0, 0.0, 1.0, 0.0, 0.0]])
+    rows = census_rows(shares, k=3)
+    assert rows.tolist() == [[1, 1, 1, 0, 0], [0, 0, 1, 0, 0]]
+    assert np.linalg.norm(rows, axis=1).max() <= np.sqrt(3) + 1e-12
+
+
+def test_release_entry_is_one_gaussian_step() -> None:
+    e = release_entry(noise_multiplier=3.0, bound=1.0, run_id="r", server_round=0, holder="c")
+    assert (e.mechanism, e.sample_rate, e.steps) == ("gaussian-sum", 1.0, 1)
+    one_step = LedgerEntry("dp-sgd", 3.0, 1.0, 1, "r", 0, "c")
+    assert epsilon_of([e], 1e-5) == pytest.approx(epsilon_of([one_step], 1e-5))  # the Gaussian mechanism
+    with pytest.raises(LedgerError, match="one step"):
+        LedgerEntry("gaussian-sum", 3.0, 0.5, 1, "r", 0, "c")
+
+
+def test_local_mode_client_noises_and_records_its_release(tiny_config) -> None:
+    cfg = tiny_config.replace({"privacy.mode": "local", "privacy.release-noise-multiplier": 2.0})
+    store = simulation_store(cfg, 0)
+    exact = popularity_rows(train_tensors(store.users, store.n_items, 4.0).positives.numpy()).sum(axis=0)
+    noise = []
+    ledger = Ledger()
+    for _ in range(60):
+        total, spent = contribute(store, cfg, "popularity", run_id="r", server_round=0, ledger=Ledger())
+        noise.append(total - exact)
+    total, spent = contribute(store, cfg, "popularity", run_id="r", server_round=0, ledger=ledger)
+    (entry,) = ledger.entries
+    assert (entry.noise_multiplier, entry.max_grad_norm, entry.round, entry.client) == (2.0, 1.0, 0, store.client_id)
+    assert spent == pytest.approx(epsilon_of([entry], default_delta(store.total_users)))
+    std = np.std(np.concatenate(noise))
+    assert std == pytest.approx(2.0 * 1.0, rel=0.05)  # z · bound per coordinate
+
+
+def test_privacy_off_release_is_exact_and_unrecorded(tiny_config) -> None:
+    store = simulation_store(tiny_config, 1)
+    ledger = Ledger()
+    total, spent = contribute(store, tiny_config, "popularity", run_id="r", server_round=0, ledger=ledger)
+    exact = popularity_rows(train_tensors(store.users, store.n_items, 4.0).positives.numpy()).sum(axis=0)
+    assert total == pytest.approx(exact) and len(ledger) == 0 and spent == 0.0
+
+
+def test_central_mode_server_adds_the_noise_and_records_it(tiny_config) -> None:
+    cfg = tiny_config.replace({"privacy.mode": "central", "privacy.release-noise-multiplier": 3.0})
+    grid = DirectGrid(cfg)
+    server_ledger = Ledger()
+    n_items = cfg.data.synthetic_items
+    release = collect_release(grid, cfg, "popularity", run_id="r", dim=n_items, server_ledger=server_ledger, timeout=60)
+    exact = sum(
+        popularity_rows(train_tensors(simulation_store(cfg, i).users, n_items, 4.0).positives.numpy()).sum(axis=0)
+        for i in range(grid.n)
+    )
+    (entry,) = server_ledger.entries
+    assert (entry.client, entry.noise_multiplier, entry.round) == ("server", 3.0, 0)
+    assert release.clients == grid.n and release.users == cfg.data.synthetic_users
+    assert not np.allclose(release.total, exact)
+    # Clients added nothing and recorded nothing: their ledgers in context.state are empty.
+    assert all(eps == 0.0 for eps in release.client_epsilon.values())
+
+
+def test_popularity_prior_makes_the_untrained_model_rank_by_popularity(tiny_config) -> None:
+    store = simulation_store(tiny_config, 0)
+    model = build_model(store.n_items, tiny_config.model, store.features, 0)
+    counts = np.arange(store.n_items, dtype=np.float64)
+    model.start_from_popularity(torch.from_numpy(bias_from_popularity(counts)))
+    model.eval()
+    x = torch.zeros(2, store.n_items)
+    x[0, 3] = 1.0
+    x[1, 7] = 1.0
+    logits = model(x, x, x).logits
+    assert torch.equal(logits.argsort(dim=1, descending=True)[0], torch.arange(store.n_items - 1, -1, -1))
+    assert torch.allclose(logits[0], logits[1])
+
+
+def test_calibration_counts_the_planned_releases(tiny_config) -> None:
+    cfg = tiny_config.replace(
+        {"privacy.mode": "local", "privacy.target-epsilon": 3.0, "model.popularity-prior": True, "federation.census": True}
+    )
+    store = simulation_store(cfg, 0)
+    planned = planned_releases(cfg, run_id="r", holder=store.client_id, server=False)
+    assert [e.round for e in planned] == [0, cfg.federation.rounds + 1]
+    assert [e.max_grad_norm for e in planned] == [release_bound("popularity"), release_bound("census")]
+    sigma = noise_multiplier_for(cfg, store, Ledger(), "r")
+    without = noise_multiplier_for(cfg.replace({"model.popularity-prior": False, "federation.census": False}), store, Ledger(), "r")
+    assert sigma > without  # the releases take part of the budget
+    from client.trainer import local_plan
+
+    q, steps = local_plan(cfg, store)
+    rounds = [LedgerEntry("dp-sgd", sigma, q, steps, "r", r, store.client_id) for r in range(1, cfg.federation.rounds + 1)]
+    total = epsilon_of([*planned, *rounds], default_delta(store.total_users))
+    assert total <= 3.0 and total == pytest.approx(3.0, rel=0.02)
+
+
+@pytest.mark.parametrize("mode", ["local", "central"])
+def test_simulation_with_prior_and_census_verifies(tiny_config, mode) -> None:
+    cfg = tiny_config.replace(
+        {
+            "privacy.mode": mode,
+            "privacy.target-epsilon" if mode == "local" else "privacy.central-target-epsilon": 6.0,
+            "model.popularity-prior": True,
+            "federation.census": True,
+        }
+    )
+    summary = simulate(cfg)
+    run = cfg.run_dir
+    census = json.loads((run / "census.json").read_text())
+    taxonomy = json.loads((run / "taxonomy.json").read_text())
+    assert len(census["interests"]) == sum(len(c["interests"]) for c in taxonomy["categories"])
+    assert census["epsilon"] == pytest.approx(
+        epsilon_of([release_entry(noise_multiplier=cfg.privacy.release_noise_multiplier, bound=np.sqrt(3), run_id="", server_round=0, holder="x")], census["delta"])
+    )
+    report, verified = write_privacy_report(run, verify=True)
+    assert verified, [c for c in report["verification"]["checks"] if not c["passed"]]
+    epsilon = summary["epsilon"] if mode == "local" else summary["central_epsilon"]
+    assert epsilon == pytest.approx(6.0, rel=0.02)  # releases included, still the target
+    ledger_files = ["central.jsonl"] if mode == "central" else [p.name for p in (run / "ledgers").glob("client-*.jsonl")]
+    releases = [
+        json.loads(x) for f in ledger_files for x in (run / "ledgers" / f).read_text().splitlines() if "gaussian-sum" in x
+    ]
+    assert sorted({r["round"] for r in releases}) == [0, cfg.federation.rounds + 1]
+
