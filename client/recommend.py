@@ -32,7 +32,7 @@ from client.profiles import InterestIndex, ProfileSettings, l1_target, profile_f
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_LAMBDA = 0.5
+CALIBRATION_LAMBDA = 0.8
 """λ of the calibration trade-off (Steck 2018 sweeps 0..1; 0.5 keeps most of the accuracy)."""
 CALIBRATION_ALPHA = 0.01
 """Smoothing α of q̃ so that KL stays finite."""

@@ -80,7 +80,9 @@ def pca(x: np.ndarray, dims: int) -> np.ndarray:
     """Rows of `x` projected on its top `dims` principal components, signs fixed (largest
     loading positive) so every machine gets the same features, rows scaled to unit norm."""
     centred = x.astype(np.float64) - x.mean(axis=0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    # torch's SVD (its own thread pool): numpy's OpenBLAS one was seen spinning for minutes
+    # when called from Flower's ServerApp thread on a busy 2-core machine.
+    vt = torch.linalg.svd(torch.from_numpy(centred), full_matrices=False).Vh.numpy()
     comps = vt[: min(dims, vt.shape[0])]
     signs = np.sign(comps[np.arange(len(comps)), np.abs(comps).argmax(axis=1)])
     proj = centred @ (comps * signs[:, None]).T
