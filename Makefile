@@ -25,7 +25,9 @@ demo: install
 	$(VENV)/bin/strata simulate --config $(DEMO_CONFIG)
 	$(VENV)/bin/strata privacy-report runs/demo --verify
 
+# The frontier rows use MiniLM title features: the optional `text` extra (sentence-transformers).
 bench: install
+	$(PY) -m pip install --quiet -e ".[dev,text]"
 	$(VENV)/bin/strata bench --seeds 3
 
 clean:

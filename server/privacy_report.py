@@ -929,7 +929,13 @@ def render_html(report: dict) -> str:
         f"alongside as a conservative cross-check; GDP is never used. A user's data is only ever used by the client "
         f"that holds them, so every user's ε is bounded by that client's; the guarantee every user holds is the "
         f"largest over clients. Rounds in this run: {_e(comp['rounds'])}; runs composed in the ledgers: "
-        f"{_e(comp['n_runs'])}.</p>",
+        f"{_e(comp['n_runs'])}.</p>"
+        "<p>One-shot releases are ledger entries too (<code>gaussian-sum</code>, q = 1, one step): the item "
+        "popularity that initialises the model (round 0) and the interest census (the round after the last). Each "
+        "user contributes one vector of L2 norm at most C (popularity: their positives scaled to norm 1; census: "
+        "their top-3 interests, norm √3) and the sum gets N(0, z²C²) per coordinate — added by each client over its "
+        "own users under local DP, by the server under central DP — so it is the Gaussian mechanism with noise "
+        "multiplier z, composed with everything else.</p>",
         "<h2 id='epsilon-per-client-over-rounds'>ε per client over rounds</h2>",
     ]
     per = report["per_client"]

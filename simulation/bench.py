@@ -197,7 +197,7 @@ def run_bench(*, seeds: int, out: Path, runs_dir: Path, only: list[str] | None =
     only = _expand(only)
     remeasure = bool(only) and "layers" in only
     only = [k for k in only or [] if k != "layers"] or (None if not remeasure else [])
-    rows = [r for r in ALL_ROWS if (only is None and not r.epsilon) or (only and r.key in only)]
+    rows = [r for r in ALL_ROWS if only is None or r.key in only]
     unknown = set(only or []) - {r.key for r in ALL_ROWS}
     if unknown:
         raise ValueError(

@@ -138,6 +138,10 @@ def cmd_layers(args: argparse.Namespace) -> int:
     from server.taxonomy import build_taxonomy, render_tree
 
     print(render_tree(build_taxonomy(Path(args.run))))
+    if args.evaluate:
+        from simulation.layer_eval import evaluate_layers, format_layer_metrics
+
+        print(format_layer_metrics(evaluate_layers(Path(args.run))))
     return 0
 
 
@@ -207,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     layers = sub.add_parser("layers", help="build and print the interest taxonomy of a run")
     layers.add_argument("run", help="run directory")
+    layers.add_argument(
+        "--evaluate", action="store_true",
+        help="also measure the layers on the run's held-out ratings (L3 lift, L2 coherence, plain vs layered lists)",
+    )
     layers.set_defaults(func=cmd_layers)
 
     gen = sub.add_parser("generate", help="synthetic user profiles sampled from a run's model (+ comparison report)")
@@ -233,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seeds", type=int, default=3)
     bench.add_argument("--out", default="docs/benchmarks.md")
     bench.add_argument("--runs-dir", default="runs/bench")
-    bench.add_argument("--only", action="append", help="run only these rows (repeatable)")
+    bench.add_argument("--only", action="append", help="run only these rows (repeatable); 'frontier': every privacy-utility frontier row; "
+        "'layers': re-measure the interest layers of the runs already in --runs-dir")
     bench.add_argument("--quick", action="store_true", help="tiny synthetic version, to check the pipeline")
     bench.set_defaults(func=cmd_bench)
     return parser

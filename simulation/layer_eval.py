@@ -169,3 +169,23 @@ def planted_ami(run_dir: Path) -> dict:
     labels = np.array([assigned[i] for i in range(data.n_items)])
     within = [adjusted_mutual_information(labels[primary == c], planted[primary == c]) for c in sorted(set(primary))]
     return {"ami": adjusted_mutual_information(labels, planted), "ami_within_category": float(np.mean(within))}
+
+
+def format_layer_metrics(m: dict) -> str:
+    """A readable summary of `evaluate_layers`."""
+    p, lay = m["plain"], m["layered"]
+    return "\n".join(
+        [
+            "",
+            f"Interest layers on the held-out ratings ({m['n_interests']} L2 interests):",
+            f"  L3 lift            {m['l3_lift']:.2f}  ({m['l3_users']} users with L3 interests and held-out positives)",
+            f"  L2 coherence       {m['coherence']:.4f} vs {m['random_coherence']:.4f} for random interests "
+            f"(ratio {m['coherence_ratio']:.2f})",
+            f"  Lists (λ = {m['lambda']:g})     plain → layered",
+            f"  miscalibration@10  {p['miscalibration@10']:.3f} → {lay['miscalibration@10']:.3f}  "
+            f"(cut {100 * m['miscalibration_cut@10']:.0f}%)",
+            f"  diversity@10       {p['diversity@10']:.3f} → {lay['diversity@10']:.3f}",
+            f"  coverage@10        {p['coverage@10']:.3f} → {lay['coverage@10']:.3f}",
+            f"  NDCG@100           {p['ndcg@100']:.4f} → {lay['ndcg@100']:.4f}  ({100 * m['ndcg_change']:+.1f}%)",
+        ]
+    )

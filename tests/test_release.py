@@ -159,3 +159,25 @@ def test_simulation_with_prior_and_census_verifies(tiny_config, mode) -> None:
     ]
     assert sorted({r["round"] for r in releases}) == [0, cfg.federation.rounds + 1]
 
+
+
+def test_census_contribution_is_bounded_and_noised(tiny_config) -> None:
+    cfg = tiny_config.replace({"privacy.mode": "local", "privacy.release-noise-multiplier": 2.0})
+    store = simulation_store(cfg, 0)
+    weights = parameters_of(build_model(store.n_items, cfg.model, store.features, 0))
+    rng = np.random.default_rng(0)
+    interests = np.zeros((store.n_items, 6))
+    interests[np.arange(store.n_items), rng.integers(0, 6, store.n_items)] = 1.0
+    exact, _ = contribute(store, cfg.replace({"privacy.mode": "off"}), "census", run_id="r", server_round=3,
+                          ledger=Ledger(), weights=weights, interest_matrix=interests)
+    assert exact.sum() <= 3 * store.n_users  # each user holds at most 3 interests
+    assert np.all(exact == np.round(exact)) and exact.max() <= store.n_users
+    ledger = Ledger()
+    draws = [
+        contribute(store, cfg, "census", run_id="r", server_round=3, ledger=ledger, weights=weights, interest_matrix=interests)[0]
+        - exact
+        for _ in range(80)
+    ]
+    assert np.std(np.concatenate(draws)) == pytest.approx(2.0 * np.sqrt(3), rel=0.08)
+    assert len(ledger) == 80
+    assert all(e.mechanism == "gaussian-sum" and e.max_grad_norm == pytest.approx(np.sqrt(3)) for e in ledger.entries)
