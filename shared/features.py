@@ -79,15 +79,15 @@ def text_embeddings(catalog: Catalog, cache_dir: str | Path) -> np.ndarray:
 def pca(x: np.ndarray, dims: int) -> np.ndarray:
     """Rows of `x` projected on its top `dims` principal components, signs fixed (largest
     loading positive) so every machine gets the same features, rows scaled to unit norm."""
-    centred = x.astype(np.float64) - x.mean(axis=0)
-    # torch's SVD (its own thread pool): numpy's OpenBLAS one was seen spinning for minutes
-    # when called from Flower's ServerApp thread on a busy 2-core machine.
-    vt = torch.linalg.svd(torch.from_numpy(centred), full_matrices=False).Vh.numpy()
-    comps = vt[: min(dims, vt.shape[0])]
-    signs = np.sign(comps[np.arange(len(comps)), np.abs(comps).argmax(axis=1)])
-    proj = centred @ (comps * signs[:, None]).T
-    norms = np.linalg.norm(proj, axis=1, keepdims=True)
-    return (proj / np.maximum(norms, 1e-12)).astype(np.float32)
+    # All in torch: numpy's OpenBLAS was seen spinning for minutes at 100% CPU when called
+    # from Flower's ServerApp thread on a busy 2-core machine (docs/NOTES.md).
+    t = torch.from_numpy(np.asarray(x, dtype=np.float64))
+    centred = t - t.mean(dim=0)
+    comps = torch.linalg.svd(centred, full_matrices=False).Vh[: min(dims, t.shape[1])]
+    signs = torch.sign(comps.gather(1, comps.abs().argmax(dim=1, keepdim=True)))
+    proj = centred @ (comps * signs).T
+    proj = proj / proj.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return proj.float().numpy()
 
 
 def model_features(catalog: Catalog, config: StrataConfig) -> torch.Tensor:

@@ -9,6 +9,10 @@ import os
 import sys
 from pathlib import Path
 
+# One OpenBLAS thread (before numpy loads; Ray workers inherit it): its thread pool was seen
+# spinning for minutes when numpy ran in Flower's ServerApp thread. Heavy math is torch's.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 from shared.config import StrataConfig, load_config
 
 log = logging.getLogger("strata")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the CLI does (simulation/cli.py)
+
+import pytest  # noqa: E402
 import torch
 
 from shared.config import StrataConfig, load_config
