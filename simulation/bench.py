@@ -67,7 +67,7 @@ RELEASE_Z = {1.0: 8.0, 2.0: 6.0, 4.0: 4.0, 8.0: 3.0}
 leaves more of a small budget to training."""
 FRONTIER_MODES = {
     "local": ("configs/frontier-local.toml", "privacy.target-epsilon", "local DP-SGD in 4 hubs"),
-    "central": ("configs/frontier-central.toml", "privacy.central-target-epsilon", "central DP-FedAvg over 4 hubs"),
+    "central": ("configs/frontier-central.toml", "privacy.central-target-epsilon", "central DP-FedAvg, 4 hubs"),
 }
 
 
@@ -249,13 +249,14 @@ def frontier_svg(results: dict[str, list[dict]]) -> str:
     """NDCG@100 against user-level ε for both modes, with popularity and central non-private."""
     from server.html_parts import line_chart
 
-    series = [(f"{mode}: {FRONTIER_MODES[mode][2]}", _frontier_points(results, mode, "ndcg@100"), False) for mode in FRONTIER_MODES]
+    series = [(FRONTIER_MODES[mode][2], _frontier_points(results, mode, "ndcg@100"), False) for mode in FRONTIER_MODES]
     series = [s for s in series if s[1]]
     xs = [x for _, pts, _ in series for x, _ in pts] or [1.0, 8.0]
     for key, label in (("popularity", "popularity"), ("central", "central Mult-VAE, no DP")):
         if key in results:
             v = statistics.mean(x["ndcg@100"] for x in results[key])
             series.append((label, [(min(xs), v), (max(xs), v)], key == "popularity"))
+    # ε = ∞ (privacy off) has no place on the axis: the no-DP rows are the reference lines.
     svg = line_chart(series, x_label="user-level ε (δ = 1/N^1.1)", y_label="NDCG@100 (mean of seeds)")
     return svg.replace("<svg ", '<svg xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" ', 1)
 
