@@ -164,7 +164,8 @@ def _bars(rows: list[tuple[str, float, str]], *, width: int = 760, label_width: 
     for k, (label, value, text) in enumerate(rows):
         y = top + k * (bar_h + gap)
         w = max(value, 0.0) / vmax * plot
-        short = label if len(label) <= 40 else label[:39] + "…"
+        fits = int((label_width - 8) / 6.8)  # characters of 12 px text that fit left of the axis
+        short = label if len(label) <= fits else label[: fits - 1] + "…"
         out.append(
             f'<text x="{label_width - 8}" y="{y + bar_h - 5}" font-size="12" text-anchor="end">'
             f"<title>{_e(label)}</title>{_e(short)}</text>"
@@ -279,7 +280,12 @@ def _census_section(census: dict | None, error: str | None) -> list[str]:
         f"({float(census['epsilon']):.3g}, {float(census['delta']):.3g}) on top of training. Negative noisy counts "
         "are drawn as 0.</p>"
     )
-    parts.append(_bars([(f"{r['label']} ({r['id']})" if r["label"] != r["id"] else str(r["id"]), float(r["count"]), f"{float(r['count']):.1f}") for r in rows]))
+    parts.append(
+        _bars(
+            [(f"{r['id']}: {r['label']}" if r["label"] != r["id"] else str(r["id"]), float(r["count"]), f"{float(r['count']):.1f}") for r in rows],
+            label_width=360,
+        )
+    )
     return parts
 
 
