@@ -146,6 +146,8 @@ def train_locally(
                 reason = f"budget: this round would bring ε to {after:.3f} > max-epsilon {p.max_epsilon}"
                 return LocalResult(None, store.n_users, 0, float("nan"), spent, refused=reason)
     if p.central_dp:
+        if dp is None and config.train.local_epochs == 1 and config.train.weight_decay == 0 and store.n_users:
+            return _clipped_step_sum(store, config, weights, server_round=server_round, spent=spent)
         return _clipped_update_sum(
             store, config, weights, server_round=server_round, run_id=run_id, ledger=ledger, dp=dp, spent=spent
         )
@@ -199,25 +201,6 @@ def _clipped_update_sum(
     """Central DP: train a copy of the global model on each user alone, clip each user's
     update to S and return their sum (norm ≤ n_users · S). Each user only touches their own
     copy, so local DP-SGD (if on) is one ledger entry per round for all of them."""
-    if dp is None and config.train.local_epochs == 1 and config.train.weight_decay == 0 and store.n_users:
-        return _clipped_step_sum(store, config, weights, server_round=server_round, spent=spent)
-    return _clipped_update_loop(
-        store, config, weights, server_round=server_round, run_id=run_id, ledger=ledger, dp=dp, spent=spent
-    )
-
-
-def _clipped_update_loop(
-    store: DeviceStore,
-    config: StrataConfig,
-    weights: OrderedDict[str, torch.Tensor],
-    *,
-    server_round: int,
-    run_id: str,
-    ledger: Ledger,
-    dp: DPSettings | None,
-    spent: float,
-) -> LocalResult:
-    """`_clipped_update_sum` one user at a time: a model copy per user (any local training)."""
     p = config.privacy
     base = model_for(store, config, weights)
     start = parameters_of(base)

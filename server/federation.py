@@ -17,8 +17,9 @@ from flwr.serverapp import Grid
 from client.profiles import InterestIndex
 from shared.config import StrataConfig
 from shared.data.source import fingerprint, load_source
+from shared.data.types import Catalog
 from shared.features import model_features
-from shared.model import build_model
+from shared.model import StrataModel, build_model
 from shared.privacy.accounting import default_delta
 from shared.privacy.release import CENSUS, POPULARITY, bias_from_popularity
 
@@ -163,7 +164,10 @@ def run_federation(grid: Grid, config: StrataConfig, *, timeout: float = 3600.0)
     return summary
 
 
-def _with_popularity_prior(grid, config, model, strategy, central, run_id, timeout) -> dict:
+def _with_popularity_prior(
+    grid: Grid, config: StrataConfig, model: StrataModel, strategy: StrataStrategy, central: CentralDP | None,
+    run_id: str, timeout: float,
+) -> dict[str, torch.Tensor]:
     """Weights whose decoder item bias comes from a (DP) popularity release (round 0)."""
     release = collect_release(
         grid, config, POPULARITY, run_id=run_id, dim=model.n_items,
@@ -174,7 +178,10 @@ def _with_popularity_prior(grid, config, model, strategy, central, run_id, timeo
     return {k: v.detach().clone() for k, v in model.named_parameters()}
 
 
-def _census(grid, config, model, final, catalog, manifest, strategy, central, run_id, delta, timeout) -> None:
+def _census(
+    grid: Grid, config: StrataConfig, model: StrataModel, final: dict[str, torch.Tensor], catalog: Catalog,
+    manifest: dict, strategy: StrataStrategy, central: CentralDP | None, run_id: str, delta: float, timeout: float,
+) -> None:
     """Build the taxonomy of the final model and release the DP interest census (`census.json`)."""
     model.load_state_dict(final, strict=False)
     taxonomy = taxonomy_from_model(

@@ -114,7 +114,7 @@ def write_census(run_dir: Path, taxonomy: dict, release: Release, config: Strata
             {"id": it["id"], "label": it.get("name", it["id"]), "count": round(float(c), 3)}
             for it, c in zip(interests, release.total, strict=True)
         ],
-        "epsilon": epsilon_of([one], delta, config.privacy.accountant) if holder else float("inf"),
+        "epsilon": epsilon_of([one], delta, config.privacy.accountant) if holder else None,  # None: no DP
         "delta": delta,
         "noise_std": z * release_bound(CENSUS) if holder else 0.0,
         "noise_added_by": holder or "nobody (privacy off)",

@@ -11,11 +11,12 @@ One self-contained page (inline CSS and SVG, no scripts; every text is HTML-esca
   placeholder ("DP interest census not run"). Expected format::
 
       {"interests": [{"id": str, "label": str, "count": float}, ...],
-       "epsilon": float, "delta": float}
+       "epsilon": float | null, "delta": float, ...}
 
   `id` is an L1 or L2 interest id of the taxonomy, `label` its readable name, `count` the
   noisy number of users holding it (may be negative or fractional after noise; drawn clipped
-  at 0), and (ε, δ) the census's own DP guarantee.
+  at 0), and (ε, δ) the census's own DP guarantee (ε null: released without noise, privacy
+  off). `server/release.py` writes it when `federation.census` is on.
 - **Example user**: the first user id of the run's data set, its layered profile and top-10
   layered recommendations from `client.recommend.recommend_for_user`, i.e. what that user's
   device computes from its own ratings, the model and the taxonomy.
@@ -117,7 +118,9 @@ def read_census(run_dir: Path) -> tuple[dict | None, str | None]:
         rows = census["interests"]
         for r in rows:
             str(r["id"]), str(r["label"]), float(r["count"])
-        float(census["epsilon"]), float(census["delta"])
+        if census["epsilon"] is not None:  # None: released without noise (privacy off)
+            float(census["epsilon"])
+        float(census["delta"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         why = f"{path} is not in the expected format ({type(exc).__name__}: {exc})"
         log.warning("%s", why)
@@ -275,11 +278,14 @@ def _census_section(census: dict | None, error: str | None) -> list[str]:
         )
         return parts
     rows = sorted(census["interests"], key=lambda r: -float(r["count"]))
-    parts.append(
-        f"<p>Noisy number of users holding each interest, released with (ε, δ) = "
-        f"({float(census['epsilon']):.3g}, {float(census['delta']):.3g}) on top of training. Negative noisy counts "
-        "are drawn as 0.</p>"
-    )
+    if census["epsilon"] is None:
+        parts.append("<p>Number of users holding each interest, released <b>without noise</b> (privacy was off).</p>")
+    else:
+        parts.append(
+            f"<p>Noisy number of users holding each interest, released with (ε, δ) = "
+            f"({float(census['epsilon']):.3g}, {float(census['delta']):.3g}) on top of training. Negative noisy counts "
+            "are drawn as 0.</p>"
+        )
     parts.append(
         _bars(
             [(f"{r['id']}: {r['label']}" if r["label"] != r["id"] else str(r["id"]), float(r["count"]), f"{float(r['count']):.1f}") for r in rows],

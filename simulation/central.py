@@ -20,9 +20,18 @@ from shared.data.split import split_configured
 from shared.features import model_features
 from shared.metrics import evaluate_model
 from shared.model import build_model
-from shared.privacy.accounting import calibrate_noise_multiplier, default_delta, epsilon_of
+from shared.privacy.accounting import (
+    calibrate_noise_multiplier,
+    default_delta,
+    epsilon_of,
+)
 from shared.privacy.ledger import Ledger, LedgerEntry
-from shared.privacy.release import bias_from_popularity, gaussian_noise, popularity_rows, release_entry
+from shared.privacy.release import (
+    bias_from_popularity,
+    gaussian_noise,
+    popularity_rows,
+    release_entry,
+)
 from shared.training import DPSettings, make_optimizer, poisson_plan, train_users
 
 log = logging.getLogger("strata")

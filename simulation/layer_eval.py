@@ -20,7 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from client.profiles import InterestIndex, ProfileSettings, l1_target, profile_from_distribution
+from client.profiles import (
+    InterestIndex,
+    ProfileSettings,
+    l1_target,
+    profile_from_distribution,
+)
 from client.recommend import CALIBRATION_LAMBDA, miscalibration, rank_items
 from shared.data.matrices import train_tensors
 from shared.metrics import ndcg_at_k

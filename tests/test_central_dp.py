@@ -190,7 +190,7 @@ def test_batched_clipped_step_sum_equals_the_per_user_loop(tiny_config, monkeypa
     # The VAE's reparameterisation noise is the only randomness left: take it out of both paths.
     monkeypatch.setattr(torch, "randn_like", torch.zeros_like)
     args = dict(server_round=1, run_id="r", ledger=Ledger(), dp=None, spent=0.0)
-    loop = trainer._clipped_update_loop(store, cfg, weights, **args)
+    loop = trainer._clipped_update_sum(store, cfg, weights, **args)
     batched = trainer.train_locally(store, cfg, weights, server_round=1, run_id="r", ledger=Ledger())
     assert batched.users == loop.users == store.n_users
     for k, v in loop.weights.items():
