@@ -137,6 +137,7 @@ def _layer_metrics(run_dir: Path) -> dict:
     metrics = evaluate_layers(run_dir)
     if load_config(run_dir / "config.toml").data.source == "synthetic":
         metrics.update(planted_ami(run_dir))
+    metrics["code"] = _code_version()  # may differ from the commit that trained the run
     return metrics
 
 
@@ -186,7 +187,10 @@ def _code_version() -> str:
     root = Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        # The benchmark's own outputs (docs/) do not make the code dirty.
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", ".", ":(exclude)docs"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return commit + (" with uncommitted changes" if dirty else "")
@@ -356,6 +360,9 @@ def _layers_section(results: dict[str, list[dict]]) -> list[str]:
         "sizes in the same category. Lists exclude every item the user rated in train (as `strata recommend` does),",
         "so their NDCG@100 is higher than the protocol figure above, which only excludes train positives.",
         f"Layered lists: Steck calibration with λ = {_first_layer(results, measured)['lambda']:g} and 20% L3 discovery slots.",
+        "Layer metrics computed by the code of commit(s) "
+        + ", ".join(sorted({x["layers"].get("code", "unknown") for r in measured for x in results[r.key] if "layers" in x}))
+        + " on the runs of the table above.",
         "",
         "| Run | L3 lift | L2 coherence ratio | AMI (planted) | Miscalibration@10 plain → layered (cut) "
         "| Diversity@10 plain → layered | Coverage@10 plain → layered | NDCG@100 plain → layered (change) |",
