@@ -196,7 +196,8 @@ def _census(
     )
     strategy.client_epsilon.update(release.client_epsilon)
     census = write_census(config.run_dir, taxonomy, release, config, delta)
-    log.info("census of %d interests from %d clients -> %s (census ε %.3f)", len(census["interests"]), release.clients, config.run_dir / "census.json", census["epsilon"])
+    eps = "no DP" if census["epsilon"] is None else f"census ε {census['epsilon']:.3f}"
+    log.info("census of %d interests from %d clients -> %s (%s)", len(census["interests"]), release.clients, config.run_dir / "census.json", eps)
 
 
 def _wait_for_clients(grid: Grid, minimum: int, timeout_s: float) -> int:

@@ -158,9 +158,10 @@ def test_l2_clusters_recover_planted_sub_interests(planted_run: Path) -> None:
 
 
 def test_layer_metrics_of_a_run(planted_run: Path) -> None:
-    from simulation.layer_eval import evaluate_layers
+    from simulation.layer_eval import evaluate_layers, format_layer_metrics
 
     m = evaluate_layers(planted_run)
+    assert "L3 lift" in format_layer_metrics(m) and "miscalibration@10" in format_layer_metrics(m)
     # Planted users draw held-out items from the sub-interests they already show, so L3 lift
     # is measured on ML-100K (docs/benchmarks.md); here it only has to be a finite ratio.
     assert m["l3_users"] > 0 and 0 <= m["l3_lift"] < float("inf")

@@ -1,9 +1,10 @@
 """One-shot Gaussian releases of per-user statistics (DESIGN.md §4: "DP release of anything else").
 
 Each user contributes one vector scaled to L2 norm at most `bound`; the holders' sum gets
-N(0, z²·bound²) per coordinate. Replacing one user moves the sum by at most `bound` (adding
-or removing one: at most `bound`), so the release is the Gaussian mechanism with noise
-multiplier z, recorded as one `gaussian-sum` ledger entry (q = 1, one step).
+N(0, z²·bound²) per coordinate. Adding or removing one user moves the sum by at most
+`bound` (the add/remove adjacency the DP-SGD accounting uses too), so the release is the
+Gaussian mechanism with noise multiplier z, recorded as one `gaussian-sum` ledger entry
+(q = 1, one step).
 
 Used for the popularity prior that initialises the decoder's item bias and for the interest
 census. Noise comes from an OS-seeded generator: a public seed must not replay it.
