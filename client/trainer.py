@@ -30,7 +30,13 @@ from shared.privacy.accounting import (
 )
 from shared.privacy.ledger import Ledger, LedgerEntry
 from shared.privacy.release import planned_releases
-from shared.training import DPSettings, make_optimizer, poisson_plan, train_users
+from shared.training import (
+    DPSettings,
+    make_optimizer,
+    poisson_plan,
+    train_users,
+    update_norm,
+)
 
 from .store import DeviceStore
 
@@ -116,7 +122,7 @@ def local_plan(config: StrataConfig, store: DeviceStore) -> tuple[float, int]:
 
 def clip_update(update: OrderedDict[str, torch.Tensor], *, max_norm: float) -> tuple[OrderedDict[str, torch.Tensor], float]:
     """`update` scaled to L2 norm (over all tensors) at most `max_norm`; and its norm before."""
-    norm = math.sqrt(sum(float(v.double().pow(2).sum()) for v in update.values()))
+    norm = update_norm(update)
     scale = min(1.0, max_norm / norm) if norm > 0 else 1.0
     return OrderedDict((k, v * scale) for k, v in update.items()), norm
 

@@ -23,7 +23,6 @@ which holds whatever the sampling.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import secrets
 from collections import OrderedDict
@@ -54,11 +53,6 @@ def accounted_sample_rate(config: StrataConfig) -> float:
     """The q the ledger may claim: the server's sampling rate where a client is one user
     (`device`), else 1 (no amplification, see the module docstring)."""
     return config.federation.fraction_train if config.federation.topology == "device" else 1.0
-
-
-def update_norm(update: Weights) -> float:
-    """The L2 norm of an update over all its tensors together."""
-    return math.sqrt(sum(float(v.double().pow(2).sum()) for v in update.values()))
 
 
 class CentralDP:

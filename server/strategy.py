@@ -33,8 +33,9 @@ from flwr.serverapp.strategy import Strategy
 
 from shared.config import StrataConfig
 from shared.metrics import MetricSums
+from shared.training import update_norm
 
-from .central_dp import CLIP_SLACK, CentralDP, update_norm
+from .central_dp import CLIP_SLACK, CentralDP
 from .server_optimizer import ServerOptimizer
 from .update_check import InvalidUpdate, check_update
 

@@ -9,6 +9,7 @@ clips each user's gradient to `max_grad_norm`, adds N(0, σ²C²) and divides by
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import warnings
 from dataclasses import dataclass
@@ -39,6 +40,11 @@ class TrainStats:
     sample_rate: float
     mean_loss: float
     users: int
+
+
+def update_norm(update: dict[str, torch.Tensor]) -> float:
+    """The L2 norm of a model update over all its tensors together (in float64)."""
+    return math.sqrt(sum(float(v.double().pow(2).sum()) for v in update.values()))
 
 
 def poisson_plan(n_users: int, batch_size: int) -> tuple[float, int]:

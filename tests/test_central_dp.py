@@ -25,7 +25,6 @@ from server.central_dp import (
     CentralDP,
     accounted_sample_rate,
     build_central_dp,
-    update_norm,
 )
 from server.federation import run_federation
 from server.privacy_report import write_privacy_report
@@ -34,6 +33,7 @@ from shared.config import load_config
 from shared.model import build_model
 from shared.privacy.accounting import default_delta, epsilon_of
 from shared.privacy.ledger import Ledger, LedgerEntry
+from shared.training import update_norm
 from simulation.simulate import simulate
 
 
