@@ -121,6 +121,7 @@ def write_census(run_dir: Path, taxonomy: dict, release: Release, config: Strata
         "top_k": CENSUS_TOP_K,
         "taxonomy_fingerprint": taxonomy["fingerprint"],
         "clients": release.clients,
+        "failed_clients": release.failed,  # their users are missing from the counts
     }
     (Path(run_dir) / CENSUS_FILENAME).write_text(json.dumps(census, indent=1) + "\n", encoding="utf-8")
     return census

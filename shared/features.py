@@ -50,11 +50,16 @@ def item_texts(catalog: Catalog) -> list[str]:
     return [f"{t}. Genres: {', '.join(c)}" if c else t for t, c in zip(catalog.titles, catalog.categories, strict=True)]
 
 
+def embedding_cache_path(catalog: Catalog, cache_dir: str | Path) -> Path:
+    """Where the embeddings of this catalog's texts are cached."""
+    key = hashlib.sha256(json.dumps([TEXT_MODEL, item_texts(catalog)]).encode()).hexdigest()[:16]
+    return Path(cache_dir).expanduser() / "text-features" / f"{key}.npy"
+
+
 def text_embeddings(catalog: Catalog, cache_dir: str | Path) -> np.ndarray:
     """I×384 unit-norm MiniLM embeddings of `item_texts`, cached per catalog text."""
     texts = item_texts(catalog)
-    key = hashlib.sha256(json.dumps([TEXT_MODEL, texts]).encode()).hexdigest()[:16]
-    path = Path(cache_dir).expanduser() / "text-features" / f"{key}.npy"
+    path = embedding_cache_path(catalog, cache_dir)
     if path.is_file():
         emb = np.load(path)
         if emb.shape[0] == len(texts):
