@@ -1,7 +1,7 @@
-"""Flower ClientApp: moves weights in and out and calls the local trainer.
+"""Flower ClientApp: turns each message into a typed instruction and a plain call.
 
-Replies carry only shared weights and aggregate metrics: no user ids, item ids or
-per-user values leave the device.
+Replies are the typed values of `shared.protocol`: shared weights and the scalar
+aggregates listed there, no user ids, item ids or per-user values.
 """
 
 from __future__ import annotations
@@ -9,22 +9,34 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from shared.config import StrataConfig, config_from_run_config
+from shared.logs import show_strata_logs
+from shared.privacy.ledger import Ledger
+from shared.protocol import EvaluateIns, ReleaseIns, TrainIns
+from shared.run_dir import RunDir, client_ledger_name
 
-from .ledger_store import ledger_path, open_ledger, save_to_state
+from .budget import ClientBudget
+from .ledger_store import open_ledger, save_to_state
 from .release import contribute
-from .store import store_for
-from .trainer import evaluate_locally, train_locally
+from .rounds import evaluate_round, train_round
+from .store import DeviceStore, store_for
 
 log = logging.getLogger(__name__)
 
 
-def _ledger_dir(config: StrataConfig, context: Context) -> Path:
+def _ledger_path(config: StrataConfig, context: Context, client_id: str) -> Path:
+    """In `ledger-dir` of the node config (a device), else in the run directory (simulation)."""
     configured = context.node_config.get("ledger-dir")
-    return Path(str(configured)) if configured else config.run_dir / "ledgers"
+    ledger_dir = Path(str(configured)).expanduser() if configured else RunDir.of(config.run_dir).ledger_dir
+    return ledger_dir / client_ledger_name(client_id)
+
+
+def _budget(config: StrataConfig, context: Context, store: DeviceStore) -> tuple[ClientBudget, Ledger]:
+    ledger = open_ledger(context, _ledger_path(config, context, store.client_id))
+    return ClientBudget.from_config(config.privacy, ledger=ledger, population=store.total_users), ledger
 
 
 def build_client_app(config: StrataConfig | None = None) -> ClientApp:
@@ -32,64 +44,34 @@ def build_client_app(config: StrataConfig | None = None) -> ClientApp:
     app = ClientApp()
 
     def cfg(context: Context) -> StrataConfig:
-        return config if config is not None else config_from_run_config(context.run_config)
+        show_strata_logs()
+        return config if config is not None else config_from_run_config(dict(context.run_config))
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         c = cfg(context)
         store = store_for(c, dict(context.node_config))
-        ledger = open_ledger(context, ledger_path(_ledger_dir(c, context), store.client_id))
-        weights = msg.content["arrays"].to_torch_state_dict()
-        server_round = int(msg.content["config"]["server-round"])
-        result = train_locally(
-            store, c, weights, server_round=server_round, run_id=str(msg.content["config"]["run-id"]), ledger=ledger
-        )
+        budget, ledger = _budget(c, context, store)
+        reply = train_round(store, c, TrainIns.from_record(msg.content), budget)
         save_to_state(context, ledger)
-        metrics = MetricRecord(
-            {
-                "num-users": result.users,
-                "num-examples": result.examples,
-                "train-loss": result.mean_loss if result.weights is not None else 0.0,
-                "epsilon": result.epsilon,
-                "refused": int(result.weights is None),
-            }
-        )
-        content = RecordDict({"metrics": metrics})
-        if result.weights is not None:
-            content["arrays"] = ArrayRecord(result.weights)
-        else:
-            log.warning("client %s refused to train: %s", store.client_id, result.refused)
-        return Message(content=content, reply_to=msg)
+        return Message(content=reply.to_record(), reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         c = cfg(context)
         store = store_for(c, dict(context.node_config))
-        sums = evaluate_locally(store, c, msg.content["arrays"].to_torch_state_dict())
-        metrics = MetricRecord({**sums.to_dict(), "num-users": store.n_users})
-        return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+        reply = evaluate_round(store, c, EvaluateIns.from_record(msg.content))
+        return Message(content=reply.to_record(), reply_to=msg)
 
     @app.query()
     def release(msg: Message, context: Context) -> Message:
         """The client's part of a one-shot release (popularity prior, interest census)."""
         c = cfg(context)
         store = store_for(c, dict(context.node_config))
-        ledger = open_ledger(context, ledger_path(_ledger_dir(c, context), store.client_id))
-        conf = msg.content["config"]
-        weights = msg.content["arrays"].to_torch_state_dict() if "arrays" in msg.content else None
-        interests = msg.content["interests"]["l2"].numpy() if "interests" in msg.content else None
-        total, spent = contribute(
-            store, c, str(conf["release"]), run_id=str(conf["run-id"]), server_round=int(conf["server-round"]),
-            ledger=ledger, weights=weights, interest_matrix=interests,
-        )
+        budget, ledger = _budget(c, context, store)
+        reply = contribute(store, c, ReleaseIns.from_record(msg.content), budget)
         save_to_state(context, ledger)
-        content = RecordDict(
-            {
-                "release": ArrayRecord({"sum": Array(total)}),
-                "metrics": MetricRecord({"num-users": store.n_users, "epsilon": spent}),
-            }
-        )
-        return Message(content=content, reply_to=msg)
+        return Message(content=reply.to_record(), reply_to=msg)
 
     return app
 

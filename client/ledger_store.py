@@ -16,10 +16,6 @@ from shared.privacy.ledger import Ledger, LedgerError, read_entries
 STATE_KEY = "strata-ledger"
 
 
-def ledger_path(ledger_dir: str | Path, client_id: str) -> Path:
-    return Path(ledger_dir).expanduser() / f"client-{client_id}.jsonl"
-
-
 def open_ledger(context: Context, path: Path) -> Ledger:
     """The client's ledger, from disk, checked against the copy in `context.state`."""
     on_disk = read_entries(path) if path.exists() else []

@@ -26,56 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-
-@dataclass(frozen=True)
-class InterestIndex:
-    """The taxonomy as item × interest weight matrices, aligned with the model's item index."""
-
-    categories: tuple[str, ...]
-    """L1 ids."""
-    interests: tuple[str, ...]
-    """L2 ids."""
-    names: tuple[str, ...]
-    """Readable name of each L2 interest."""
-    interest_category: np.ndarray
-    """Index into `categories` of each L2 interest."""
-    l1: np.ndarray
-    """I×G p(g|i)."""
-    l2: np.ndarray
-    """I×C p(c|i)."""
-    prior_l1: np.ndarray
-    """G population prior shares."""
-    prior_l2: np.ndarray
-    """C population prior shares."""
-
-    @classmethod
-    def from_taxonomy(cls, taxonomy: dict, item_categories: Sequence[Sequence[str]]) -> InterestIndex:
-        n_items = len(item_categories)
-        if taxonomy.get("n_items", n_items) != n_items:
-            raise ValueError(f"the taxonomy covers {taxonomy['n_items']} items but the catalog has {n_items}.")
-        cats = [c["id"] for c in taxonomy["categories"]]
-        cindex = {c: j for j, c in enumerate(cats)}
-        l1 = np.zeros((n_items, len(cats)))
-        for i, item_cats in enumerate(item_categories):
-            for g in item_cats:
-                if g not in cindex:
-                    raise ValueError(f"item {i} has category {g!r}, which the taxonomy does not know.")
-                l1[i, cindex[g]] = 1.0 / len(item_cats)
-        interests = [it for c in taxonomy["categories"] for it in c["interests"]]
-        l2 = np.zeros((n_items, len(interests)))
-        for j, it in enumerate(interests):
-            members = np.asarray(it["items"], dtype=np.int64)
-            l2[members, j] = l1[members, cindex[it["category"]]]
-        return cls(
-            categories=tuple(cats),
-            interests=tuple(it["id"] for it in interests),
-            names=tuple(it.get("name", it["id"]) for it in interests),
-            interest_category=np.array([cindex[it["category"]] for it in interests], dtype=np.int64),
-            l1=l1,
-            l2=l2,
-            prior_l1=_normalised(np.array([c["prior_share"] for c in taxonomy["categories"]], dtype=np.float64)),
-            prior_l2=_normalised(np.array([it["prior_share"] for it in interests], dtype=np.float64)),
-        )
+from shared.interests import InterestIndex, normalised
 
 
 @dataclass(frozen=True)
@@ -88,11 +39,6 @@ class ProfileSettings:
     l3_pool: int = 20
     max_observed_ratio: float = 0.5
     min_lift: float = 1.5
-
-
-def _normalised(v: np.ndarray) -> np.ndarray:
-    total = v.sum()
-    return v / total if total > 0 else v
 
 
 def predicted_distribution(model: torch.nn.Module, positives_row: torch.Tensor) -> np.ndarray:
@@ -117,10 +63,10 @@ def profile_from_distribution(
     pos = np.asarray(positives, dtype=np.float64).reshape(-1)
     n_pos = int((pos > 0).sum())
     a = s.kappa / (n_pos + s.kappa) if s.kappa > 0 else float(n_pos == 0)
-    obs1 = _normalised(pos @ index.l1)
-    obs2 = _normalised(pos @ index.l2)
-    pred1 = _normalised(pi @ index.l1)
-    pred2 = _normalised(pi @ index.l2)
+    obs1 = normalised(pos @ index.l1)
+    obs2 = normalised(pos @ index.l2)
+    pred1 = normalised(pi @ index.l1)
+    pred2 = normalised(pi @ index.l2)
     share1 = (1 - a) * obs1 + a * pred1
     share2 = (1 - a) * obs2 + a * pred2
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -213,4 +159,4 @@ def user_profile(
 def l1_target(profile: dict, index: InterestIndex) -> np.ndarray:
     """The blended L1 distribution of a profile as a vector over `index.categories`."""
     shares = {e["id"]: e["share"] for e in profile["l1"]}
-    return _normalised(np.array([shares.get(g, 0.0) for g in index.categories], dtype=np.float64))
+    return normalised(np.array([shares.get(g, 0.0) for g in index.categories], dtype=np.float64))

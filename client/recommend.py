@@ -23,12 +23,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from client.profiles import InterestIndex, ProfileSettings, l1_target, profile_from_distribution
+from shared.data.matrices import train_tensors
+from shared.data.split import UserRatings
+from shared.data.types import Catalog
+from shared.interests import InterestIndex
+from shared.model import StrataModel
+
+from .profiles import ProfileSettings, l1_target, profile_from_distribution
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +50,7 @@ LAYER_L2 = "L2 fine"
 LAYER_L3 = "L3 discovery"
 
 
-class UnknownUserError(ValueError):
-    """The user id is not in the run's data."""
+JsonDict = dict[str, Any]
 
 
 def miscalibration(items: Sequence[int], item_l1: np.ndarray, target: np.ndarray, alpha: float = CALIBRATION_ALPHA) -> float:
@@ -189,65 +194,47 @@ def explain(item: int, profile: dict, index: InterestIndex, discovery_slot: bool
     }
 
 
-def recommend_for_user(run_dir: Path, user_id: str, *, n: int = 10, layered: bool = False) -> dict:
-    """Top-`n` unrated items for one user of a run, each explained; see the module docstring.
-
-    Uses only the model, the taxonomy (built if missing) and this user's own train ratings.
-    """
-    from server.export import load_exported
-    from server.taxonomy import load_taxonomy
-    from shared.data.matrices import train_tensors
-    from shared.data.source import load_source
-    from shared.data.split import split_configured
-
+def recommend(
+    model: StrataModel,
+    index: InterestIndex,
+    catalog: Catalog,
+    user: UserRatings,
+    *,
+    n: int = 10,
+    layered: bool = False,
+    positive_threshold: float = 4.0,
+    rating_range: tuple[float, float] = (1.0, 5.0),
+) -> JsonDict:
+    """Top-`n` unrated items for one user from the model and their own train ratings, each
+    explained; see the module docstring. This is what the user's device computes."""
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}.")
-    run_dir = Path(run_dir)
-    model, manifest, config = load_exported(run_dir)
-    taxonomy = load_taxonomy(run_dir)
-    data = load_source(config.data, config.run.seed)
-    user_id = str(user_id)
-    if user_id not in data.user_ids:
-        ids = data.user_ids
-        raise UnknownUserError(
-            f"user {user_id!r} is not in the data of run {run_dir} ({data.name}, {len(ids)} users; ids such as "
-            f"{', '.join(ids[:5])} … {ids[-1]}). User ids are the original ids of the run's data source "
-            f"data.source={config.data.source!r} (for a ratings CSV, its `user` column)."
-        )
-    u = data.user_ids.index(user_id)
-    (split,) = split_configured(data, config.data, config.run.seed, np.array([u]))
-    tensors = train_tensors([split], data.n_items, config.data.positive_threshold)
+    tensors = train_tensors([user], catalog.n_items, positive_threshold)
     with torch.no_grad():
         out = model(*tensors.as_tuple())
     scores = out.logits[0].double().numpy()
     ratings = out.rating[0].double().numpy()
     pi = torch.softmax(out.logits[0].double(), dim=0).numpy()
-    index = InterestIndex.from_taxonomy(taxonomy, data.catalog.categories)
     profile = profile_from_distribution(pi, tensors.positives[0].numpy(), index, ProfileSettings())
-    exclude = np.zeros(data.n_items, dtype=bool)
-    exclude[split.train_items] = True
+    exclude = np.zeros(catalog.n_items, dtype=bool)
+    exclude[user.train_items] = True
     items, disc = rank_items(scores, exclude, profile, index, n, layered=layered)
-    lo, hi = float(data.ratings.min()), float(data.ratings.max())
-    rows = []
-    for rank, i in enumerate(items, start=1):
-        rows.append(
-            {
-                "rank": rank,
-                "item": data.catalog.item_ids[i],
-                "title": data.catalog.titles[i],
-                "score": round(float(scores[i]), 4),
-                "predicted_rating": round(float(np.clip(ratings[i], lo, hi)), 2),
-                **explain(i, profile, index, i in disc),
-            }
-        )
+    lo, hi = rating_range
+    rows = [
+        {
+            "rank": rank,
+            "item": catalog.item_ids[i],
+            "title": catalog.titles[i],
+            "score": round(float(scores[i]), 4),
+            "predicted_rating": round(float(np.clip(ratings[i], lo, hi)), 2),
+            **explain(i, profile, index, i in disc),
+        }
+        for rank, i in enumerate(items, start=1)
+    ]
     target = l1_target(profile, index)
     return {
-        "run": str(run_dir),
-        "user": user_id,
         "layered": layered,
-        "model_fingerprint": manifest["weights_fingerprint"],
-        "taxonomy_fingerprint": taxonomy["fingerprint"],
-        "history": {"train_ratings": int(len(split.train_items)), "train_positives": profile["n_positives"]},
+        "history": {"train_ratings": int(len(user.train_items)), "train_positives": profile["n_positives"]},
         "profile": profile,
         "miscalibration": round(miscalibration(items, index.l1, target), 6),
         "items": rows,

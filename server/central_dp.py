@@ -36,15 +36,13 @@ from shared.privacy.accounting import (
     default_delta,
     epsilon_of,
 )
-from shared.privacy.ledger import Ledger, LedgerEntry
+from shared.privacy.ledger import SERVER, Ledger, LedgerEntry
 from shared.privacy.release import planned_releases
 
 log = logging.getLogger(__name__)
 
 Weights = OrderedDict[str, torch.Tensor]
 
-SERVER = "server"
-"""The `client` field of the server's ledger entries."""
 CLIP_SLACK = 1e-4
 """Relative float slack when checking that a reply's norm is within users · S."""
 
@@ -112,8 +110,10 @@ class CentralDP:
         return out
 
     def entry(self, *, server_round: int, run_id: str) -> LedgerEntry:
-        return LedgerEntry(
-            "dp-fedavg", self.noise_multiplier, self.accounted_rate, 1, run_id, server_round, SERVER, self.clip
+        """The ledger entry of one round's release."""
+        return LedgerEntry.dp_fedavg(
+            noise_multiplier=self.noise_multiplier, sample_rate=self.accounted_rate, clip=self.clip,
+            run_id=run_id, round=server_round,
         )
 
     def record(self, *, server_round: int, run_id: str) -> LedgerEntry:

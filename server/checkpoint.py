@@ -1,21 +1,23 @@
-"""Per-round server checkpoints: weights, round, server-optimizer and sampling state."""
+"""Per-round server checkpoints: the round, the global weights and the strategy's state."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class Checkpoint:
+    """What resuming after `round` needs."""
+
     round: int
-    weights: dict
-    optimizer: dict
-    rng_state: dict
-    client_epsilon: dict[int, float]
+    weights: dict[str, torch.Tensor]
+    strategy: dict[str, Any]
+    """The strategy's `state_dict()` (server optimizer, sampling generator, clients' ε)."""
     run_id: str
 
 
@@ -23,9 +25,12 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
     """Write atomically (temp file + rename), so a crash never leaves a torn checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save(ckpt.__dict__, tmp)
+    torch.save({f.name: getattr(ckpt, f.name) for f in fields(ckpt)}, tmp)
     os.replace(tmp, path)
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
-    return Checkpoint(**torch.load(path, weights_only=False))
+    state = torch.load(path, weights_only=False)
+    if set(state) != {"round", "weights", "strategy", "run_id"}:
+        raise ValueError(f"{path} is not a checkpoint of this Strata version: start the run in a new --out.")
+    return Checkpoint(**state)

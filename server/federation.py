@@ -2,155 +2,142 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import tomli_w
-import torch
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
 
-from client.profiles import InterestIndex
 from shared.config import StrataConfig
 from shared.data.source import fingerprint, load_source
-from shared.data.types import Catalog
 from shared.features import model_features
-from shared.model import StrataModel, build_model
+from shared.model import build_model
 from shared.privacy.accounting import default_delta
-from shared.privacy.release import CENSUS, POPULARITY, bias_from_popularity
+from shared.protocol import RUN_ID
+from shared.run_dir import JsonDict, RunDir
+from shared.seeds import SAMPLING, make_rng
 
 from .central_dp import CentralDP, build_central_dp
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .export import export_model
-from .release import collect_release, write_census
-from .strategy import StrataStrategy
-from .taxonomy import taxonomy_from_model, write_taxonomy
+from .dp_strategy import CentralDPStrategy
+from .release import interest_census, popularity_prior
+from .server_optimizer import ServerOptimizer
+from .strategy import FedAvgStrategy
 
-log = logging.getLogger("strata")
-
-
-def _clean(record: object) -> dict:
-    return {k: (float(v) if isinstance(v, float | int | np.floating) else v) for k, v in dict(record).items()}  # type: ignore[call-overload]
+log = logging.getLogger(__name__)
 
 
-def run_federation(grid: Grid, config: StrataConfig, *, timeout: float = 3600.0) -> dict:
+@dataclass(frozen=True)
+class Federation:
+    """The strategy of a run, and the central mechanism when there is one."""
+
+    strategy: FedAvgStrategy | CentralDPStrategy
+    central: CentralDP | None
+
+    @property
+    def client_epsilon(self) -> dict[int, float]:
+        return self.strategy.client_epsilon
+
+
+def build_federation(config: StrataConfig, *, run: RunDir, run_id: str, population: int) -> Federation:
+    """FedAvg/FedAdam from the config, wrapped in DP-FedAvg under central privacy."""
+    fed = config.federation
+    inner = FedAvgStrategy(
+        optimizer=ServerOptimizer(fed.server_optimizer, fed.server_lr),
+        rng=make_rng(config.run.seed, SAMPLING),
+        fraction_train=fed.fraction_train,
+        fraction_evaluate=fed.fraction_evaluate,
+        min_train_clients=fed.min_train_clients,
+        weighted_by=fed.weighted_by,
+    )
+    if not config.privacy.central_dp:
+        return Federation(inner, None)
+    central = build_central_dp(config, data_users=population, run_id=run_id, ledger_path=run.central_ledger_path)
+    return Federation(CentralDPStrategy(inner, central), central)
+
+
+def _clean(record: object) -> dict[str, Any]:
+    items = dict(record).items()  # type: ignore[call-overload]
+    return {k: (float(v) if isinstance(v, float | int | np.floating) else v) for k, v in items}
+
+
+def run_federation(grid: Grid, config: StrataConfig, *, timeout: float = 3600.0) -> JsonDict:
     """Run the configured rounds on `grid`; write the run directory; return the final summary."""
-    run_dir = config.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = run_dir / "checkpoints" / "latest.pt"
-    if ckpt_path.exists():
-        _check_resumable(run_dir, config)
-    (run_dir / "config.toml").write_text(tomli_w.dumps(config.to_nested()))
+    run = RunDir.of(config.run_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
+    ckpt = load_checkpoint(run.checkpoint_path) if run.checkpoint_path.exists() else None
+    if ckpt is not None:
+        _check_resumable(run, config)
+    run.write_config(config)
     # The server uses only the public catalog (item index and features), never ratings.
     data = load_source(config.data, config.run.seed)
-    features = model_features(data.catalog, config)
-    model = build_model(data.n_items, config.model, features, seed=config.run.seed)
+    model = build_model(data.n_items, config.model, model_features(data.catalog, config), seed=config.run.seed)
     weights = {k: v.detach().clone() for k, v in model.named_parameters()}
+    run_id = ckpt.run_id if ckpt is not None else uuid.uuid4().hex[:12]
+    federation = build_federation(config, run=run, run_id=run_id, population=data.n_users)
+    strategy, central = federation.strategy, federation.central
+    server_ledger = central.ledger if central is not None else None
     start_round = 1
-    run_id = uuid.uuid4().hex[:12]
-    metrics_path = run_dir / "metrics.jsonl"
-    ckpt = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
-    if ckpt is not None:
-        run_id = ckpt.run_id
-    central: CentralDP | None = None
-    if config.privacy.central_dp:
-        central = build_central_dp(
-            config, data_users=data.n_users, run_id=run_id, ledger_path=run_dir / "ledgers" / "central.jsonl"
-        )
-    strategy = StrataStrategy(config, np.random.default_rng([config.run.seed, 1]), central=central)
     if ckpt is not None:
         weights, start_round = ckpt.weights, ckpt.round + 1
-        strategy.optimizer.load_state_dict(ckpt.optimizer)
-        strategy.rng.bit_generator.state = ckpt.rng_state
-        strategy.client_epsilon = dict(ckpt.client_epsilon)
-        log.info("resuming from %s after round %d", ckpt_path, ckpt.round)
-        _truncate_metrics(metrics_path, ckpt.round)
-    elif metrics_path.exists():
-        metrics_path.unlink()
-    n_nodes = _wait_for_clients(grid, config.federation.min_available_clients, config.federation.wait_for_clients_s)
+        strategy.load_state_dict(ckpt.strategy)
+        log.info("resuming from %s after round %d", run.checkpoint_path, ckpt.round)
+        run.truncate_metrics(ckpt.round)
+    else:
+        run.clear_metrics()
     fed = config.federation
+    n_nodes = _wait_for_clients(grid, fed.min_available_clients, fed.wait_for_clients_s)
     log.info(
         "run %s: %d clients (%s topology), %d rounds, privacy %s; writing %s",
-        run_id, n_nodes, fed.topology, fed.rounds, config.privacy.mode, run_dir,
+        run_id, n_nodes, fed.topology, fed.rounds, config.privacy.mode, run,
     )
     strategy.summary()
     if ckpt is None and config.model.popularity_prior:
-        weights = _with_popularity_prior(grid, config, model, strategy, central, run_id, timeout)
-    arrays = ArrayRecord(weights)
+        weights, epsilons = popularity_prior(
+            grid, config, model, run_id=run_id, server_ledger=server_ledger, timeout=timeout
+        )
+        federation.client_epsilon.update(epsilons)
+    arrays = ArrayRecord(weights)  # type: ignore[arg-type]
     started = time.perf_counter()
-    last_eval: dict = {}
+    last_eval: dict[str, Any] = {}
     last_round = start_round - 1
     stopped = ""
     for rnd in range(start_round, fed.rounds + 1):
-        if central is not None and config.privacy.central_max_epsilon > 0:
-            after = central.epsilon_after_next(server_round=rnd, run_id=run_id)
-            if after > config.privacy.central_max_epsilon:
-                stopped = (
-                    f"central budget: round {rnd} would bring the central ε to {after:.3f} > "
-                    f"privacy.central-max-epsilon {config.privacy.central_max_epsilon}"
-                )
-                log.warning("stopping before round %d: %s; exporting the model of round %d", rnd, stopped, rnd - 1)
-                break
-        t0 = time.perf_counter()
-        messages = list(strategy.configure_train(rnd, arrays, ConfigRecord({"run-id": run_id}), grid))
-        replies = grid.send_and_receive(messages, timeout=timeout) if messages else []
-        new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
-        if new_arrays is not None:
-            arrays = new_arrays
-        train = _clean(train_metrics) if train_metrics is not None else {}
-        evaluation: dict = {}
-        if rnd % fed.eval_every == 0 or rnd == fed.rounds:
-            replies = grid.send_and_receive(
-                strategy.configure_evaluate(rnd, arrays, ConfigRecord({"run-id": run_id}), grid), timeout=timeout
-            )
-            agg = strategy.aggregate_evaluate(rnd, replies)
-            evaluation = _clean(agg) if agg is not None else {}
-            last_eval = evaluation or last_eval
-        line = {
-            "round": rnd,
-            "skipped": new_arrays is None,
-            "train": train,
-            "eval": evaluation,
-            "epsilon": train.get("epsilon", 0.0),
-            "round_s": round(time.perf_counter() - t0, 3),
-        }
-        if central is not None:
-            line["central_epsilon"] = train.get("central-epsilon", central.epsilon())
-            line["sampled"] = len(messages)
-        with open(metrics_path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(line) + "\n")
+        stopped = _central_budget_exhausted(config, central, rnd, run_id)
+        if stopped:
+            log.warning("stopping before round %d: %s; exporting the model of round %d", rnd, stopped, rnd - 1)
+            break
+        arrays, line = _round(grid, strategy, central, arrays, rnd, run_id, config, timeout)
+        last_eval = line["eval"] or last_eval
+        run.append_metrics(line)
         save_checkpoint(
-            ckpt_path,
-            Checkpoint(
-                round=rnd,
-                weights=arrays.to_torch_state_dict(),
-                optimizer=strategy.optimizer.state_dict(),
-                rng_state=strategy.rng.bit_generator.state,
-                client_epsilon=dict(strategy.client_epsilon),
-                run_id=run_id,
-            ),
+            run.checkpoint_path,
+            Checkpoint(round=rnd, weights=arrays.to_torch_state_dict(), strategy=strategy.state_dict(), run_id=run_id),
         )
-        _progress(rnd, fed.rounds, train, evaluation, time.perf_counter() - started)
+        _progress(rnd, fed.rounds, line["train"], line["eval"], time.perf_counter() - started)
         last_round = rnd
     elapsed = time.perf_counter() - started
     final = arrays.to_torch_state_dict()
-    manifest = export_model(
-        run_dir / "model", final, config, data.catalog, data_fingerprint=fingerprint(data), rounds=last_round
-    )
+    manifest = run.write_model(final, config, data.catalog, data_fingerprint=fingerprint(data), rounds=last_round)
     if fed.census:
-        delta = config.privacy.delta or default_delta(data.n_users)
-        _census(grid, config, model, final, data.catalog, manifest, strategy, central, run_id, delta, timeout)
-    summary = {
+        _, epsilons = interest_census(
+            grid, config, model, final, data.catalog, model_fingerprint=manifest["weights_fingerprint"],
+            run_id=run_id, server_ledger=server_ledger, timeout=timeout,
+            delta=config.privacy.delta or default_delta(data.n_users),
+        )
+        federation.client_epsilon.update(epsilons)
+    summary: JsonDict = {
         "run_id": run_id,
-        "run_dir": str(run_dir),
+        "run_dir": str(run),
         "rounds": last_round,
         "clients": n_nodes,
         "wall_s": round(elapsed, 2),
-        "epsilon": max(strategy.client_epsilon.values(), default=0.0),
+        "epsilon": max(federation.client_epsilon.values(), default=0.0),
         "final_eval": last_eval,
         "rejected_updates": strategy.rejected,
         "weights_fingerprint": manifest["weights_fingerprint"],
@@ -160,44 +147,58 @@ def run_federation(grid: Grid, config: StrataConfig, *, timeout: float = 3600.0)
         summary["central_noise_multiplier"] = central.noise_multiplier
     if stopped:
         summary["stopped_early"] = stopped
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    run.write_summary(summary)
     return summary
 
 
-def _with_popularity_prior(
-    grid: Grid, config: StrataConfig, model: StrataModel, strategy: StrataStrategy, central: CentralDP | None,
-    run_id: str, timeout: float,
-) -> dict[str, torch.Tensor]:
-    """Weights whose decoder item bias comes from a (DP) popularity release (round 0)."""
-    release = collect_release(
-        grid, config, POPULARITY, run_id=run_id, dim=model.n_items,
-        server_ledger=central.ledger if central is not None else None, timeout=timeout,
-    )
-    strategy.client_epsilon.update(release.client_epsilon)
-    model.start_from_popularity(torch.from_numpy(bias_from_popularity(release.total)))
-    return {k: v.detach().clone() for k, v in model.named_parameters()}
+def _round(
+    grid: Grid,
+    strategy: Strategy,
+    central: CentralDP | None,
+    arrays: ArrayRecord,
+    rnd: int,
+    run_id: str,
+    config: StrataConfig,
+    timeout: float,
+) -> tuple[ArrayRecord, JsonDict]:
+    """One round: train and aggregate, evaluate when due; the new weights and the metrics line."""
+    t0 = time.perf_counter()
+    messages = list(strategy.configure_train(rnd, arrays, ConfigRecord({RUN_ID: run_id}), grid))
+    sampled = len(messages)
+    replies = grid.send_and_receive(messages, timeout=timeout) if messages else []
+    new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
+    train = _clean(train_metrics) if train_metrics is not None else {}
+    if new_arrays is not None:
+        arrays = new_arrays
+    evaluation: dict[str, Any] = {}
+    fed = config.federation
+    if rnd % fed.eval_every == 0 or rnd == fed.rounds:
+        asks = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord({RUN_ID: run_id}), grid))
+        agg = strategy.aggregate_evaluate(rnd, grid.send_and_receive(asks, timeout=timeout))
+        evaluation = _clean(agg) if agg is not None else {}
+    line: JsonDict = {
+        "round": rnd,
+        "skipped": new_arrays is None,
+        "train": train,
+        "eval": evaluation,
+        "epsilon": train.get("epsilon", 0.0),
+        "round_s": round(time.perf_counter() - t0, 3),
+    }
+    if central is not None:
+        line["central_epsilon"] = train.get("central-epsilon", central.epsilon())
+        line["sampled"] = sampled
+    return arrays, line
 
 
-def _census(
-    grid: Grid, config: StrataConfig, model: StrataModel, final: dict[str, torch.Tensor], catalog: Catalog,
-    manifest: dict, strategy: StrataStrategy, central: CentralDP | None, run_id: str, delta: float, timeout: float,
-) -> None:
-    """Build the taxonomy of the final model and release the DP interest census (`census.json`)."""
-    model.load_state_dict(final, strict=False)
-    taxonomy = taxonomy_from_model(
-        model, catalog, seed=config.run.seed, model_fingerprint=manifest["weights_fingerprint"], run_name=config.run.name
-    )
-    write_taxonomy(config.run_dir, taxonomy)
-    index = InterestIndex.from_taxonomy(taxonomy, catalog.categories)
-    release = collect_release(
-        grid, config, CENSUS, run_id=run_id, dim=len(index.interests),
-        server_ledger=central.ledger if central is not None else None, timeout=timeout,
-        arrays=ArrayRecord(final), interests=index.l2,
-    )
-    strategy.client_epsilon.update(release.client_epsilon)
-    census = write_census(config.run_dir, taxonomy, release, config, delta)
-    eps = "no DP" if census["epsilon"] is None else f"census ε {census['epsilon']:.3f}"
-    log.info("census of %d interests from %d clients -> %s (%s)", len(census["interests"]), release.clients, config.run_dir / "census.json", eps)
+def _central_budget_exhausted(config: StrataConfig, central: CentralDP | None, rnd: int, run_id: str) -> str:
+    """Why round `rnd` may not run under `privacy.central-max-epsilon` ("" when it may)."""
+    limit = config.privacy.central_max_epsilon
+    if central is None or limit <= 0:
+        return ""
+    after = central.epsilon_after_next(server_round=rnd, run_id=run_id)
+    if after <= limit:
+        return ""
+    return f"central budget: round {rnd} would bring the central ε to {after:.3f} > privacy.central-max-epsilon {limit}"
 
 
 def _wait_for_clients(grid: Grid, minimum: int, timeout_s: float) -> int:
@@ -219,46 +220,35 @@ def _wait_for_clients(grid: Grid, minimum: int, timeout_s: float) -> int:
         time.sleep(0.2)
 
 
-def _check_resumable(run_dir: Path, config: StrataConfig) -> None:
+def _check_resumable(run: RunDir, config: StrataConfig) -> None:
     """A checkpoint may only be resumed by the same experiment (more rounds allowed)."""
-    import tomllib
-
-    from shared.config import from_flat
-
-    saved_path = run_dir / "config.toml"
-    if not saved_path.exists():
+    if not run.config_path.exists():
         return
-    nested = tomllib.loads(saved_path.read_text())
-    saved = from_flat({f"{sec}.{k}": v for sec, table in nested.items() for k, v in table.items()})
+    saved = run.read_config()
     mine = {k: v for k, v in config.to_flat().items() if k != "federation.rounds"}
     theirs = {k: v for k, v in saved.to_flat().items() if k != "federation.rounds"}
     differing = sorted(k for k in mine if mine[k] != theirs.get(k))
     if differing:
         raise ValueError(
-            f"{run_dir} holds a checkpoint of a different experiment (differs in {', '.join(differing)}); "
+            f"{run} holds a checkpoint of a different experiment (differs in {', '.join(differing)}); "
             "use a new --out, or delete the directory to start over."
         )
 
 
-def _truncate_metrics(path: Path, last_round: int) -> None:
-    if not path.exists():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["round"] <= last_round]
-    path.write_text("".join(k + "\n" for k in keep))
-
-
-def _progress(rnd: int, rounds: int, train: dict, evaluation: dict, elapsed: float) -> None:
+def _progress(rnd: int, rounds: int, train: dict[str, Any], evaluation: dict[str, Any], elapsed: float) -> None:
     parts = [f"round {rnd}/{rounds}", f"{int(train.get('clients', 0))} clients"]
     if train.get("refused"):
         parts.append(f"{int(train['refused'])} refused")
     if train.get("failed"):
         parts.append(f"{int(train['failed'])} failed")
-    loss = train.get("train-loss", float("nan"))
-    parts.append(f"loss {loss:.2f}")
+    parts.append(f"loss {train.get('train-loss', float('nan')):.2f}")
     parts.append(f"ε {train.get('epsilon', 0.0):.3f}")
     if "central-epsilon" in train:
         parts.append(f"central ε {train['central-epsilon']:.3f}")
     if evaluation:
-        parts.append(f"NDCG@100 {evaluation['ndcg@100']:.4f} Recall@20 {evaluation['recall@20']:.4f} RMSE {evaluation['rmse']:.4f}")
+        parts.append(
+            f"NDCG@100 {evaluation['ndcg@100']:.4f} Recall@20 {evaluation['recall@20']:.4f} RMSE {evaluation['rmse']:.4f}"
+        )
     parts.append(f"{elapsed:.0f}s")
     log.info(" · ".join(parts))
+

@@ -7,33 +7,37 @@ interest census after the last round (round `federation.rounds` + 1).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+import torch
+from flwr.app import ArrayRecord, Message, MessageType
 from flwr.serverapp import Grid
 
 from shared.config import StrataConfig
+from shared.data.types import Catalog
+from shared.interests import InterestIndex
+from shared.model import StrataModel
 from shared.privacy.accounting import epsilon_of
-from shared.privacy.ledger import Ledger, LedgerEntry
+from shared.privacy.ledger import SERVER, Ledger, LedgerEntry
 from shared.privacy.release import (
     CENSUS,
     CENSUS_TOP_K,
+    POPULARITY,
+    bias_from_popularity,
     gaussian_noise,
     noise_holder,
     release_bound,
     release_entry,
     release_round,
 )
+from shared.protocol import ProtocolError, ReleaseIns, ReleaseRes
+from shared.run_dir import JsonDict, RunDir
 
-from .central_dp import SERVER
+from .taxonomy import taxonomy_from_model, write_taxonomy
 
-log = logging.getLogger("strata")
-
-CENSUS_FILENAME = "census.json"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,11 +67,8 @@ def collect_release(
 ) -> Release:
     """Run one release of `kind` over every connected client; see the module docstring."""
     server_round = release_round(kind, config)
-    content = RecordDict({"config": ConfigRecord({"release": kind, "run-id": run_id, "server-round": server_round})})
-    if arrays is not None:
-        content["arrays"] = arrays
-    if interests is not None:
-        content["interests"] = ArrayRecord({"l2": Array(np.ascontiguousarray(interests, dtype=np.float64))})
+    ins = ReleaseIns(kind=kind, server_round=server_round, run_id=run_id, arrays=arrays, interests=interests)
+    content = ins.to_record()
     nodes = sorted(grid.get_node_ids())
     messages = [Message(content=content, message_type=MessageType.QUERY, dst_node_id=n) for n in nodes]
     total = np.zeros(dim, dtype=np.float64)
@@ -78,15 +79,21 @@ def collect_release(
             out.failed += 1
             log.warning("%s release: client %d failed: %s", kind, node, msg.error.reason)
             continue
-        part = msg.content["release"]["sum"].numpy()
+        try:
+            reply = ReleaseRes.from_record(msg.content)
+        except ProtocolError as exc:
+            out.failed += 1
+            log.warning("%s release: malformed reply from client %d: %s", kind, node, exc)
+            continue
+        part = reply.total
         if part.shape != (dim,) or not np.all(np.isfinite(part)):
             out.failed += 1
             log.warning("%s release: client %d sent a sum of shape %s (expected (%d,)) or non-finite values", kind, node, part.shape, dim)
             continue
         total += part
         out.clients += 1
-        out.users += int(msg.content["metrics"]["num-users"])
-        out.client_epsilon[node] = float(msg.content["metrics"]["epsilon"])
+        out.users += reply.num_users
+        out.client_epsilon[node] = reply.epsilon
     if noise_holder(config.privacy.mode) == "server":
         if server_ledger is None:
             raise ValueError("a central-privacy release needs the server's ledger.")
@@ -103,13 +110,58 @@ def collect_release(
     return out
 
 
-def write_census(run_dir: Path, taxonomy: dict, release: Release, config: StrataConfig, delta: float) -> dict:
+def popularity_prior(
+    grid: Grid, config: StrataConfig, model: StrataModel, *, run_id: str, server_ledger: Ledger | None, timeout: float
+) -> tuple[dict[str, torch.Tensor], dict[int, float]]:
+    """Weights whose decoder item bias comes from a (DP) popularity release (round 0), and the
+    clients' ε after it."""
+    release = collect_release(
+        grid, config, POPULARITY, run_id=run_id, dim=model.n_items, server_ledger=server_ledger, timeout=timeout
+    )
+    model.start_from_popularity(torch.from_numpy(bias_from_popularity(release.total)))
+    return {k: v.detach().clone() for k, v in model.named_parameters()}, release.client_epsilon
+
+
+def interest_census(
+    grid: Grid,
+    config: StrataConfig,
+    model: StrataModel,
+    final: dict[str, torch.Tensor],
+    catalog: Catalog,
+    *,
+    model_fingerprint: str,
+    run_id: str,
+    server_ledger: Ledger | None,
+    delta: float,
+    timeout: float,
+) -> tuple[JsonDict, dict[int, float]]:
+    """Build the taxonomy of the final model, release the DP interest census and write both
+    (`taxonomy.json`, `census.json`); return the census and the clients' ε after it."""
+    run = RunDir.of(config.run_dir)
+    model.load_state_dict(final, strict=False)
+    taxonomy = taxonomy_from_model(
+        model, catalog, seed=config.run.seed, model_fingerprint=model_fingerprint, run_name=config.run.name
+    )
+    write_taxonomy(run, taxonomy)
+    index = InterestIndex.from_taxonomy(taxonomy, catalog.categories)
+    release = collect_release(
+        grid, config, CENSUS, run_id=run_id, dim=len(index.interests), server_ledger=server_ledger,
+        timeout=timeout, arrays=ArrayRecord(final), interests=index.l2,  # type: ignore[arg-type]
+    )
+    census = census_record(taxonomy, release, config, delta)
+    run.write_census(census)
+    eps = "no DP" if census["epsilon"] is None else f"census ε {census['epsilon']:.3f}"
+    log.info("census of %d interests from %d clients -> %s (%s)", len(census["interests"]), release.clients, run.census_path, eps)
+    return census, release.client_epsilon
+
+
+def census_record(taxonomy: JsonDict, release: Release, config: StrataConfig, delta: float) -> JsonDict:
     """`census.json`: noisy holder counts per L2 interest and the census release's own (ε, δ)."""
     interests = [it for c in taxonomy["categories"] for it in c["interests"]]
     z = config.privacy.release_noise_multiplier
     holder = noise_holder(config.privacy.mode)
     one = release_entry(noise_multiplier=z, bound=release_bound(CENSUS), run_id="", server_round=0, holder="census")
-    census = {
+    return {
         "interests": [
             {"id": it["id"], "label": it.get("name", it["id"]), "count": round(float(c), 3)}
             for it, c in zip(interests, release.total, strict=True)
@@ -123,5 +175,3 @@ def write_census(run_dir: Path, taxonomy: dict, release: Release, config: Strata
         "clients": release.clients,
         "failed_clients": release.failed,  # their users are missing from the counts
     }
-    (Path(run_dir) / CENSUS_FILENAME).write_text(json.dumps(census, indent=1) + "\n", encoding="utf-8")
-    return census

@@ -17,31 +17,28 @@ One self-contained page (inline CSS and SVG, no scripts; every text is HTML-esca
   noisy number of users holding it (may be negative or fractional after noise; drawn clipped
   at 0), and (ε, δ) the census's own DP guarantee (ε null: released without noise, privacy
   off). `server/release.py` writes it when `federation.census` is on.
-- **Example user**: the first user id of the run's data set, its layered profile and top-10
-  layered recommendations from `client.recommend.recommend_for_user`, i.e. what that user's
-  device computes from its own ratings, the model and the taxonomy.
+- **Example user**: one user's layered profile and top-10 layered recommendations, chosen and
+  computed by the caller (`strata report` asks `simulation.recommend`), i.e. what that
+  user's device computes from its own ratings, the model and the taxonomy.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from datetime import UTC, datetime
 from pathlib import Path
 
-from server.html_parts import CSS as _CSS
-from server.html_parts import escape as _e
-from server.html_parts import line_chart as _line_chart
-from server.html_parts import table as _table
-from shared.config import StrataConfig
+from shared.run_dir import JsonDict, RunDir
+
+from .html_parts import CSS as _CSS
+from .html_parts import escape as _e
+from .html_parts import line_chart as _line_chart
+from .html_parts import table as _table
+from .taxonomy import load_taxonomy
 
 log = logging.getLogger(__name__)
 
-FILENAME = "report.html"
-CENSUS_FILENAME = "census.json"
-EXAMPLE_N = 10
-"""Recommendations shown for the example user."""
 
 _EXTRA_CSS = """
 .cards{display:flex;gap:1em;flex-wrap:wrap;margin:.8em 0}
@@ -53,31 +50,29 @@ tr.l1 td{background:#f4f4f4;font-weight:600} td.id{white-space:nowrap}
 """
 
 
-def write_run_report(run_dir: Path) -> Path:
-    """Write `run_dir/report.html`; return its path."""
-    run_dir = Path(run_dir)
-    from server.export import read_run_config
+def write_run_report(run: RunDir, *, example: JsonDict | None = None, example_error: str | None = None) -> Path:
+    """Write the run's `report.html`; return its path.
 
-    config = read_run_config(run_dir)
-    metrics = read_metrics(run_dir)
-    summary = _read_json(run_dir / "summary.json")
-    taxonomy, taxonomy_error = _taxonomy(run_dir)
-    census, census_error = read_census(run_dir)
-    example, example_error = _example_user(run_dir, config)
+    `example` is one user's layered recommendations (`client.recommend.recommend`) chosen by
+    the caller, or None with `example_error` saying why there is none.
+    """
+    config = run.read_config()
+    taxonomy, taxonomy_error = _taxonomy(run)
+    census, census_error = read_census(run)
     page = render_html(
         run_name=config.run.name,
-        run_dir=str(run_dir),
+        run_dir=str(run),
         privacy_mode=config.privacy.mode,
-        metrics=metrics,
-        summary=summary,
+        metrics=run.read_metrics(),
+        summary=run.read_summary(),
         taxonomy=taxonomy,
         taxonomy_error=taxonomy_error,
         census=census,
         census_error=census_error,
         example=example,
-        example_error=example_error,
+        example_error=example_error or ("no example user was chosen" if example is None else None),
     )
-    path = run_dir / FILENAME
+    path = run.run_report_path
     path.write_text(page, encoding="utf-8")
     log.info("wrote %s", path)
     return path
@@ -86,35 +81,14 @@ def write_run_report(run_dir: Path) -> Path:
 # ---------------------------------------------------------------------------- reading
 
 
-def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    """The lines of `run_dir/metrics.jsonl` (empty if absent); a bad line is an error naming it."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    lines = []
-    for n, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not text.strip():
-            continue
-        try:
-            lines.append(json.loads(text))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}, line {n}: not JSON ({exc.msg}).") from exc
-    return lines
-
-
-def read_census(run_dir: Path) -> tuple[dict | None, str | None]:
+def read_census(run: RunDir) -> tuple[JsonDict | None, str | None]:
     """`census.json` if present and well formed: (census, None); absent: (None, None); bad: (None, why)."""
-    path = Path(run_dir) / CENSUS_FILENAME
+    path = run.census_path
     if not path.is_file():
         return None, None
     try:
-        census = json.loads(path.read_text(encoding="utf-8"))
+        census = run.read_census()
+        assert census is not None
         rows = census["interests"]
         for r in rows:
             str(r["id"]), str(r["label"]), float(r["count"])
@@ -128,28 +102,11 @@ def read_census(run_dir: Path) -> tuple[dict | None, str | None]:
     return census, None
 
 
-def _taxonomy(run_dir: Path) -> tuple[dict | None, str | None]:
-    from server.taxonomy import load_taxonomy
-
+def _taxonomy(run: RunDir) -> tuple[JsonDict | None, str | None]:
     try:
-        return load_taxonomy(run_dir), None
+        return load_taxonomy(run), None
     except (FileNotFoundError, ValueError) as exc:
-        log.warning("report: no taxonomy for %s: %s", run_dir, exc)
-        return None, str(exc)
-
-
-def _example_user(run_dir: Path, config: StrataConfig) -> tuple[dict | None, str | None]:
-    """Layered recommendations for the data set's first user, as that user's device computes them."""
-    from client.recommend import recommend_for_user
-    from shared.data.source import load_source
-
-    try:
-        data = load_source(config.data, config.run.seed)
-        if not data.user_ids:
-            return None, "the data set has no users."
-        return recommend_for_user(run_dir, data.user_ids[0], n=EXAMPLE_N, layered=True), None
-    except (FileNotFoundError, ValueError) as exc:
-        log.warning("report: no example user for %s: %s", run_dir, exc)
+        log.warning("report: no taxonomy for %s: %s", run, exc)
         return None, str(exc)
 
 
@@ -273,7 +230,7 @@ def _census_section(census: dict | None, error: str | None) -> list[str]:
     if census is None:
         why = f" ({error})" if error else ""
         parts.append(
-            f"<div class='placeholder'><b>DP interest census not run</b>{_e(why)}. When <code>{CENSUS_FILENAME}</code> "
+            f"<div class='placeholder'><b>DP interest census not run</b>{_e(why)}. When <code>census.json</code> "
             "is in the run directory this section shows how many users hold each interest (noisy counts).</div>"
         )
         return parts

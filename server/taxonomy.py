@@ -42,12 +42,13 @@ import numpy as np
 import torch
 
 from shared.clustering import choose_k
+from shared.data.source import load_source
 from shared.data.types import Catalog
+from shared.run_dir import TAXONOMY_FORMAT, JsonDict, RunDir
+from shared.seeds import CLUSTERING, make_seed
 
 log = logging.getLogger(__name__)
 
-FORMAT = "strata-taxonomy/1"
-FILENAME = "taxonomy.json"
 
 _STOPWORDS = frozenset(
     ["the", "a", "an", "of", "and", "in", "to", "on", "for", "with", "from", "at", "by", "is", "it", "my", "me", "you", "your", "his", "her", "our", "its", "la", "le", "les", "de", "du", "des", "el", "il", "der", "die", "das", "und", "ii", "iii", "iv", "part", "movie", "film"]
@@ -219,7 +220,7 @@ def taxonomy_from_model(
         )
         log.debug("category %s: %d items, %d interests (silhouette %.3f)", category, len(items), c.k, c.silhouette)
     body = {
-        "format": FORMAT,
+        "format": TAXONOMY_FORMAT,
         "run": run_name,
         "model_fingerprint": model_fingerprint,
         "params": {**asdict(params), "seed": seed, "representation": representation, "prior": "mean softmax(decode(z)), z~N(0,I)"},
@@ -236,43 +237,34 @@ def taxonomy_fingerprint(taxonomy: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def build_taxonomy(run_dir: Path, params: TaxonomyParams | None = None) -> dict:
-    """Build the taxonomy of a run's final model and public catalog; write `run_dir/taxonomy.json`."""
-    from server.export import load_exported
-    from shared.data.source import load_source
-
-    run_dir = Path(run_dir)
-    model, manifest, config = load_exported(run_dir)
+def build_taxonomy(run: RunDir, params: TaxonomyParams | None = None) -> JsonDict:
+    """Build the taxonomy of a run's final model and public catalog; write its `taxonomy.json`."""
+    model, manifest, config = run.load_model()
     catalog = load_source(config.data, config.run.seed).catalog  # only the public catalog is used
     taxonomy = taxonomy_from_model(
         model, catalog, seed=config.run.seed, model_fingerprint=manifest["weights_fingerprint"],
         run_name=config.run.name, params=params,
     )
-    write_taxonomy(run_dir, taxonomy)
+    write_taxonomy(run, taxonomy)
     return taxonomy
 
 
-def write_taxonomy(run_dir: Path, taxonomy: dict) -> Path:
-    """Write `run_dir/taxonomy.json`."""
-    path = Path(run_dir) / FILENAME
-    path.write_text(json.dumps(taxonomy, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+def write_taxonomy(run: RunDir, taxonomy: JsonDict) -> Path:
+    """Write the run's `taxonomy.json`."""
+    path = run.write_taxonomy(taxonomy)
     n_l2 = sum(len(c["interests"]) for c in taxonomy["categories"])
-    log.info("taxonomy of %s: %d categories, %d interests -> %s", run_dir, len(taxonomy["categories"]), n_l2, path)
+    log.info("taxonomy of %s: %d categories, %d interests -> %s", run, len(taxonomy["categories"]), n_l2, path)
     return path
 
 
-def load_taxonomy(run_dir: Path) -> dict:
-    """`run_dir/taxonomy.json` if it belongs to the run's current model, else build it (lazily)."""
-    run_dir = Path(run_dir)
-    path = run_dir / FILENAME
-    manifest_path = run_dir / "model" / "manifest.json"
-    if path.is_file() and manifest_path.is_file():
-        taxonomy = json.loads(path.read_text(encoding="utf-8"))
-        current = json.loads(manifest_path.read_text())["weights_fingerprint"]
-        if taxonomy.get("format") == FORMAT and taxonomy.get("model_fingerprint") == current:
-            return taxonomy
-        log.info("%s belongs to another model; rebuilding it", path)
-    return build_taxonomy(run_dir)
+def load_taxonomy(run: RunDir) -> JsonDict:
+    """The run's `taxonomy.json` if it belongs to the run's current model, else build it (lazily)."""
+    taxonomy = run.read_taxonomy()
+    if taxonomy is not None:
+        return taxonomy
+    if run.taxonomy_path.is_file():
+        log.info("%s belongs to another model; rebuilding it", run.taxonomy_path)
+    return build_taxonomy(run)
 
 
 def render_tree(taxonomy: dict) -> str:

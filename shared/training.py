@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from .config import ModelConfig
 from .data.matrices import UserTensors
 from .model import StrataLoss, StrataModel
 
@@ -45,6 +46,14 @@ class TrainStats:
 def update_norm(update: dict[str, torch.Tensor]) -> float:
     """The L2 norm of a model update over all its tensors together (in float64)."""
     return math.sqrt(sum(float(v.double().pow(2).sum()) for v in update.values()))
+
+
+def kl_weight(step: int, model: ModelConfig) -> float:
+    """β after `step` updates: linear from 0 to `beta-max` over `anneal-steps` (Liang et al. 2018).
+
+    The central reference counts optimizer steps; a federated client counts rounds.
+    """
+    return min(model.beta_max, model.beta_max * step / max(model.anneal_steps, 1))
 
 
 def poisson_plan(n_users: int, batch_size: int) -> tuple[float, int]:

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -41,8 +41,12 @@ from shared.data.source import load_source
 from shared.data.split import split_configured
 from shared.data.types import Catalog, LoadReport, RatingsData
 from shared.privacy.accounting import default_delta
+from shared.run_dir import RunDir
 
-log = logging.getLogger("strata")
+from .central import run_central
+from .simulate import simulate
+
+log = logging.getLogger(__name__)
 
 CANARY_PREFIX = "canary-"
 """User ids of canaries; a data set with users of this form is refused."""
@@ -280,14 +284,10 @@ def canary_scores(model: torch.nn.Module, canaries: Canaries, config: StrataConf
 # ---------------------------------------------------------------------------------------------
 
 
-def _trainer(pipeline: Pipeline) -> Callable[[StrataConfig], dict]:
+def _trainer(pipeline: Pipeline) -> Callable[[StrataConfig], dict[str, Any]]:
     if pipeline == "federated":
-        from simulation.simulate import simulate
-
         return simulate
     if pipeline == "central":
-        from simulation.central import run_central
-
         return run_central
     raise ValueError(f"pipeline must be 'federated' or 'central', not {pipeline!r}.")
 
@@ -341,9 +341,7 @@ def run_audit(
     load_source.cache_clear()  # the CSV path may have held other data earlier in this process
     summary = train(audited)
 
-    from server.export import load_exported
-
-    model, manifest, run_config = load_exported(run_dir)
+    model, manifest, run_config = RunDir.of(run_dir).load_model()
     catalog = load_source(run_config.data, run_config.run.seed).catalog
     scores = canary_scores(model, planted, run_config, catalog)
     bound = bound_from_scores(scores, planted.included, delta=delta, confidence=confidence, guesses=guesses)

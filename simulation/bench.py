@@ -14,18 +14,25 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from server.html_parts import line_chart
 from shared.baselines import bias_only, global_mean, popularity
 from shared.config import load_config
 from shared.data.source import load_source
 from shared.data.split import split_configured
+from shared.run_dir import RunDir
 
-log = logging.getLogger("strata")
+from .central import run_central
+from .layer_eval import evaluate_layers, planted_ami
+from .simulate import simulate
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -109,15 +116,11 @@ def _run_one(row: Row, seed: int, runs_dir: Path, quick: bool) -> dict:
             "global_mean_rmse": mean["rmse"], "wall_s": time.perf_counter() - started, "epsilon": 0.0,
         }
     if row.kind == "central":
-        from simulation.central import run_central
-
         summary = run_central(cfg)
         clients_per_s = None
     else:
-        from simulation.simulate import simulate
-
         summary = simulate(cfg)
-        lines = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+        lines = RunDir.of(cfg.run_dir).read_metrics()
         trained = sum(x["train"].get("clients", 0) for x in lines)
         clients_per_s = trained / summary["wall_s"]
     ev = summary["final_eval"]
@@ -127,16 +130,14 @@ def _run_one(row: Row, seed: int, runs_dir: Path, quick: bool) -> dict:
         "epsilon": max(summary["epsilon"], summary.get("central_epsilon", 0.0)),
     }
     if row.layers:
-        out["layers"] = _layer_metrics(cfg.run_dir)
+        out["layers"] = _layer_metrics(RunDir.of(cfg.run_dir))
     return out
 
 
-def _layer_metrics(run_dir: Path) -> dict:
-    from simulation.layer_eval import evaluate_layers, planted_ami
-
-    metrics = evaluate_layers(run_dir)
-    if load_config(run_dir / "config.toml").data.source == "synthetic":
-        metrics.update(planted_ami(run_dir))
+def _layer_metrics(run: RunDir) -> dict:
+    metrics = evaluate_layers(run)
+    if run.read_config().data.source == "synthetic":
+        metrics.update(planted_ami(run))
     metrics["code"] = _code_version()  # may differ from the commit that trained the run
     return metrics
 
@@ -145,10 +146,10 @@ def _remeasure_layers(results: dict[str, list[dict]], runs_dir: Path) -> None:
     """Layer metrics of the runs already in `runs_dir` (no retraining), into `results`."""
     for row in ROWS:
         for seed, result in enumerate(results.get(row.key, [])):
-            run_dir = runs_dir / f"{row.key}-s{seed}"
-            if row.layers and (run_dir / "model").is_dir():
-                log.info("bench: layers of %s", run_dir)
-                result["layers"] = _layer_metrics(run_dir)
+            run = RunDir.of(runs_dir / f"{row.key}-s{seed}")
+            if row.layers and run.model_dir.is_dir():
+                log.info("bench: layers of %s", run)
+                result["layers"] = _layer_metrics(run)
 
 
 def _fmt(values: list[float | None], digits: int = 4) -> str:
@@ -182,8 +183,6 @@ def _machine() -> str:
 
 def _code_version() -> str:
     """The git commit the benchmark ran on (and whether the tree had local changes)."""
-    import subprocess
-
     root = Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
@@ -251,8 +250,6 @@ def _frontier_points(results: dict[str, list[dict]], mode: str, metric: str) -> 
 
 def frontier_svg(results: dict[str, list[dict]]) -> str:
     """NDCG@100 against user-level ε for both modes, with popularity and central non-private."""
-    from server.html_parts import line_chart
-
     series = [(FRONTIER_MODES[mode][2], _frontier_points(results, mode, "ndcg@100"), False) for mode in FRONTIER_MODES]
     series = [s for s in series if s[1]]
     xs = [x for _, pts, _ in series for x, _ in pts] or [1.0, 8.0]

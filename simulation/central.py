@@ -5,14 +5,12 @@ Optionally with DP-SGD (user-level, over all users), accounted in a ledger like 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
+from typing import Any
 
-import tomli_w
 import torch
 
-from server.export import export_model
 from shared.config import StrataConfig
 from shared.data.matrices import train_tensors
 from shared.data.source import fingerprint, load_source
@@ -32,16 +30,16 @@ from shared.privacy.release import (
     popularity_rows,
     release_entry,
 )
-from shared.training import DPSettings, make_optimizer, poisson_plan, train_users
+from shared.run_dir import JsonDict, RunDir
+from shared.training import DPSettings, kl_weight, make_optimizer, poisson_plan, train_users
 
-log = logging.getLogger("strata")
+log = logging.getLogger(__name__)
 
 
 def run_central(config: StrataConfig, *, eval_every: int = 5) -> dict:
     """Train centrally for `train.epochs`; write the run directory; return the summary."""
-    run_dir = config.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.toml").write_text(tomli_w.dumps(config.to_nested()))
+    run = RunDir.of(config.run_dir)
+    run.write_config(config)
     data = load_source(config.data, config.run.seed)
     users = split_configured(data, config.data, config.run.seed)
     threshold = config.data.positive_threshold
@@ -53,7 +51,7 @@ def run_central(config: StrataConfig, *, eval_every: int = 5) -> dict:
     delta = p.delta or default_delta(data.n_users)
     q, steps_per_epoch = poisson_plan(data.n_users, t.batch_size)
     dp = None
-    ledger = Ledger(path=run_dir / "ledgers" / "central.jsonl")
+    ledger = Ledger(path=run.central_ledger_path)
     if ledger.path is not None and ledger.path.exists():
         ledger.path.unlink()
     if config.model.popularity_prior:
@@ -67,8 +65,7 @@ def run_central(config: StrataConfig, *, eval_every: int = 5) -> dict:
             )
         dp = DPSettings(noise_multiplier=sigma, max_grad_norm=p.max_grad_norm, ghost_clipping=p.ghost_clipping)
         log.info("central DP-SGD: σ=%.4f, q=%.4f, %d steps, δ=%.3g", sigma, q, t.epochs * steps_per_epoch, delta)
-    metrics_path = run_dir / "metrics.jsonl"
-    metrics_path.unlink(missing_ok=True)
+    run.clear_metrics()
     started = time.perf_counter()
     with torch.random.fork_rng():
         # Dropout and the VAE's sampling draw from torch's global generator: seed a private
@@ -76,13 +73,13 @@ def run_central(config: StrataConfig, *, eval_every: int = 5) -> dict:
         torch.manual_seed(config.run.seed)
         epsilon, last = _train_epochs(
             model, tensors, users, data.n_items, config, optimizer, gen, dp, ledger, delta,
-            steps_per_epoch, metrics_path, eval_every,
+            steps_per_epoch, run, eval_every,
         )
     elapsed = time.perf_counter() - started
     weights = {k: v.detach().clone() for k, v in model.named_parameters()}
-    manifest = export_model(run_dir / "model", weights, config, data.catalog, data_fingerprint=fingerprint(data), rounds=t.epochs)  # type: ignore[arg-type]
-    summary = {
-        "run_dir": str(run_dir),
+    manifest = run.write_model(weights, config, data.catalog, data_fingerprint=fingerprint(data), rounds=t.epochs)
+    summary: JsonDict = {
+        "run_dir": str(run),
         "mode": "central",
         "epochs": t.epochs,
         "wall_s": round(elapsed, 2),
@@ -91,7 +88,7 @@ def run_central(config: StrataConfig, *, eval_every: int = 5) -> dict:
         "final_eval": last,
         "weights_fingerprint": manifest["weights_fingerprint"],
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    run.write_summary(summary)
     return summary
 
 
@@ -107,13 +104,13 @@ def _popularity_prior(model, tensors, config: StrataConfig, ledger: Ledger) -> N
 
 
 def _train_epochs(model, tensors, users, n_items, config, optimizer, gen, dp, ledger, delta, steps_per_epoch,
-                  metrics_path, eval_every) -> tuple[float, dict]:
+                  run, eval_every) -> tuple[float, dict]:
     """The epoch loop of `run_central`: train, account, evaluate, log one line per epoch."""
     m, t, p = config.model, config.train, config.privacy
     threshold = config.data.positive_threshold
     step, epsilon, last = 0, 0.0, {}
     for epoch in range(1, t.epochs + 1):
-        betas = [min(m.beta_max, m.beta_max * (step + i) / max(m.anneal_steps, 1)) for i in range(steps_per_epoch)]
+        betas = [kl_weight(step + i, m) for i in range(steps_per_epoch)]
         stats = train_users(
             model, tensors, epochs=1, batch_size=t.batch_size, optimizer=optimizer, beta=betas,
             rating_weight=m.rating_weight, generator=gen, dp=dp,
@@ -121,7 +118,10 @@ def _train_epochs(model, tensors, users, n_items, config, optimizer, gen, dp, le
         step += stats.steps
         if dp is not None:
             ledger.append(
-                LedgerEntry("dp-sgd", dp.noise_multiplier, stats.sample_rate, stats.steps, "central", epoch, "central", dp.max_grad_norm)
+                LedgerEntry.dp_sgd(
+                    noise_multiplier=dp.noise_multiplier, sample_rate=stats.sample_rate, steps=stats.steps,
+                    max_grad_norm=dp.max_grad_norm, run_id="central", round=epoch, client="central",
+                )
             )
             epsilon = epsilon_of(ledger.entries, delta, p.accountant)
         line: dict = {"round": epoch, "train": {"train-loss": stats.mean_loss, "users": stats.users}, "epsilon": epsilon}
@@ -133,6 +133,5 @@ def _train_epochs(model, tensors, users, n_items, config, optimizer, gen, dp, le
                 "epoch %d/%d · loss %.2f · ε %.3f · NDCG@100 %.4f Recall@20 %.4f RMSE %.4f",
                 epoch, t.epochs, stats.mean_loss, epsilon, last["ndcg@100"], last["recall@20"], last["rmse"],
             )
-        with open(metrics_path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(line) + "\n")
+        run.append_metrics(line)
     return epsilon, last

@@ -13,9 +13,28 @@ from pathlib import Path
 # spinning for minutes when numpy ran in Flower's ServerApp thread. Heavy math is torch's.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from shared.config import StrataConfig, load_config
+from client.recommend import format_recommendations  # noqa: E402
+from server.privacy_report import write_privacy_report  # noqa: E402
+from server.run_report import write_run_report  # noqa: E402
+from server.taxonomy import build_taxonomy, render_tree  # noqa: E402
+from shared.config import StrataConfig, load_config  # noqa: E402
+from shared.data.fetch import DATASETS  # noqa: E402
+from shared.data.source import load_source  # noqa: E402
+from shared.data.validate import validate_path  # noqa: E402
+from shared.run_dir import JsonDict, RunDir  # noqa: E402
 
-log = logging.getLogger("strata")
+from .audit import format_audit, run_audit  # noqa: E402
+from .bench import run_bench  # noqa: E402
+from .central import run_central  # noqa: E402
+from .generate import generate_profiles  # noqa: E402
+from .layer_eval import evaluate_layers, format_layer_metrics  # noqa: E402
+from .recommend import recommend_for_user  # noqa: E402
+from .simulate import simulate  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+EXAMPLE_N = 10
+"""Recommendations shown for the report's example user."""
 
 
 class _QuietLibraries(logging.Filter):
@@ -70,45 +89,33 @@ def _print_headline(summary: dict) -> None:
 
 def cmd_data(args: argparse.Namespace) -> int:
     if args.data_cmd == "fetch":
-        from shared.data.fetch import DATASETS
-
         if args.name not in DATASETS:
             print(f"unknown data set {args.name!r}; available: {', '.join(DATASETS)}", file=sys.stderr)
             return 2
         path = DATASETS[args.name](Path(args.cache_dir).expanduser())
         print(path)
         return 0
-    from shared.data.validate import validate_path
-
     result = validate_path(args.path)
     print(result.summary())
     return 0 if result.ok else 1
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from simulation.simulate import simulate
-
     _print_headline(simulate(_config(args)))
     return 0
 
 
 def cmd_central(args: argparse.Namespace) -> int:
-    from simulation.central import run_central
-
     _print_headline(run_central(_config(args)))
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from simulation.bench import run_bench
-
     run_bench(seeds=args.seeds, out=Path(args.out), runs_dir=Path(args.runs_dir), only=args.only, quick=args.quick)
     return 0
 
 
 def cmd_privacy_report(args: argparse.Namespace) -> int:
-    from server.privacy_report import write_privacy_report
-
     report, verified = write_privacy_report(Path(args.run), verify=args.verify, tolerance=args.tolerance)
     print(f"Privacy report: {Path(args.run) / 'privacy_report.json'} and privacy_report.html")
     print(report["headline"])
@@ -119,8 +126,6 @@ def cmd_privacy_report(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from simulation.audit import format_audit, run_audit
-
     config = load_config(args.config, list(args.set or []))
     result = run_audit(
         config,
@@ -139,19 +144,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    from server.taxonomy import build_taxonomy, render_tree
-
-    print(render_tree(build_taxonomy(Path(args.run))))
+    run = RunDir.of(args.run)
+    print(render_tree(build_taxonomy(run)))
     if args.evaluate:
-        from simulation.layer_eval import evaluate_layers, format_layer_metrics
-
-        print(format_layer_metrics(evaluate_layers(Path(args.run))))
+        print(format_layer_metrics(evaluate_layers(run)))
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from simulation.generate import generate_profiles
-
     result = generate_profiles(Path(args.run), n=args.n, out=Path(args.out), interest=args.interest, seed=args.seed)
     print(f"Synthetic users: {result['out']} (catalog {result['catalog']}); comparison: {result['report']}")
     print(result["privacy"]["statement"])
@@ -159,16 +159,27 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from server.run_report import write_run_report
-
-    print(f"Run report: {write_run_report(Path(args.run))}")
+    run = RunDir.of(args.run)
+    example, why = _example_user(run)
+    print(f"Run report: {write_run_report(run, example=example, example_error=why)}")
     return 0
 
 
-def cmd_recommend(args: argparse.Namespace) -> int:
-    from client.recommend import format_recommendations, recommend_for_user
+def _example_user(run: RunDir) -> tuple[JsonDict | None, str | None]:
+    """Layered recommendations for the data set's first user, as that user's device computes them."""
+    try:
+        config = run.read_config()
+        data = load_source(config.data, config.run.seed)
+        if not data.user_ids:
+            return None, "the data set has no users."
+        return recommend_for_user(run, data.user_ids[0], n=EXAMPLE_N, layered=True), None
+    except (FileNotFoundError, ValueError) as exc:
+        log.warning("report: no example user for %s: %s", run, exc)
+        return None, str(exc)
 
-    result = recommend_for_user(Path(args.run), args.user, n=args.n, layered=args.layered)
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    result = recommend_for_user(RunDir.of(args.run), args.user, n=args.n, layered=args.layered)
     print(json.dumps(result, indent=1) if args.json else format_recommendations(result))
     return 0
 

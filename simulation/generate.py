@@ -48,7 +48,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from server.taxonomy import load_taxonomy
+from shared.data.source import load_source
 from shared.data.types import Catalog, RatingsData
+from shared.interests import InterestIndex
+from shared.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +97,6 @@ def generate_profiles(
 
     See the module docstring for the method and its privacy.
     """
-    from server.export import load_exported
-    from server.taxonomy import load_taxonomy
-    from shared.data.source import load_source
-
     if n < 1:
         raise ValueError(f"generate: n must be at least 1, got {n}.")
     if refine_steps < 0:
@@ -106,11 +106,11 @@ def generate_profiles(
     lo, hi, step = rating_scale
     if not (hi > lo and step > 0):
         raise ValueError(f"generate: rating_scale must be (lowest, highest, step) with highest > lowest, step > 0; got {rating_scale}.")
-    run_dir, out = Path(run_dir), Path(out)
-    model, manifest, config = load_exported(run_dir)
+    run, out = RunDir.of(run_dir), Path(out)
+    model, manifest, config = run.load_model()
     data = load_source(config.data, config.run.seed)  # the catalog is public; ratings are read only by the report
     catalog = data.catalog
-    taxonomy = load_taxonomy(run_dir)
+    taxonomy = load_taxonomy(run)
     centre = None
     if interest is not None:
         centre = interest_latent(model, taxonomy, interest)
@@ -123,11 +123,11 @@ def generate_profiles(
     catalog_path = out.with_name(f"{out.stem}_catalog.csv")
     write_profiles_csv(out, profiles, catalog)
     write_catalog_csv(catalog_path, catalog)
-    privacy = privacy_statement(run_dir, config.privacy.mode)
+    privacy = privacy_statement(run, config.privacy.mode)
     summary = {
         "out": str(out),
         "catalog": str(catalog_path),
-        "run": str(run_dir),
+        "run": str(run),
         "model_fingerprint": manifest["weights_fingerprint"],
         "taxonomy_fingerprint": taxonomy["fingerprint"],
         "n_users": n,
@@ -259,7 +259,7 @@ def write_catalog_csv(path: Path, catalog: Catalog) -> None:
             w.writerow([item, title, "|".join(cats), "" if year is None else year])
 
 
-def privacy_statement(run_dir: Path, mode: str) -> dict:
+def privacy_statement(run: RunDir, mode: str) -> dict:
     """What guarantee the synthetic profiles inherit from the run (post-processing)."""
     if mode == "off":
         return {
@@ -271,12 +271,13 @@ def privacy_statement(run_dir: Path, mode: str) -> dict:
     eps: float | str | None = None
     delta: float | None = None
     source = ""
-    report_path, summary_path = run_dir / "privacy_report.json", run_dir / "summary.json"
+    report_path = run.privacy_report_json
+    summary = run.read_summary()
     if report_path.is_file():
         g = json.loads(report_path.read_text(encoding="utf-8")).get("guarantee", {})
-        eps, delta, source = g.get("epsilon"), g.get("delta"), "privacy_report.json"
-    elif summary_path.is_file():
-        s = json.loads(summary_path.read_text(encoding="utf-8"))
+        eps, delta, source = g.get("epsilon"), g.get("delta"), report_path.name
+    elif summary is not None:
+        s = summary
         eps = max(float(s.get("epsilon", 0.0)), float(s.get("central_epsilon", 0.0) or 0.0))
         delta, source = s.get("delta"), "summary.json (largest of local and central ε; `strata privacy-report` composes them)"
     shown = "unknown (no summary.json)" if eps is None else (f"{eps:.3f}" if isinstance(eps, float) else str(eps))
@@ -337,8 +338,6 @@ def compare_to_real(
     profiles: Profiles, data: RatingsData, taxonomy: dict, *, interest: str | None, positive_threshold: float
 ) -> dict:
     """Synthetic vs the run's real ratings (all, and positives only). Reads the private data."""
-    from client.profiles import InterestIndex
-
     index = InterestIndex.from_taxonomy(taxonomy, data.catalog.categories)
     pos = data.ratings >= positive_threshold
     sides = {

@@ -15,22 +15,27 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from client.profiles import (
-    InterestIndex,
     ProfileSettings,
     l1_target,
     profile_from_distribution,
 )
 from client.recommend import CALIBRATION_LAMBDA, miscalibration, rank_items
+from server.taxonomy import load_taxonomy
+from shared.clustering import adjusted_mutual_information
 from shared.data.matrices import train_tensors
+from shared.data.source import load_source
+from shared.data.split import split_configured
+from shared.data.synthetic import make_synthetic
+from shared.interests import InterestIndex
 from shared.metrics import ndcg_at_k
+from shared.run_dir import RunDir
 
-log = logging.getLogger("strata")
+log = logging.getLogger(__name__)
 
 RANDOM_DRAWS = 20
 
@@ -80,15 +85,10 @@ def l2_coherence(index: InterestIndex, positives: np.ndarray, seed: int) -> dict
     return {"coherence": real, "random_coherence": rand, "coherence_ratio": real / rand if rand > 0 else float("nan")}
 
 
-def evaluate_layers(run_dir: Path, *, lam: float = CALIBRATION_LAMBDA) -> dict:
+def evaluate_layers(run: RunDir, *, lam: float = CALIBRATION_LAMBDA) -> dict:
     """The layer metrics of a run (its exported model, taxonomy and held-out ratings)."""
-    from server.export import load_exported
-    from server.taxonomy import load_taxonomy
-    from shared.data.source import load_source
-    from shared.data.split import split_configured
-
-    model, _, config = load_exported(Path(run_dir))
-    taxonomy = load_taxonomy(Path(run_dir))
+    model, _, config = run.load_model()
+    taxonomy = load_taxonomy(run)
     data = load_source(config.data, config.run.seed)
     users = split_configured(data, config.data, config.run.seed)
     threshold = config.data.positive_threshold
@@ -152,23 +152,18 @@ def evaluate_layers(run_dir: Path, *, lam: float = CALIBRATION_LAMBDA) -> dict:
     }
 
 
-def planted_ami(run_dir: Path) -> dict:
+def planted_ami(run: RunDir) -> dict:
     """On a synthetic run: AMI between the L2 interests and the planted sub-interests, over
     all items and within each planted category (mean)."""
-    from server.export import read_run_config
-    from server.taxonomy import load_taxonomy
-    from shared.clustering import adjusted_mutual_information
-    from shared.data.synthetic import make_synthetic
-
-    config = read_run_config(Path(run_dir))
+    config = run.read_config()
     d = config.data
     if d.source != "synthetic":
-        raise ValueError(f"{run_dir} was not trained on synthetic data (data.source={d.source!r}): no planted interests.")
+        raise ValueError(f"{run} was not trained on synthetic data (data.source={d.source!r}): no planted interests.")
     data, planted = make_synthetic(
         n_users=d.synthetic_users, n_items=d.synthetic_items, n_categories=d.synthetic_categories,
         subs_per_category=d.synthetic_subs_per_category, seed=config.run.seed,
     )
-    taxonomy = load_taxonomy(Path(run_dir))
+    taxonomy = load_taxonomy(run)
     primary = np.array([cs[0] for cs in data.catalog.categories])  # an item's planted category comes first
     assigned = {i: it["id"] for c in taxonomy["categories"] for it in c["interests"] for i in it["items"] if primary[i] == c["id"]}
     labels = np.array([assigned[i] for i in range(data.n_items)])

@@ -253,7 +253,7 @@ def test_budget_stops_the_run_early_and_exports_the_model(tiny_config) -> None:
         {"privacy.mode": "central", "privacy.central-noise-multiplier": 1.0, "federation.rounds": 5}
     )
     delta = default_delta(cfg.data.synthetic_users)
-    one = epsilon_of([LedgerEntry("dp-fedavg", 1.0, 1.0, 1, "r", 1, "server", 1.0)] * 2, delta)
+    one = epsilon_of([LedgerEntry.dp_fedavg(noise_multiplier=1.0, sample_rate=1.0, run_id="r", round=1, clip=1.0)] * 2, delta)
     cfg = cfg.replace({"privacy.central-max-epsilon": one * 1.01})  # room for 2 of the 5 rounds
     summary = run_federation(DirectGrid(cfg), cfg)
     assert summary["rounds"] == 2 and "central budget" in summary["stopped_early"]

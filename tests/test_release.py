@@ -49,10 +49,10 @@ def test_census_rows_mark_at_most_top_k_held_interests() -> None:
 def test_release_entry_is_one_gaussian_step() -> None:
     e = release_entry(noise_multiplier=3.0, bound=1.0, run_id="r", server_round=0, holder="c")
     assert (e.mechanism, e.sample_rate, e.steps) == ("gaussian-sum", 1.0, 1)
-    one_step = LedgerEntry("dp-sgd", 3.0, 1.0, 1, "r", 0, "c")
+    one_step = LedgerEntry.dp_sgd(noise_multiplier=3.0, sample_rate=1.0, steps=1, run_id="r", round=0, client="c", max_grad_norm=1.0)
     assert epsilon_of([e], 1e-5) == pytest.approx(epsilon_of([one_step], 1e-5))  # the Gaussian mechanism
     with pytest.raises(LedgerError, match="one step"):
-        LedgerEntry("gaussian-sum", 3.0, 0.5, 1, "r", 0, "c")
+        LedgerEntry(mechanism="gaussian-sum", noise_multiplier=3.0, sample_rate=0.5, steps=1, run_id="r", round=0, client="c")
 
 
 def test_local_mode_client_noises_and_records_its_release(tiny_config) -> None:
@@ -126,7 +126,7 @@ def test_calibration_counts_the_planned_releases(tiny_config) -> None:
     from client.trainer import local_plan
 
     q, steps = local_plan(cfg, store)
-    rounds = [LedgerEntry("dp-sgd", sigma, q, steps, "r", r, store.client_id) for r in range(1, cfg.federation.rounds + 1)]
+    rounds = [LedgerEntry.dp_sgd(noise_multiplier=sigma, sample_rate=q, steps=steps, run_id="r", round=r, client=store.client_id, max_grad_norm=1.0) for r in range(1, cfg.federation.rounds + 1)]
     total = epsilon_of([*planned, *rounds], default_delta(store.total_users))
     assert total <= 3.0 and total == pytest.approx(3.0, rel=0.02)
 

@@ -12,19 +12,25 @@ import json
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any, Literal, get_args
 
-MECHANISMS = ("dp-sgd", "dp-fedavg", "gaussian-sum")
+import dp_accounting
+
+Mechanism = Literal["dp-sgd", "dp-fedavg", "gaussian-sum"]
+MECHANISMS: tuple[Mechanism, ...] = get_args(Mechanism)
 """`dp-sgd`: a client's local DP-SGD (or the central reference's); `dp-fedavg`: the
 server's user-level DP-FedAvg round (McMahan et al. 2018), one step per round;
 `gaussian-sum`: one Gaussian release of a sum of per-user vectors each bounded in L2 norm
 (the popularity prior, the interest census), sample rate 1 and one step."""
+SERVER = "server"
+"""The `client` field of the server's ledger entries."""
 
 
 class LedgerError(ValueError):
     """A ledger file or entry is malformed."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LedgerEntry:
     """One DP mechanism: `steps` compositions of the Poisson-subsampled Gaussian mechanism.
 
@@ -36,9 +42,10 @@ class LedgerEntry:
     `gaussian-sum`: releases (Σ per-user vectors each clipped to L2 norm `max_grad_norm`
     + N(0, z²·max_grad_norm²)) once, q = 1, steps = 1. The same event: its
     privacy loss depends only on (noise_multiplier, sample_rate, steps); the rest is provenance.
+    Build entries with the named constructors, so σ, q and steps are never swapped.
     """
 
-    mechanism: str
+    mechanism: Mechanism
     noise_multiplier: float
     sample_rate: float
     steps: int
@@ -59,11 +66,43 @@ class LedgerEntry:
         if self.mechanism == "gaussian-sum" and (self.sample_rate != 1.0 or self.steps != 1):
             raise LedgerError("a gaussian-sum release has sample_rate 1 and exactly one step.")
 
+    @classmethod
+    def dp_sgd(
+        cls, *, noise_multiplier: float, sample_rate: float, steps: int, max_grad_norm: float,
+        run_id: str, round: int, client: str,
+    ) -> LedgerEntry:
+        """`steps` DP-SGD steps of a client (or of the central reference)."""
+        return cls(
+            mechanism="dp-sgd", noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps,
+            run_id=run_id, round=round, client=client, max_grad_norm=max_grad_norm,
+        )
+
+    @classmethod
+    def dp_fedavg(cls, *, noise_multiplier: float, sample_rate: float, clip: float, run_id: str, round: int) -> LedgerEntry:
+        """One round of the server's DP-FedAvg."""
+        return cls(
+            mechanism="dp-fedavg", noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=1,
+            run_id=run_id, round=round, client=SERVER, max_grad_norm=clip,
+        )
+
+    @classmethod
+    def gaussian_sum(cls, *, noise_multiplier: float, bound: float, run_id: str, round: int, holder: str) -> LedgerEntry:
+        """One Gaussian release of a sum of per-user vectors of L2 norm at most `bound`."""
+        return cls(
+            mechanism="gaussian-sum", noise_multiplier=noise_multiplier, sample_rate=1.0, steps=1,
+            run_id=run_id, round=round, client=holder, max_grad_norm=bound,
+        )
+
+    def dp_event(self) -> dp_accounting.DpEvent:
+        """The entry as a dp-accounting event: `steps` Poisson-subsampled Gaussian steps."""
+        step = dp_accounting.PoissonSampledDpEvent(self.sample_rate, dp_accounting.GaussianDpEvent(self.noise_multiplier))
+        return dp_accounting.SelfComposedDpEvent(step, self.steps)
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict) -> LedgerEntry:
+    def from_dict(cls, d: dict[str, Any]) -> LedgerEntry:
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:

@@ -44,7 +44,7 @@ def gaussian_noise(size: int, std: float) -> np.ndarray:
 
 def release_entry(*, noise_multiplier: float, bound: float, run_id: str, server_round: int, holder: str) -> LedgerEntry:
     """The ledger entry of one release by `holder` (a client id, "server" or "central")."""
-    return LedgerEntry(RELEASE, noise_multiplier, 1.0, 1, run_id, server_round, holder, bound)
+    return LedgerEntry.gaussian_sum(noise_multiplier=noise_multiplier, bound=bound, run_id=run_id, round=server_round, holder=holder)
 
 
 def popularity_rows(positives: np.ndarray) -> np.ndarray:

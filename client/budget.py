@@ -1,0 +1,84 @@
+"""A device's privacy budget: its ledger, δ, accountant and lifetime max-ε.
+
+The shape mirrors Flower 1.42's `flwr.supercore.privacy_accounting.PrivacyAccountant`:
+ask `would_exceed(entry)` before a release, `record(entry)` after it. Everything the
+device spends goes through here, so the trainer only trains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import lru_cache
+
+from shared.config import PrivacyConfig
+from shared.privacy.accounting import calibrate_noise_multiplier, default_delta, epsilon_of
+from shared.privacy.ledger import Ledger, LedgerEntry
+
+
+class ClientBudget:
+    """What a device has spent and may still spend, over every run in its ledger."""
+
+    def __init__(self, *, ledger: Ledger, delta: float, accountant: str = "pld", max_epsilon: float = 0.0) -> None:
+        if not 0 < delta < 1:
+            raise ValueError(f"delta must be in (0, 1), got {delta}.")
+        if max_epsilon < 0:
+            raise ValueError("max-epsilon must be >= 0 (0: no limit).")
+        self.ledger = ledger
+        self.delta = delta
+        self.accountant = accountant
+        self.max_epsilon = max_epsilon
+
+    @classmethod
+    def from_config(cls, privacy: PrivacyConfig, *, ledger: Ledger, population: int) -> ClientBudget:
+        """The budget `privacy` sets; δ defaults to that of a population of `population` users."""
+        return cls(
+            ledger=ledger,
+            delta=privacy.delta or default_delta(population),
+            accountant=privacy.accountant,
+            max_epsilon=privacy.max_epsilon,
+        )
+
+    def spent(self) -> float:
+        """ε(δ) of every entry in the ledger (0 for an empty one)."""
+        return epsilon_of(self.ledger.entries, self.delta, self.accountant) if len(self.ledger) else 0.0
+
+    def epsilon_after(self, entry: LedgerEntry) -> float:
+        """ε(δ) if `entry` were spent too."""
+        return epsilon_of([*self.ledger.entries, entry], self.delta, self.accountant)
+
+    def would_exceed(self, entry: LedgerEntry) -> bool:
+        """Whether spending `entry` would take ε above max-epsilon (never, without a limit)."""
+        return self.max_epsilon > 0 and self.epsilon_after(entry) > self.max_epsilon
+
+    def refusal(self, entry: LedgerEntry) -> str:
+        """Why `entry` is refused, in a sentence ("" when it is not)."""
+        if not self.would_exceed(entry):
+            return ""
+        return f"budget: this round would bring ε to {self.epsilon_after(entry):.3f} > max-epsilon {self.max_epsilon}"
+
+    def record(self, entry: LedgerEntry) -> None:
+        """Append `entry` to the ledger (durably, when the ledger is file-backed)."""
+        self.ledger.append(entry)
+
+    def calibrated_sigma(
+        self,
+        *,
+        target_epsilon: float,
+        sample_rate: float,
+        steps: int,
+        run_id: str,
+        planned: Iterable[LedgerEntry] = (),
+    ) -> float:
+        """σ such that `steps` DP-SGD steps at `sample_rate`, with what earlier runs spent and
+        this run's `planned` releases, bring the device's total ε to `target_epsilon`."""
+        prior = (*(e for e in self.ledger.entries if e.run_id != run_id), *planned)
+        return _calibrated(target_epsilon, self.delta, sample_rate, steps, self.accountant, prior)
+
+
+@lru_cache(maxsize=1024)
+def _calibrated(
+    target: float, delta: float, q: float, steps: int, accountant: str, prior: tuple[LedgerEntry, ...]
+) -> float:
+    return calibrate_noise_multiplier(
+        target_epsilon=target, delta=delta, sample_rate=q, steps=steps, accountant=accountant, prior=prior
+    )

@@ -1,0 +1,313 @@
+"""The wire protocol: every message between the server and a device, as a typed value.
+
+Each message is a frozen dataclass with `to_record()` (a Flower `RecordDict`) and
+`from_record()` (which fails with `ProtocolError` naming the bad key). The ClientApp, the
+strategy and the release code use only these; no other module spells a message key.
+
+=========================  =============  ==============================================
+message                    direction      content
+=========================  =============  ==============================================
+`TrainIns`                 server → dev.  global weights; round, run id
+`TrainRes`                 dev. → server  new weights (or the sum of clipped per-user
+                                          updates), unless refused; scalar metrics
+`EvaluateIns`              server → dev.  global weights; round, run id
+`EvaluateRes`              dev. → server  evaluation sums and counts
+`ReleaseIns`               server → dev.  release kind, round, run id; weights and the
+                                          item × interest matrix for the census
+`ReleaseRes`               dev. → server  the device's (noised) sum; scalar metrics
+=========================  =============  ==============================================
+
+`REPLY_SCHEMAS` lists exactly what each reply may carry (record → key → kind); a test
+holds every real reply to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import ClassVar
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from .metrics import MetricSums
+
+# Records of a message's RecordDict.
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+RELEASE = "release"
+INTERESTS = "interests"
+
+# Keys inside them.
+SERVER_ROUND = "server-round"
+RUN_ID = "run-id"
+RELEASE_KIND = "release"
+NUM_USERS = "num-users"
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train-loss"
+EPSILON = "epsilon"
+REFUSED = "refused"
+SUM = "sum"
+L2_MATRIX = "l2"
+
+Weights = dict[str, torch.Tensor]
+
+
+class ProtocolError(ValueError):
+    """A message does not have the shape its type requires."""
+
+
+def _record(content: RecordDict, name: str, kind: type) -> object:
+    if name not in content:
+        raise ProtocolError(f"message has no {name!r} record (has: {', '.join(sorted(content.keys())) or 'none'}).")
+    record = content[name]
+    if not isinstance(record, kind):
+        raise ProtocolError(f"message record {name!r} is a {type(record).__name__}, expected {kind.__name__}.")
+    return record
+
+
+def _scalar(record: Mapping[str, object], key: str, kind: type[int] | type[float] | type[str], where: str) -> object:
+    if key not in record:
+        raise ProtocolError(f"{where} has no {key!r}.")
+    value = record[key]
+    ok = isinstance(value, str) if kind is str else isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok:
+        raise ProtocolError(f"{where}[{key!r}] is {type(value).__name__} {value!r}, expected {kind.__name__}.")
+    return value
+
+
+def _int(record: Mapping[str, object], key: str, where: str) -> int:
+    value = _scalar(record, key, int, where)
+    assert isinstance(value, int | float)
+    if float(value) != int(value):
+        raise ProtocolError(f"{where}[{key!r}] = {value!r} is not an integer.")
+    return int(value)
+
+
+def _float(record: Mapping[str, object], key: str, where: str) -> float:
+    value = _scalar(record, key, float, where)
+    assert isinstance(value, int | float)
+    return float(value)
+
+
+def _str(record: Mapping[str, object], key: str, where: str) -> str:
+    return str(_scalar(record, key, str, where))
+
+
+def _instruction_config(content: RecordDict) -> tuple[int, str]:
+    config = _record(content, CONFIG, ConfigRecord)
+    assert isinstance(config, ConfigRecord)
+    return _int(config, SERVER_ROUND, CONFIG), _str(config, RUN_ID, CONFIG)
+
+
+def _arrays(content: RecordDict) -> ArrayRecord:
+    arrays = _record(content, ARRAYS, ArrayRecord)
+    assert isinstance(arrays, ArrayRecord)
+    return arrays
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainIns:
+    """Train one round from the global weights."""
+
+    arrays: ArrayRecord
+    server_round: int
+    run_id: str
+
+    def weights(self) -> Weights:
+        return dict(self.arrays.to_torch_state_dict())
+
+    def to_record(self) -> RecordDict:
+        return RecordDict({ARRAYS: self.arrays, CONFIG: ConfigRecord({SERVER_ROUND: self.server_round, RUN_ID: self.run_id})})
+
+    @classmethod
+    def from_record(cls, content: RecordDict) -> TrainIns:
+        server_round, run_id = _instruction_config(content)
+        return cls(arrays=_arrays(content), server_round=server_round, run_id=run_id)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainRes:
+    """A device's reply to `TrainIns`: weights unless it refused, and scalar metrics."""
+
+    weights: Weights | None
+    """New weights; under central DP the sum of clipped per-user updates; None when refused."""
+    num_users: int
+    num_examples: int
+    train_loss: float
+    epsilon: float
+    """The device's ε after this round."""
+
+    SCHEMA: ClassVar[dict[str, dict[str, str]]] = {
+        ARRAYS: {"*": "tensor"},
+        METRICS: {NUM_USERS: "int", NUM_EXAMPLES: "int", TRAIN_LOSS: "float", EPSILON: "float", REFUSED: "int"},
+    }
+
+    @property
+    def refused(self) -> bool:
+        return self.weights is None
+
+    def to_record(self) -> RecordDict:
+        metrics = MetricRecord(
+            {
+                NUM_USERS: self.num_users,
+                NUM_EXAMPLES: self.num_examples,
+                TRAIN_LOSS: self.train_loss if self.weights is not None else 0.0,
+                EPSILON: self.epsilon,
+                REFUSED: int(self.weights is None),
+            }
+        )
+        content = RecordDict({METRICS: metrics})
+        if self.weights is not None:
+            content[ARRAYS] = ArrayRecord(self.weights)  # type: ignore[arg-type]
+        return content
+
+    @classmethod
+    def from_record(cls, content: RecordDict) -> TrainRes:
+        metrics = _record(content, METRICS, MetricRecord)
+        assert isinstance(metrics, MetricRecord)
+        refused = bool(_int(metrics, REFUSED, METRICS))
+        weights = None if refused else dict(_arrays(content).to_torch_state_dict())
+        return cls(
+            weights=weights,
+            num_users=_int(metrics, NUM_USERS, METRICS),
+            num_examples=_int(metrics, NUM_EXAMPLES, METRICS),
+            train_loss=_float(metrics, TRAIN_LOSS, METRICS),
+            epsilon=_float(metrics, EPSILON, METRICS),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateIns:
+    """Evaluate the global weights on the device's held-out ratings."""
+
+    arrays: ArrayRecord
+    server_round: int
+    run_id: str
+
+    def weights(self) -> Weights:
+        return dict(self.arrays.to_torch_state_dict())
+
+    def to_record(self) -> RecordDict:
+        return RecordDict({ARRAYS: self.arrays, CONFIG: ConfigRecord({SERVER_ROUND: self.server_round, RUN_ID: self.run_id})})
+
+    @classmethod
+    def from_record(cls, content: RecordDict) -> EvaluateIns:
+        server_round, run_id = _instruction_config(content)
+        return cls(arrays=_arrays(content), server_round=server_round, run_id=run_id)
+
+
+_SUM_FIELDS = tuple(f.name for f in fields(MetricSums))
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateRes:
+    """A device's evaluation sums and counts (they add up to the population's figures)."""
+
+    sums: MetricSums
+    num_users: int
+
+    SCHEMA: ClassVar[dict[str, dict[str, str]]] = {
+        METRICS: {**dict.fromkeys(_SUM_FIELDS, "float"), NUM_USERS: "int"},
+    }
+
+    def to_record(self) -> RecordDict:
+        return RecordDict({METRICS: MetricRecord({**self.sums.to_dict(), NUM_USERS: self.num_users})})
+
+    @classmethod
+    def from_record(cls, content: RecordDict) -> EvaluateRes:
+        metrics = _record(content, METRICS, MetricRecord)
+        assert isinstance(metrics, MetricRecord)
+        sums = MetricSums.from_dict({k: _float(metrics, k, METRICS) for k in _SUM_FIELDS})
+        return cls(sums=sums, num_users=_int(metrics, NUM_USERS, METRICS))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReleaseIns:
+    """Contribute to a one-shot release (`shared.privacy.release.KINDS`)."""
+
+    kind: str
+    server_round: int
+    run_id: str
+    arrays: ArrayRecord | None = None
+    """The model, for a census."""
+    interests: np.ndarray | None = None
+    """The I×C item × interest matrix, for a census."""
+
+    def weights(self) -> Weights | None:
+        return dict(self.arrays.to_torch_state_dict()) if self.arrays is not None else None
+
+    def to_record(self) -> RecordDict:
+        content = RecordDict(
+            {CONFIG: ConfigRecord({RELEASE_KIND: self.kind, RUN_ID: self.run_id, SERVER_ROUND: self.server_round})}
+        )
+        if self.arrays is not None:
+            content[ARRAYS] = self.arrays
+        if self.interests is not None:
+            content[INTERESTS] = ArrayRecord({L2_MATRIX: Array(np.ascontiguousarray(self.interests, dtype=np.float64))})
+        return content
+
+    @classmethod
+    def from_record(cls, content: RecordDict) -> ReleaseIns:
+        server_round, run_id = _instruction_config(content)
+        config = content[CONFIG]
+        assert isinstance(config, ConfigRecord)
+        interests = None
+        if INTERESTS in content:
+            record = _record(content, INTERESTS, ArrayRecord)
+            assert isinstance(record, ArrayRecord)
+            if L2_MATRIX not in record:
+                raise ProtocolError(f"message record {INTERESTS!r} has no {L2_MATRIX!r} array.")
+            interests = record[L2_MATRIX].numpy()
+        return cls(
+            kind=_str(config, RELEASE_KIND, CONFIG),
+            server_round=server_round,
+            run_id=run_id,
+            arrays=_arrays(content) if ARRAYS in content else None,
+            interests=interests,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReleaseRes:
+    """A device's part of a release: its users' (noised) sum."""
+
+    total: np.ndarray
+    num_users: int
+    epsilon: float
+
+    SCHEMA: ClassVar[dict[str, dict[str, str]]] = {
+        RELEASE: {SUM: "array"},
+        METRICS: {NUM_USERS: "int", EPSILON: "float"},
+    }
+
+    def to_record(self) -> RecordDict:
+        return RecordDict(
+            {
+                RELEASE: ArrayRecord({SUM: Array(np.asarray(self.total))}),
+                METRICS: MetricRecord({NUM_USERS: self.num_users, EPSILON: self.epsilon}),
+            }
+        )
+
+    @classmethod
+    def from_record(cls, content: RecordDict) -> ReleaseRes:
+        release = _record(content, RELEASE, ArrayRecord)
+        metrics = _record(content, METRICS, MetricRecord)
+        assert isinstance(release, ArrayRecord) and isinstance(metrics, MetricRecord)
+        if SUM not in release:
+            raise ProtocolError(f"message record {RELEASE!r} has no {SUM!r} array.")
+        return cls(
+            total=release[SUM].numpy(),
+            num_users=_int(metrics, NUM_USERS, METRICS),
+            epsilon=_float(metrics, EPSILON, METRICS),
+        )
+
+
+REPLY_SCHEMAS: dict[type, dict[str, dict[str, str]]] = {
+    TrainRes: TrainRes.SCHEMA,
+    EvaluateRes: EvaluateRes.SCHEMA,
+    ReleaseRes: ReleaseRes.SCHEMA,
+}
+"""Reply type → record → key → kind ("*" stands for every weight name)."""

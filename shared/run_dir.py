@@ -1,0 +1,317 @@
+"""The run directory (`runs/NAME/`): one type owns every path of its layout.
+
+README's "Run directory" section documents the layout::
+
+    config.toml               the resolved config of the run
+    metrics.jsonl             one line per round
+    summary.json              the run's final summary
+    checkpoints/latest.pt     the server's checkpoint of the last finished round
+    model/weights.pt          the final weights
+    model/manifest.json       architecture, item index, fingerprints, config
+    ledgers/client-<id>.jsonl each client's privacy ledger (in simulation)
+    ledgers/central.jsonl     the server's (or the central reference's) ledger
+    taxonomy.json             the interest taxonomy of the final model
+    census.json               the DP interest census
+    privacy_report.{json,html}, report.html
+    ../audit.json             the canary audit that trained this run, if any
+
+Everything here reads or writes files; nothing trains or aggregates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+import torch
+
+from .config import StrataConfig, from_flat
+from .data.source import load_source
+from .data.types import Catalog
+from .features import model_features
+from .model import StrataModel, build_model
+
+MODEL_FORMAT = "strata-model/1"
+TAXONOMY_FORMAT = "strata-taxonomy/1"
+CLIENT_LEDGER_PREFIX = "client-"
+CENTRAL_LEDGER = "central.jsonl"
+
+JsonDict = dict[str, Any]
+
+
+class RunDirError(FileNotFoundError):
+    """A file the caller needs is missing from the run directory."""
+
+
+def weights_fingerprint(weights: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over the names and bytes of the weights, in order."""
+    h = hashlib.sha256()
+    for k, v in weights.items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def client_ledger_name(client_id: str) -> str:
+    """The file name of a client's ledger, in a run directory or a device's ledger-dir."""
+    return f"{CLIENT_LEDGER_PREFIX}{client_id}.jsonl"
+
+
+def _read_json(path: Path) -> JsonDict | None:
+    if not path.is_file():
+        return None
+    value = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object.")
+    return value
+
+
+def _write_json(path: Path, value: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run directory and every path in it."""
+
+    path: Path
+
+    @classmethod
+    def of(cls, path: str | Path) -> RunDir:
+        return cls(Path(path))
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # ------------------------------------------------------------------ the layout
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.toml"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / "checkpoints" / "latest.pt"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / "model"
+
+    @property
+    def weights_path(self) -> Path:
+        return self.model_dir / "weights.pt"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.model_dir / "manifest.json"
+
+    @property
+    def ledger_dir(self) -> Path:
+        return self.path / "ledgers"
+
+    @property
+    def central_ledger_path(self) -> Path:
+        return self.ledger_dir / CENTRAL_LEDGER
+
+    @property
+    def taxonomy_path(self) -> Path:
+        return self.path / "taxonomy.json"
+
+    @property
+    def census_path(self) -> Path:
+        return self.path / "census.json"
+
+    @property
+    def privacy_report_json(self) -> Path:
+        return self.path / "privacy_report.json"
+
+    @property
+    def privacy_report_html(self) -> Path:
+        return self.path / "privacy_report.html"
+
+    @property
+    def run_report_path(self) -> Path:
+        return self.path / "report.html"
+
+    @property
+    def audit_path(self) -> Path:
+        """`audit.json` of the canary audit whose run this is (next to the run directory)."""
+        return self.path.parent / "audit.json"
+
+    def client_ledger_path(self, client_id: str) -> Path:
+        return self.ledger_dir / client_ledger_name(client_id)
+
+    def client_ledger_paths(self) -> list[Path]:
+        """The clients' ledger files, numeric ids in numeric order, then the others."""
+        return sorted(self.ledger_dir.glob(f"{CLIENT_LEDGER_PREFIX}*.jsonl"), key=_client_sort_key)
+
+    @staticmethod
+    def client_id_of(ledger_path: Path) -> str:
+        return ledger_path.stem.removeprefix(CLIENT_LEDGER_PREFIX)
+
+    # ------------------------------------------------------------------ config
+
+    def write_config(self, config: StrataConfig) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(tomli_w.dumps(config.to_nested()), encoding="utf-8")
+
+    def read_config(self) -> StrataConfig:
+        """The resolved config the run was written with."""
+        if not self.config_path.is_file():
+            raise RunDirError(f"{self.config_path} does not exist: is {self.path} a Strata run directory?")
+        nested = tomllib.loads(self.config_path.read_text(encoding="utf-8"))
+        return from_flat({f"{sec}.{k}": v for sec, table in nested.items() for k, v in table.items()})
+
+    # ------------------------------------------------------------------ metrics and summary
+
+    def read_metrics(self) -> list[JsonDict]:
+        """The lines of `metrics.jsonl` (empty if absent); a bad line is an error naming it."""
+        if not self.metrics_path.is_file():
+            return []
+        lines: list[JsonDict] = []
+        for n, text in enumerate(self.metrics_path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+                int(row["round"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"{self.metrics_path}, line {n}: not a metrics line with a 'round': {exc}") from None
+            lines.append(row)
+        return lines
+
+    def append_metrics(self, line: JsonDict) -> None:
+        with open(self.metrics_path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(line) + "\n")
+
+    def truncate_metrics(self, last_round: int) -> None:
+        """Keep only the lines of rounds up to `last_round` (resuming from a checkpoint)."""
+        if not self.metrics_path.exists():
+            return
+        keep = [ln for ln in self.metrics_path.read_text(encoding="utf-8").splitlines() if ln and json.loads(ln)["round"] <= last_round]
+        self.metrics_path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+
+    def clear_metrics(self) -> None:
+        self.metrics_path.unlink(missing_ok=True)
+
+    def read_summary(self) -> JsonDict | None:
+        return _read_json(self.summary_path)
+
+    def write_summary(self, summary: JsonDict) -> None:
+        self.summary_path.write_text(json.dumps(summary, indent=1), encoding="utf-8")
+
+    def clear_summary(self) -> None:
+        self.summary_path.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ the model
+
+    def write_model(
+        self,
+        weights: Mapping[str, torch.Tensor],
+        config: StrataConfig,
+        catalog: Catalog,
+        *,
+        data_fingerprint: str,
+        rounds: int,
+    ) -> JsonDict:
+        """Write `model/weights.pt` and `model/manifest.json`; return the manifest."""
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(weights, self.weights_path)
+        manifest: JsonDict = {
+            "format": MODEL_FORMAT,
+            "architecture": {"class": "StrataModel", "n_items": catalog.n_items, **config.to_nested()["model"]},
+            "item_index": list(catalog.item_ids),
+            "data_fingerprint": data_fingerprint,
+            "weights_fingerprint": weights_fingerprint(weights),
+            "rounds": rounds,
+            "config": config.to_nested(),
+        }
+        self.manifest_path.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+        return manifest
+
+    def read_manifest(self) -> JsonDict | None:
+        return _read_json(self.manifest_path)
+
+    def load_weights(self) -> dict[str, torch.Tensor]:
+        """The final weights, checked against the manifest's fingerprint."""
+        manifest = self.read_manifest()
+        if manifest is None:
+            raise RunDirError(f"{self.manifest_path} does not exist: the run has not finished.")
+        weights: dict[str, torch.Tensor] = torch.load(self.weights_path)
+        if weights_fingerprint(weights) != manifest["weights_fingerprint"]:
+            raise ValueError(f"{self.weights_path} does not match the fingerprint in its manifest.")
+        return weights
+
+    def load_model(self) -> tuple[StrataModel, JsonDict, StrataConfig]:
+        """The final model of the run (eval mode), its manifest and its config.
+
+        The model is rebuilt with the run's public catalog features; the weights are checked
+        against the manifest's fingerprint and the catalog against its item index.
+        """
+        config = self.read_config()
+        weights = self.load_weights()
+        manifest = self.read_manifest()
+        assert manifest is not None  # load_weights checked it
+        catalog = load_source(config.data, config.run.seed).catalog
+        if list(catalog.item_ids) != manifest["item_index"]:
+            raise ValueError(f"the catalog of {config.data.source!r} does not match the model's item index.")
+        model = build_model(len(catalog.item_ids), config.model, model_features(catalog, config), config.run.seed)
+        model.load_state_dict(weights, strict=False)
+        model.eval()
+        return model, manifest, config
+
+    # ------------------------------------------------------------------ taxonomy and census
+
+    def read_taxonomy(self) -> JsonDict | None:
+        """`taxonomy.json` if it belongs to the run's current model, else None."""
+        taxonomy = _read_json(self.taxonomy_path)
+        manifest = self.read_manifest()
+        if taxonomy is None or manifest is None:
+            return None
+        if taxonomy.get("format") == TAXONOMY_FORMAT and taxonomy.get("model_fingerprint") == manifest["weights_fingerprint"]:
+            return taxonomy
+        return None
+
+    def write_taxonomy(self, taxonomy: JsonDict) -> Path:
+        _write_json(self.taxonomy_path, taxonomy)
+        return self.taxonomy_path
+
+    def read_census(self) -> JsonDict | None:
+        return _read_json(self.census_path)
+
+    def write_census(self, census: JsonDict) -> Path:
+        _write_json(self.census_path, census)
+        return self.census_path
+
+    # ------------------------------------------------------------------ reports
+
+    def read_audit(self) -> JsonDict | None:
+        """The `strata audit` result for this run, if the run was trained by an audit."""
+        audit = _read_json(self.audit_path)
+        if audit is None or Path(audit.get("run_dir", "")).resolve() != self.path.resolve():
+            return None
+        return audit
+
+    def write_privacy_report(self, report: JsonDict, html: str) -> None:
+        self.privacy_report_json.write_text(json.dumps(report, indent=1, allow_nan=False), encoding="utf-8")
+        self.privacy_report_html.write_text(html, encoding="utf-8")
+
+
+def _client_sort_key(path: Path) -> tuple[int, int | str]:
+    cid = RunDir.client_id_of(path)
+    return (0, int(cid)) if cid.isdigit() else (1, cid)

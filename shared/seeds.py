@@ -1,0 +1,39 @@
+"""One seed function for every reproducible random stream (LensKit's `make_seed(*keys)` idea).
+
+`make_seed(root, stream, *keys)` hashes its keys (SHA-256 of their text joined by a unit
+separator) into a 63-bit seed: the same keys give the same seed on every machine and in
+every process (no `hash()`), different keys independent-looking ones. The first key after
+the root is a named stream below, so no two uses can collide by accident.
+
+Only public randomness comes from here (splits, partitions, initialisation, dropout,
+clustering). DP noise and DP sampling never do: they are drawn from OS-seeded generators,
+because anyone knows the run's seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+SPLIT = "split"
+"""A user's train/test shuffle: keys (root, SPLIT, user id)."""
+PARTITION = "partition"
+"""The assignment of users to hubs: keys (root, PARTITION)."""
+SAMPLING = "sampling"
+"""The server's fixed-size client sampling without central DP: keys (root, SAMPLING)."""
+CLUSTERING = "clustering"
+"""k-means of one category's item vectors: keys (root, CLUSTERING, category)."""
+CANARIES = "canaries"
+"""The audit's canary profiles: keys (root, CANARIES)."""
+
+
+def make_seed(*keys: object) -> int:
+    """A stable 63-bit seed from the root seed and identifiers."""
+    digest = hashlib.sha256("\x1f".join(map(str, keys)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def make_rng(*keys: object) -> np.random.Generator:
+    """A numpy generator seeded by `make_seed(*keys)`."""
+    return np.random.default_rng(make_seed(*keys))
