@@ -21,7 +21,7 @@ from shared.config import StrataConfig
 from shared.data.matrices import UserTensors, train_tensors
 from shared.metrics import MetricSums, evaluate_model
 from shared.model import StrataModel, build_model
-from shared.seeds import make_seed
+from shared.seeds import LOCAL_TRAINING, make_seed
 from shared.training import (
     DPSettings,
     TrainStats,
@@ -92,7 +92,7 @@ def train_locally(
         return _clipped_update_sum(store, config, weights, server_round=server_round, dp=dp)
     model = model_for(store, config, weights)
     data = train_tensors(store.users, store.n_items, config.data.positive_threshold)
-    seed = make_seed(config.run.seed, store.client_id, server_round)
+    seed = make_seed(config.run.seed, LOCAL_TRAINING, store.client_id, server_round)
     stats = _seeded_train(model, data, config, kl_weight(server_round, config.model), seed, dp)
     return TrainOutcome(
         weights=parameters_of(model), examples=data.n_ratings, mean_loss=stats.mean_loss,
@@ -141,7 +141,7 @@ def _clipped_update_sum(
     for index, user in enumerate(store.users):
         model = copy.deepcopy(base)
         data = train_tensors([user], store.n_items, config.data.positive_threshold)
-        seed = make_seed(config.run.seed, store.client_id, server_round, index)
+        seed = make_seed(config.run.seed, LOCAL_TRAINING, store.client_id, server_round, index)
         stats = _seeded_train(model, data, config, beta, seed, dp)
         update = OrderedDict((k, v.detach() - start[k]) for k, v in model.named_parameters())
         update, norm = clip_update(update, max_norm=clip)
@@ -168,7 +168,7 @@ def _clipped_step_sum(
     data = train_tensors(store.users, store.n_items, config.data.positive_threshold)
     n, lr = data.n_users, config.train.local_lr
     clip = DPSettings(noise_multiplier=0.0, max_grad_norm=config.privacy.update_clip / lr, ghost_clipping=True)
-    seed = make_seed(config.run.seed, store.client_id, server_round)
+    seed = make_seed(config.run.seed, LOCAL_TRAINING, store.client_id, server_round)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         stats = train_users(

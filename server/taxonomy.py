@@ -116,7 +116,8 @@ def population_prior(model: torch.nn.Module, *, samples: int, seed: int) -> np.n
 
 
 def _category_seed(seed: int, category: str) -> int:
-    return (seed * 1_000_003 + int.from_bytes(hashlib.sha256(category.encode()).digest()[:4], "little")) % 2**31
+    """The clustering seed of one category (below 2**31: scikit-learn takes 32-bit seeds)."""
+    return make_seed(seed, CLUSTERING, category) % 2**31
 
 
 def _tokens(title: str) -> set[str]:

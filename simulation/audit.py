@@ -42,6 +42,7 @@ from shared.data.split import split_configured
 from shared.data.types import Catalog, LoadReport, RatingsData
 from shared.privacy.accounting import default_delta
 from shared.run_dir import RunDir
+from shared.seeds import CANARIES, make_rng
 
 from .central import run_central
 from .simulate import simulate
@@ -213,7 +214,7 @@ def make_canaries(
             f"the data set already has users named like canaries (e.g. {clash[0]!r}); is it an audit's output?"
         )
     value = float(rating if rating is not None else (data.ratings.max() if data.n_ratings else 5.0))
-    rng = np.random.default_rng([seed, 0xC4A7])
+    rng = make_rng(seed, CANARIES)
     width = len(str(m - 1))
     ids = tuple(f"{CANARY_PREFIX}{j:0{width}d}" for j in range(m))
     items = tuple(

@@ -7,12 +7,12 @@ simulation, the central reference and a deployed device all get the same split.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..config import DataConfig
+from ..seeds import SPLIT, make_rng
 from .types import RatingsData
 
 
@@ -25,12 +25,6 @@ class UserRatings:
     train_ratings: np.ndarray
     test_items: np.ndarray
     test_ratings: np.ndarray
-
-
-def user_seed(seed: int, user_id: str) -> np.random.Generator:
-    """A generator derived from the root seed and the user's original id."""
-    digest = hashlib.sha256(str(user_id).encode()).digest()
-    return np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])
 
 
 def split_one_user(
@@ -47,7 +41,7 @@ def split_one_user(
     n = len(items)
     order = np.argsort(items, kind="stable")  # canonical order before shuffling
     items, ratings = items[order], ratings[order]
-    perm = user_seed(seed, user_id).permutation(n)
+    perm = make_rng(seed, SPLIT, user_id).permutation(n)
     n_test = int(round(test_fraction * n)) if n >= min_ratings_for_test else 0
     test, train = perm[:n_test], perm[n_test:]
     return UserRatings(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..seeds import PARTITION, make_rng
 from .types import RatingsData
 
 
@@ -44,7 +45,7 @@ def hub_partition(
         raise ValueError("num_hubs must be at least 1.")
     if num_hubs > data.n_users:
         raise ValueError(f"Cannot spread {data.n_users} users over {num_hubs} hubs: more hubs than users.")
-    rng = np.random.default_rng([seed, 7919])
+    rng = make_rng(seed, PARTITION)
     if assignment == "iid":
         hub_of = rng.permutation(np.arange(data.n_users) % num_hubs)
     elif assignment == "dirichlet":
