@@ -30,7 +30,7 @@ class ClientBudget:
 
     @classmethod
     def from_config(cls, privacy: PrivacyConfig, *, ledger: Ledger, population: int) -> ClientBudget:
-        """The budget `privacy` sets; δ defaults to that of a population of `population` users."""
+        """Build the budget `privacy` sets; δ defaults to that of a population of `population` users."""
         return cls(
             ledger=ledger,
             delta=privacy.delta or default_delta(population),

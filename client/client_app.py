@@ -40,7 +40,7 @@ def _budget(config: StrataConfig, context: Context, store: DeviceStore) -> tuple
 
 
 def build_client_app(config: StrataConfig | None = None) -> ClientApp:
-    """A ClientApp for a fixed config (simulation CLI) or reading `context.run_config` (`flwr run`)."""
+    """Build a ClientApp for a fixed config (simulation CLI) or reading `context.run_config` (`flwr run`)."""
     app = ClientApp()
 
     def cfg(context: Context) -> StrataConfig:
@@ -65,7 +65,7 @@ def build_client_app(config: StrataConfig | None = None) -> ClientApp:
 
     @app.query()
     def release(msg: Message, context: Context) -> Message:
-        """The client's part of a one-shot release (popularity prior, interest census)."""
+        """Contribute the client's part of a one-shot release (popularity prior, interest census)."""
         c = cfg(context)
         store = store_for(c, dict(context.node_config))
         budget, ledger = _budget(c, context, store)

@@ -17,7 +17,7 @@ STATE_KEY = "strata-ledger"
 
 
 def open_ledger(context: Context, path: Path) -> Ledger:
-    """The client's ledger, from disk, checked against the copy in `context.state`."""
+    """Open the client's ledger from disk, checked against the copy in `context.state`."""
     on_disk = read_entries(path) if path.exists() else []
     record = context.state.config_records.get(STATE_KEY)
     in_state = [str(x) for x in record["entries"]] if record is not None else []  # type: ignore[union-attr]
@@ -31,4 +31,5 @@ def open_ledger(context: Context, path: Path) -> Ledger:
 
 
 def save_to_state(context: Context, ledger: Ledger) -> None:
+    """Copy the ledger into this run's `context.state`."""
     context.state.config_records[STATE_KEY] = ConfigRecord({"entries": ledger.to_lines()})

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 
 from shared.interests import InterestIndex, normalised
+from shared.model import StrataModel
+from shared.run_dir import JsonDict
 
 
 @dataclass(frozen=True)
@@ -41,15 +43,15 @@ class ProfileSettings:
     min_lift: float = 1.5
 
 
-def predicted_distribution(model: torch.nn.Module, positives_row: torch.Tensor) -> np.ndarray:
+def predicted_distribution(model: StrataModel, positives_row: torch.Tensor) -> np.ndarray:
     """π = softmax(decode(μ)) for one user's positives (1-D or 1×I), in eval mode."""
     row = positives_row.reshape(1, -1).float()
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            mu, _ = model.encode(row)  # type: ignore[operator]
-            logits = model.decode(mu)  # type: ignore[operator]
+            mu, _ = model.encode(row)
+            logits = model.decode(mu)
     finally:
         model.train(was_training)
     return torch.softmax(logits.double(), dim=1)[0].numpy()
@@ -57,8 +59,8 @@ def predicted_distribution(model: torch.nn.Module, positives_row: torch.Tensor) 
 
 def profile_from_distribution(
     pi: np.ndarray, positives: np.ndarray, index: InterestIndex, settings: ProfileSettings | None = None
-) -> dict:
-    """The layered profile of one user from π (model) and their train positives (0/1 per item)."""
+) -> JsonDict:
+    """Return the layered profile of one user from π (model) and their train positives (0/1 per item)."""
     s = settings or ProfileSettings()
     pos = np.asarray(positives, dtype=np.float64).reshape(-1)
     n_pos = int((pos > 0).sum())
@@ -72,7 +74,7 @@ def profile_from_distribution(
     with np.errstate(divide="ignore", invalid="ignore"):
         lift2 = np.where(index.prior_l2 > 0, pred2 / index.prior_l2, 0.0)  # no prior: no lift claimed
 
-    def l2_entry(c: int) -> dict:
+    def l2_entry(c: int) -> JsonDict:
         return {
             "id": index.interests[c],
             "name": index.names[c],
@@ -85,10 +87,7 @@ def profile_from_distribution(
         }
 
     pool = np.lexsort((np.arange(len(pred2)), -pred2))[: s.l3_pool]
-    l3 = [
-        int(c) for c in pool
-        if obs2[c] <= s.max_observed_ratio * pred2[c] and lift2[c] >= s.min_lift
-    ]
+    l3 = [int(c) for c in pool if obs2[c] <= s.max_observed_ratio * pred2[c] and lift2[c] >= s.min_lift]
     l3 = sorted(l3, key=lambda c: (-lift2[c], c))[: s.n_l3]
     fine = [int(c) for c in np.lexsort((np.arange(len(share2)), -share2)) if obs2[c] > 0 and int(c) not in l3]
     l1_order = np.lexsort((np.arange(len(share1)), -share1))
@@ -111,7 +110,10 @@ def profile_from_distribution(
 
 
 def interest_shares(
-    model: torch.nn.Module, positives: torch.Tensor, interest_matrix: np.ndarray, settings: ProfileSettings | None = None
+    model: StrataModel,
+    positives: torch.Tensor,
+    interest_matrix: np.ndarray,
+    settings: ProfileSettings | None = None,
 ) -> np.ndarray:
     """B×C blended L2 shares of B users at once (the `share` of `profile_from_distribution`),
     from their B×I train positives and the I×C item × interest weights."""
@@ -122,8 +124,8 @@ def interest_shares(
     model.eval()
     try:
         with torch.no_grad():
-            mu, _ = model.encode(positives.float())  # type: ignore[operator]
-            pi = torch.softmax(model.decode(mu).double(), dim=1).numpy()  # type: ignore[operator]
+            mu, _ = model.encode(positives.float())
+            pi = torch.softmax(model.decode(mu).double(), dim=1).numpy()
     finally:
         model.train(was_training)
     pos = positives.double().numpy()
@@ -132,21 +134,21 @@ def interest_shares(
 
     def rows_normalised(m: np.ndarray) -> np.ndarray:
         total = m.sum(axis=1, keepdims=True)
-        return np.divide(m, total, out=np.zeros_like(m), where=total > 0)
+        return np.asarray(np.divide(m, total, out=np.zeros_like(m), where=total > 0), dtype=np.float64)
 
-    return (1 - a) * rows_normalised(pos @ interest_matrix) + a * rows_normalised(pi @ interest_matrix)
+    return np.asarray((1 - a) * rows_normalised(pos @ interest_matrix) + a * rows_normalised(pi @ interest_matrix))
 
 
 def user_profile(
-    model: torch.nn.Module,
-    taxonomy: dict,
+    model: StrataModel,
+    taxonomy: JsonDict,
     positives_row: torch.Tensor,
     item_categories: Sequence[Sequence[str]],
     *,
     settings: ProfileSettings | None = None,
     index: InterestIndex | None = None,
-) -> dict:
-    """A user's L1/L2/L3 profile from their train positives, the model and the taxonomy.
+) -> JsonDict:
+    """Return a user's L1/L2/L3 profile from their train positives, the model and the taxonomy.
 
     `index` may be passed to reuse the taxonomy's matrices across users.
     """
@@ -156,7 +158,7 @@ def user_profile(
     return profile_from_distribution(pi, positives, index, settings)
 
 
-def l1_target(profile: dict, index: InterestIndex) -> np.ndarray:
-    """The blended L1 distribution of a profile as a vector over `index.categories`."""
+def l1_target(profile: JsonDict, index: InterestIndex) -> np.ndarray:
+    """Return the blended L1 distribution of a profile as a vector over `index.categories`."""
     shares = {e["id"]: e["share"] for e in profile["l1"]}
     return normalised(np.array([shares.get(g, 0.0) for g in index.categories], dtype=np.float64))

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -33,6 +32,7 @@ from shared.data.split import UserRatings
 from shared.data.types import Catalog
 from shared.interests import InterestIndex
 from shared.model import StrataModel
+from shared.run_dir import JsonDict
 
 from .profiles import ProfileSettings, l1_target, profile_from_distribution
 
@@ -50,10 +50,9 @@ LAYER_L2 = "L2 fine"
 LAYER_L3 = "L3 discovery"
 
 
-JsonDict = dict[str, Any]
-
-
-def miscalibration(items: Sequence[int], item_l1: np.ndarray, target: np.ndarray, alpha: float = CALIBRATION_ALPHA) -> float:
+def miscalibration(
+    items: Sequence[int], item_l1: np.ndarray, target: np.ndarray, alpha: float = CALIBRATION_ALPHA
+) -> float:
     """Steck's KL(p ‖ q̃) between the target L1 distribution p and that of a list."""
     if len(items) == 0:
         return float("nan")
@@ -107,7 +106,9 @@ def calibrated_list(
     return chosen
 
 
-def discovery_items(scores: np.ndarray, exclude: np.ndarray, index: InterestIndex, l3_ids: Sequence[str], k: int) -> list[int]:
+def discovery_items(
+    scores: np.ndarray, exclude: np.ndarray, index: InterestIndex, l3_ids: Sequence[str], k: int
+) -> list[int]:
     """Up to `k` best-scoring allowed items of the L3 interests, taking the interests in turn."""
     if k <= 0 or not l3_ids:
         return []
@@ -138,7 +139,7 @@ def _spread(core: list[int], discovery: list[int], n: int) -> list[int]:
 def rank_items(
     scores: np.ndarray,
     exclude: np.ndarray,
-    profile: dict,
+    profile: JsonDict,
     index: InterestIndex,
     n: int,
     *,
@@ -154,11 +155,11 @@ def rank_items(
     disc = discovery_items(scores, exclude, index, l3_ids, int(round(discovery_share * n)))
     target = l1_target(profile, index)
     full = calibrated_list(scores, exclude, index.l1, target, n, lam=lam, start=disc)
-    core = sorted(full[len(disc):], key=lambda i: (-scores[i], i))  # calibration picks the set; rank it by score
+    core = sorted(full[len(disc) :], key=lambda i: (-scores[i], i))  # calibration picks the set; rank it by score
     return _spread(core, disc, n), set(disc)
 
 
-def explain(item: int, profile: dict, index: InterestIndex, discovery_slot: bool) -> dict:
+def explain(item: int, profile: JsonDict, index: InterestIndex, discovery_slot: bool) -> JsonDict:
     """Which layer and interest an item serves for this user."""
     item_interests = [index.interests[c] for c in np.flatnonzero(index.l2[item] > 0)]
     l3 = {e["id"]: e for e in profile["l3"]}
@@ -241,14 +242,16 @@ def recommend(
     }
 
 
-def format_recommendations(result: dict) -> str:
-    """A terminal view: the user's layered profile, then the explained list."""
+def format_recommendations(result: JsonDict) -> str:
+    """Format a terminal view: the user's layered profile, then the explained list."""
     p = result["profile"]
     kind = "layered (calibrated + discovery)" if result["layered"] else "plain"
     lines = [
-        f"User {result['user']} · {result['history']['train_ratings']} train ratings, "
-        f"{result['history']['train_positives']} positives · model {result['model_fingerprint'][:12]}"
-        f" · taxonomy {result['taxonomy_fingerprint'][:12]}",
+        (
+            f"User {result['user']} · {result['history']['train_ratings']} train ratings, "
+            f"{result['history']['train_positives']} positives · model {result['model_fingerprint'][:12]}"
+            f" · taxonomy {result['taxonomy_fingerprint'][:12]}"
+        ),
         "L1 core:      " + ", ".join(f"{e['id']} {100 * e['share']:.0f}%" for e in p["l1"][:5] if e["share"] > 0),
         "L2 fine:      " + ("; ".join(f"{e['id']} {100 * e['share']:.0f}% ({e['name']})" for e in p["l2"][:3]) or "—"),
         "L3 discovery: " + ("; ".join(f"{e['id']} lift {e['lift']:.1f}× ({e['name']})" for e in p["l3"]) or "—"),

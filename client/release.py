@@ -30,7 +30,7 @@ from .trainer import model_for
 
 
 def contribute(store: DeviceStore, config: StrataConfig, ins: ReleaseIns, budget: ClientBudget) -> ReleaseRes:
-    """This client's sum for a release of `ins.kind` (noised and recorded here under local
+    """Return the client's sum for a release of `ins.kind` (noised and recorded here under local
     privacy), and its ε afterwards."""
     pos = train_tensors(store.users, store.n_items, config.data.positive_threshold).positives
     if ins.kind == POPULARITY:
@@ -40,7 +40,9 @@ def contribute(store: DeviceStore, config: StrataConfig, ins: ReleaseIns, budget
         if weights is None or interest_matrix is None:
             raise ValueError("a census contribution needs the model weights and the item × interest matrix.")
         if interest_matrix.shape[0] != store.n_items:
-            raise ValueError(f"the interest matrix covers {interest_matrix.shape[0]} items, the client {store.n_items}.")
+            raise ValueError(
+                f"the interest matrix covers {interest_matrix.shape[0]} items, the client {store.n_items}."
+            )
         rows = census_rows(interest_shares(model_for(store, config, weights), pos, interest_matrix))
     else:
         raise ValueError(f"unknown release {ins.kind!r}; known: {POPULARITY}, {CENSUS}.")
@@ -50,7 +52,13 @@ def contribute(store: DeviceStore, config: StrataConfig, ins: ReleaseIns, budget
     if noise_holder(p.mode) == "client":
         z = p.release_noise_multiplier
         budget.record(
-            release_entry(noise_multiplier=z, bound=bound, run_id=ins.run_id, server_round=ins.server_round, holder=store.client_id)
+            release_entry(
+                noise_multiplier=z,
+                bound=bound,
+                run_id=ins.run_id,
+                server_round=ins.server_round,
+                holder=store.client_id,
+            )
         )
         total = total + gaussian_noise(total.shape[0], z * bound)
     return ReleaseRes(total=total, num_users=store.n_users, epsilon=budget.spent())

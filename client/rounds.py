@@ -46,19 +46,31 @@ def train_round(store: DeviceStore, config: StrataConfig, ins: TrainIns, budget:
         dp = DPSettings(noise_multiplier=sigma, max_grad_norm=p.max_grad_norm, ghost_clipping=p.ghost_clipping)
         q, steps = local_plan(config, store)
         planned = LedgerEntry.dp_sgd(
-            noise_multiplier=sigma, sample_rate=q, steps=steps, max_grad_norm=p.max_grad_norm,
-            run_id=ins.run_id, round=ins.server_round, client=store.client_id,
+            noise_multiplier=sigma,
+            sample_rate=q,
+            steps=steps,
+            max_grad_norm=p.max_grad_norm,
+            run_id=ins.run_id,
+            round=ins.server_round,
+            client=store.client_id,
         )
         reason = budget.refusal(planned)
         if reason:
             log.warning("client %s refused to train: %s", store.client_id, reason)
-            return TrainRes(weights=None, num_users=store.n_users, num_examples=0, train_loss=0.0, epsilon=budget.spent())
+            return TrainRes(
+                weights=None, num_users=store.n_users, num_examples=0, train_loss=0.0, epsilon=budget.spent()
+            )
     outcome = train_locally(store, config, ins.weights(), server_round=ins.server_round, dp=dp)
     if dp is not None and outcome.steps > 0:
         budget.record(
             LedgerEntry.dp_sgd(
-                noise_multiplier=dp.noise_multiplier, sample_rate=outcome.sample_rate, steps=outcome.steps,
-                max_grad_norm=dp.max_grad_norm, run_id=ins.run_id, round=ins.server_round, client=store.client_id,
+                noise_multiplier=dp.noise_multiplier,
+                sample_rate=outcome.sample_rate,
+                steps=outcome.steps,
+                max_grad_norm=dp.max_grad_norm,
+                run_id=ins.run_id,
+                round=ins.server_round,
+                client=store.client_id,
             )
         )
     return TrainRes(
@@ -71,5 +83,5 @@ def train_round(store: DeviceStore, config: StrataConfig, ins: TrainIns, budget:
 
 
 def evaluate_round(store: DeviceStore, config: StrataConfig, ins: EvaluateIns) -> EvaluateRes:
-    """Evaluation sums and counts of the global weights on the device's held-out ratings."""
+    """Return evaluation sums and counts of the global weights on the device's held-out ratings."""
     return EvaluateRes(sums=evaluate_locally(store, config, ins.weights()), num_users=store.n_users)

@@ -20,6 +20,7 @@ from shared.data.split import UserRatings, split_configured
 from shared.data.topology import partition_users
 from shared.data.types import RatingsData
 from shared.features import model_features
+from shared.run_dir import JsonDict
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,12 @@ class DeviceStore:
 
     @property
     def n_users(self) -> int:
+        """Users this device holds."""
         return len(self.users)
 
     @property
     def n_train_ratings(self) -> int:
+        """Train ratings over all of the device's users."""
         return int(sum(len(u.train_items) for u in self.users))
 
 
@@ -64,7 +67,7 @@ def num_clients(config: StrataConfig) -> int:
 
 @lru_cache(maxsize=8192)
 def simulation_store(config: StrataConfig, partition_id: int) -> DeviceStore:
-    """The store of virtual client `partition_id`."""
+    """Return the store of virtual client `partition_id`."""
     data, parts, feats = _partitions(config)
     if not 0 <= partition_id < len(parts):
         raise ValueError(
@@ -75,8 +78,8 @@ def simulation_store(config: StrataConfig, partition_id: int) -> DeviceStore:
     return DeviceStore(str(partition_id), users, data.n_items, feats, data.n_users)
 
 
-def deployed_store(config: StrataConfig, node_config: dict) -> DeviceStore:
-    """The store of a real device: its own ratings file and the public catalog."""
+def deployed_store(config: StrataConfig, node_config: JsonDict) -> DeviceStore:
+    """Return the store of a real device: its own ratings file and the public catalog."""
     from shared.data.csv_loader import load_csv
 
     if "data-path" not in node_config:
@@ -89,7 +92,7 @@ def deployed_store(config: StrataConfig, node_config: dict) -> DeviceStore:
     return DeviceStore(client_id, users, data.n_items, feats, data.n_users)
 
 
-def store_for(config: StrataConfig, node_config: dict) -> DeviceStore:
+def store_for(config: StrataConfig, node_config: JsonDict) -> DeviceStore:
     """Deployment when the node config names a data path, else the simulation partition."""
     if "data-path" in node_config:
         return deployed_store(config, node_config)

@@ -53,7 +53,7 @@ class TrainOutcome:
 
 
 def model_for(store: DeviceStore, config: StrataConfig, weights: dict[str, torch.Tensor]) -> StrataModel:
-    """The model of `config` over the device's catalog, holding `weights`."""
+    """Build the model of `config` over the device's catalog, holding `weights`."""
     model = build_model(store.n_items, config.model, store.features, seed=config.run.seed)
     missing = set(dict(model.named_parameters())) ^ set(weights)
     if missing:
@@ -83,7 +83,12 @@ def clip_update(update: Weights, *, max_norm: float) -> tuple[Weights, float]:
 
 
 def train_locally(
-    store: DeviceStore, config: StrataConfig, weights: dict[str, torch.Tensor], *, server_round: int, dp: DPSettings | None
+    store: DeviceStore,
+    config: StrataConfig,
+    weights: dict[str, torch.Tensor],
+    *,
+    server_round: int,
+    dp: DPSettings | None,
 ) -> TrainOutcome:
     """One round of local training over the device's users, with DP-SGD when `dp` is given."""
     if config.privacy.central_dp:
@@ -95,8 +100,11 @@ def train_locally(
     seed = make_seed(config.run.seed, LOCAL_TRAINING, store.client_id, server_round)
     stats = _seeded_train(model, data, config, kl_weight(server_round, config.model), seed, dp)
     return TrainOutcome(
-        weights=parameters_of(model), examples=data.n_ratings, mean_loss=stats.mean_loss,
-        sample_rate=stats.sample_rate, steps=stats.steps,
+        weights=parameters_of(model),
+        examples=data.n_ratings,
+        mean_loss=stats.mean_loss,
+        sample_rate=stats.sample_rate,
+        steps=stats.steps,
     )
 
 
@@ -126,7 +134,12 @@ def _seeded_train(
 
 
 def _clipped_update_sum(
-    store: DeviceStore, config: StrataConfig, weights: dict[str, torch.Tensor], *, server_round: int, dp: DPSettings | None
+    store: DeviceStore,
+    config: StrataConfig,
+    weights: dict[str, torch.Tensor],
+    *,
+    server_round: int,
+    dp: DPSettings | None,
 ) -> TrainOutcome:
     """Central DP: train a copy of the global model on each user alone, clip each user's
     update to S and return their sum (norm ≤ n_users · S). Each user only touches their own
@@ -172,15 +185,21 @@ def _clipped_step_sum(
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         stats = train_users(
-            model, data, epochs=1, batch_size=n, optimizer=make_optimizer(model, "sgd", lr),
-            beta=kl_weight(server_round, config.model), rating_weight=config.model.rating_weight,
-            generator=torch.Generator().manual_seed(seed), dp=clip,
+            model,
+            data,
+            epochs=1,
+            batch_size=n,
+            optimizer=make_optimizer(model, "sgd", lr),
+            beta=kl_weight(server_round, config.model),
+            rating_weight=config.model.rating_weight,
+            generator=torch.Generator().manual_seed(seed),
+            dp=clip,
         )
     total = OrderedDict((k, (v.detach() - start[k]) * n) for k, v in model.named_parameters())
     return TrainOutcome(weights=total, examples=data.n_ratings, mean_loss=stats.mean_loss, sample_rate=1.0, steps=0)
 
 
 def evaluate_locally(store: DeviceStore, config: StrataConfig, weights: dict[str, torch.Tensor]) -> MetricSums:
-    """Evaluation sums and counts of `weights` over the device's held-out ratings."""
+    """Return evaluation sums and counts of `weights` over the device's held-out ratings."""
     model = model_for(store, config, weights)
     return evaluate_model(model, store.users, store.n_items, config.data.positive_threshold)

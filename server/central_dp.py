@@ -48,7 +48,7 @@ CLIP_SLACK = 1e-4
 
 
 def accounted_sample_rate(config: StrataConfig) -> float:
-    """The q the ledger may claim: the server's sampling rate where a client is one user
+    """Return the q the ledger may claim: the server's sampling rate where a client is one user
     (`device`), else 1 (no amplification, see the module docstring)."""
     return config.federation.fraction_train if config.federation.topology == "device" else 1.0
 
@@ -110,10 +110,13 @@ class CentralDP:
         return out
 
     def entry(self, *, server_round: int, run_id: str) -> LedgerEntry:
-        """The ledger entry of one round's release."""
+        """Return the ledger entry of one round's release."""
         return LedgerEntry.dp_fedavg(
-            noise_multiplier=self.noise_multiplier, sample_rate=self.accounted_rate, clip=self.clip,
-            run_id=run_id, round=server_round,
+            noise_multiplier=self.noise_multiplier,
+            sample_rate=self.accounted_rate,
+            clip=self.clip,
+            run_id=run_id,
+            round=server_round,
         )
 
     def record(self, *, server_round: int, run_id: str) -> LedgerEntry:
@@ -133,7 +136,7 @@ class CentralDP:
 
 
 def build_central_dp(config: StrataConfig, *, data_users: int, run_id: str, ledger_path: Path) -> CentralDP:
-    """The server's mechanism for `config`: z given or calibrated over the planned rounds
+    """Build the server's mechanism for `config`: z given or calibrated over the planned rounds
     (entries of earlier runs in the ledger and this run's releases count), expected count q · N_users."""
     p, fed = config.privacy, config.federation
     ledger = Ledger.open(ledger_path)
@@ -171,8 +174,15 @@ def build_central_dp(config: StrataConfig, *, data_users: int, run_id: str, ledg
         accountant=p.accountant,
     )
     log.info(
-        "central DP-FedAvg: q=%.4f (accounted %.4f), S=%g, z=%.4f, expected count %.1f, δ=%.3g; noise std on the mean %.3g",
-        fed.fraction_train, rate, p.update_clip, z, central.expected_users, delta, central.noise_std,
+        "central DP-FedAvg: q=%.4f (accounted %.4f), S=%g, z=%.4f, expected count %.1f, δ=%.3g; "
+        "noise std on the mean %.3g",
+        fed.fraction_train,
+        rate,
+        p.update_clip,
+        z,
+        central.expected_users,
+        delta,
+        central.noise_std,
     )
     if fed.topology != "device":
         log.warning(

@@ -30,6 +30,7 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
+    """Read a checkpoint written by `save_checkpoint`."""
     state = torch.load(path, weights_only=False)
     if set(state) != {"round", "weights", "strategy", "run_id"}:
         raise ValueError(f"{path} is not a checkpoint of this Strata version: start the run in a new --out.")

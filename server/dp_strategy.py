@@ -41,20 +41,24 @@ class CentralDPStrategy(Strategy):
 
     @property
     def client_epsilon(self) -> dict[int, float]:
+        """The latest ε each client reported (the wrapped strategy's record)."""
         return self.strategy.client_epsilon
 
     @property
     def rejected(self) -> list[str]:
+        """Why updates were rejected, one line each (the wrapped strategy's record)."""
         return self.strategy.rejected
 
     def state_dict(self) -> dict[str, Any]:
-        """The wrapped strategy's state (the mechanism's sampling and noise are secret: no state)."""
+        """Return the wrapped strategy's state (the mechanism's sampling and noise are secret: no state)."""
         return {"strategy": self.strategy.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the wrapped strategy from `state_dict()`."""
         self.strategy.load_state_dict(state["strategy"])
 
     def summary(self) -> None:
+        """Log the mechanism's parameters."""
         log.info(
             "strategy: DP-FedAvg + %s, Poisson sampling q %.3f, update clip %g, noise multiplier %.4f",
             self.strategy.optimizer.kind,
@@ -66,6 +70,7 @@ class CentralDPStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        """Ask the clients the mechanism samples (secret Poisson sampling) to train."""
         self.strategy.current = arrays.to_torch_state_dict()
         self._run_id = str(config[RUN_ID]) if RUN_ID in config else ""
         content = TrainIns(arrays=arrays, server_round=server_round, run_id=self._run_id).to_record()
@@ -87,7 +92,8 @@ class CentralDPStrategy(Strategy):
             norm = update_norm(update)
             if norm > reply.num_users * mechanism.clip * (1 + CLIP_SLACK) + 1e-6:
                 raise InvalidUpdate(
-                    f"clipped update sum has norm {norm:.4g} > num-users {reply.num_users} × update-clip {mechanism.clip:g}"
+                    f"clipped update sum has norm {norm:.4g} > num-users {reply.num_users} × "
+                    f"update-clip {mechanism.clip:g}"
                 )
 
         for update, _ in self.strategy.screen(server_round, replies, tally, extra_check=within_clip):
@@ -100,12 +106,14 @@ class CentralDPStrategy(Strategy):
             log.info("round %d: no update from any sampled client; released noise only", server_round)
         record = self.strategy.record(tally)
         record["central-epsilon"] = mechanism.epsilon()
-        return ArrayRecord(new), record  # type: ignore[arg-type]
+        return ArrayRecord(new), record
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        """Ask clients to evaluate, as the wrapped strategy does."""
         return self.strategy.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Aggregate the evaluation sums, as the wrapped strategy does."""
         return self.strategy.aggregate_evaluate(server_round, replies)

@@ -41,6 +41,7 @@ class Federation:
 
     @property
     def client_epsilon(self) -> dict[int, float]:
+        """The latest ε each client reported."""
         return self.strategy.client_epsilon
 
 
@@ -94,7 +95,12 @@ def run_federation(grid: Grid, config: StrataConfig, *, timeout: float = 3600.0)
     n_nodes = _wait_for_clients(grid, fed.min_available_clients, fed.wait_for_clients_s)
     log.info(
         "run %s: %d clients (%s topology), %d rounds, privacy %s; writing %s",
-        run_id, n_nodes, fed.topology, fed.rounds, config.privacy.mode, run,
+        run_id,
+        n_nodes,
+        fed.topology,
+        fed.rounds,
+        config.privacy.mode,
+        run,
     )
     strategy.summary()
     if ckpt is None and config.model.popularity_prior:
@@ -102,7 +108,7 @@ def run_federation(grid: Grid, config: StrataConfig, *, timeout: float = 3600.0)
             grid, config, model, run_id=run_id, server_ledger=server_ledger, timeout=timeout
         )
         federation.client_epsilon.update(epsilons)
-    arrays = ArrayRecord(weights)  # type: ignore[arg-type]
+    arrays = ArrayRecord(weights)
     started = time.perf_counter()
     last_eval: dict[str, Any] = {}
     last_round = start_round - 1
@@ -126,8 +132,15 @@ def run_federation(grid: Grid, config: StrataConfig, *, timeout: float = 3600.0)
     manifest = run.write_model(final, config, data.catalog, data_fingerprint=fingerprint(data), rounds=last_round)
     if fed.census:
         _, epsilons = interest_census(
-            grid, config, model, final, data.catalog, model_fingerprint=manifest["weights_fingerprint"],
-            run_id=run_id, server_ledger=server_ledger, timeout=timeout,
+            grid,
+            config,
+            model,
+            final,
+            data.catalog,
+            model_fingerprint=manifest["weights_fingerprint"],
+            run_id=run_id,
+            server_ledger=server_ledger,
+            timeout=timeout,
             delta=config.privacy.delta or default_delta(data.n_users),
         )
         federation.client_epsilon.update(epsilons)
@@ -221,7 +234,7 @@ def _wait_for_clients(grid: Grid, minimum: int, timeout_s: float) -> int:
 
 
 def _check_resumable(run: RunDir, config: StrataConfig) -> None:
-    """A checkpoint may only be resumed by the same experiment (more rounds allowed)."""
+    """Refuse to resume a checkpoint of a different experiment (more rounds are allowed)."""
     if not run.config_path.exists():
         return
     saved = run.read_config()
@@ -247,8 +260,8 @@ def _progress(rnd: int, rounds: int, train: dict[str, Any], evaluation: dict[str
         parts.append(f"central ε {train['central-epsilon']:.3f}")
     if evaluation:
         parts.append(
-            f"NDCG@100 {evaluation['ndcg@100']:.4f} Recall@20 {evaluation['recall@20']:.4f} RMSE {evaluation['rmse']:.4f}"
+            f"NDCG@100 {evaluation['ndcg@100']:.4f} Recall@20 {evaluation['recall@20']:.4f} "
+            f"RMSE {evaluation['rmse']:.4f}"
         )
     parts.append(f"{elapsed:.0f}s")
     log.info(" · ".join(parts))
-

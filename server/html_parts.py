@@ -13,7 +13,8 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#1
 CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;
 color:#222;line-height:1.45}
-h1{font-size:1.6em;margin-bottom:.2em} h2{font-size:1.25em;margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+h1{font-size:1.6em;margin-bottom:.2em}
+h2{font-size:1.25em;margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
 .guarantee{border:2px solid #2a6;background:#f3fbf6;padding:1em 1.2em;border-radius:6px}
 .guarantee.none{border-color:#c33;background:#fdf3f3}
 .big{font-size:1.7em;font-weight:600;margin:.2em 0}
@@ -28,17 +29,19 @@ code,.mono{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.9em;word
 
 
 def escape(text: object) -> str:
+    """Escape `text` for HTML text and attribute values."""
     return html.escape(str(text), quote=True)
 
 
 def nice_step(span: float, n: int = 5) -> float:
+    """Return a round axis step (1, 2, 2.5 or 5 times a power of ten) giving about `n` ticks."""
     raw = max(span, 1e-12) / n
-    mag = 10 ** math.floor(math.log10(raw))
+    mag = 10.0 ** math.floor(math.log10(raw))
     return next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
 
 
 def line_chart(series: list[tuple[str, list[tuple[float, float]], bool]], *, x_label: str, y_label: str) -> str:
-    """An inline SVG line chart; each series is (label, points, emphasised)."""
+    """Draw an inline SVG line chart; each series is (label, points, emphasised)."""
     w, h, left, right, top, bottom = 760, 320, 60, 190, 15, 45
     xs = [x for _, pts, _ in series for x, _ in pts]
     ys = [y for _, pts, _ in series for _, y in pts]
@@ -55,21 +58,32 @@ def line_chart(series: list[tuple[str, list[tuple[float, float]], bool]], *, x_l
     def py(y: float) -> float:
         return top + ph - y / y1 * ph
 
-    out = [f'<svg width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" aria-label="{escape(y_label)} by {escape(x_label)}">']
+    out = [
+        (
+            f'<svg width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" '
+            f'aria-label="{escape(y_label)} by {escape(x_label)}">'
+        )
+    ]
     y = 0.0
     while y <= y1 + 1e-9:
         out.append(f'<line x1="{left}" x2="{left + pw}" y1="{py(y):.1f}" y2="{py(y):.1f}" stroke="#e5e5e5"/>')
-        out.append(f'<text x="{left - 6}" y="{py(y) + 4:.1f}" font-size="11" text-anchor="end">{escape(f"{y:g}")}</text>')
+        out.append(
+            f'<text x="{left - 6}" y="{py(y) + 4:.1f}" font-size="11" text-anchor="end">{escape(f"{y:g}")}</text>'
+        )
         y += ystep
     xstep = max(1.0, nice_step(x1 - x0, 8))
     x = math.ceil(x0 / xstep) * xstep
     while x <= x1 + 1e-9:
         out.append(f'<line x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{top + ph}" y2="{top + ph + 4}" stroke="#333"/>')
-        out.append(f'<text x="{px(x):.1f}" y="{top + ph + 17}" font-size="11" text-anchor="middle">{escape(f"{x:g}")}</text>')
+        out.append(
+            f'<text x="{px(x):.1f}" y="{top + ph + 17}" font-size="11" text-anchor="middle">{escape(f"{x:g}")}</text>'
+        )
         x += xstep
     out.append(f'<line x1="{left}" x2="{left + pw}" y1="{top + ph}" y2="{top + ph}" stroke="#333"/>')
     out.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + ph}" stroke="#333"/>')
-    out.append(f'<text x="{left + pw / 2:.1f}" y="{h - 8}" font-size="12" text-anchor="middle">{escape(x_label)}</text>')
+    out.append(
+        f'<text x="{left + pw / 2:.1f}" y="{h - 8}" font-size="12" text-anchor="middle">{escape(x_label)}</text>'
+    )
     out.append(
         f'<text x="14" y="{top + ph / 2:.1f}" font-size="12" text-anchor="middle" '
         f'transform="rotate(-90 14 {top + ph / 2:.1f})">{escape(y_label)}</text>'
@@ -94,8 +108,9 @@ def line_chart(series: list[tuple[str, list[tuple[float, float]], bool]], *, x_l
 
 
 def histogram(values: list[float], *, x_label: str) -> str:
-    """An inline SVG histogram of `values` (counts per bin)."""
-    w, h, left, bottom, top = 760, 260, 60, 50, 15
+    """Draw an inline SVG histogram of `values` (counts per bin)."""
+    w, h, bottom, top = 760, 260, 50, 15
+    left: float = 60
     lo, hi = min(values), max(values)
     n_bins = 1 if hi - lo < 1e-9 else min(12, max(3, math.ceil(math.sqrt(len(values)))))
     width = (hi - lo) / n_bins if n_bins > 1 else 1.0
@@ -106,7 +121,9 @@ def histogram(values: list[float], *, x_label: str) -> str:
     cmax = max(counts)
     bw = min(pw / n_bins, 90.0)
     left += (pw - bw * n_bins) / 2  # few bins: narrow bars, centred
-    out = [f'<svg width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" aria-label="histogram of {escape(x_label)}">']
+    out = [
+        f'<svg width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" aria-label="histogram of {escape(x_label)}">'
+    ]
     for i, c in enumerate(counts):
         bh = c / cmax * (ph - 14)
         x, y = left + i * bw, top + ph - bh
@@ -117,7 +134,9 @@ def histogram(values: list[float], *, x_label: str) -> str:
             f"<title>{escape(label)}: {c}</title></rect>"
         )
         out.append(f'<text x="{x + bw / 2:.1f}" y="{y - 3:.1f}" font-size="11" text-anchor="middle">{c}</text>')
-        out.append(f'<text x="{x + bw / 2:.1f}" y="{top + ph + 15}" font-size="10" text-anchor="middle">{escape(label)}</text>')
+        out.append(
+            f'<text x="{x + bw / 2:.1f}" y="{top + ph + 15}" font-size="10" text-anchor="middle">{escape(label)}</text>'
+        )
     out.append(f'<line x1="{left - 10}" x2="{left + bw * n_bins + 10}" y1="{top + ph}" y2="{top + ph}" stroke="#333"/>')
     out.append(f'<text x="{w / 2:.1f}" y="{h - 10}" font-size="12" text-anchor="middle">{escape(x_label)}</text>')
     out.append(
@@ -131,6 +150,7 @@ def histogram(values: list[float], *, x_label: str) -> str:
 def table(
     head: Sequence[str], rows: Sequence[Sequence[object]], numeric: Sequence[int] = (), mono: Sequence[int] = ()
 ) -> str:
+    """Render an HTML table; cells in `numeric` columns are right-aligned."""
     def cell(i: int, v: object) -> str:
         cls = " class='num'" if i in numeric else " class='mono'" if i in mono else ""
         return f"<td{cls}>{escape(v)}</td>"

@@ -88,7 +88,13 @@ def collect_release(
         part = reply.total
         if part.shape != (dim,) or not np.all(np.isfinite(part)):
             out.failed += 1
-            log.warning("%s release: client %d sent a sum of shape %s (expected (%d,)) or non-finite values", kind, node, part.shape, dim)
+            log.warning(
+                "%s release: client %d sent a sum of shape %s (expected (%d,)) or non-finite values",
+                kind,
+                node,
+                part.shape,
+                dim,
+            )
             continue
         total += part
         out.clients += 1
@@ -105,7 +111,11 @@ def collect_release(
         out.total = total + gaussian_noise(dim, z * release_bound(kind))
     log.info(
         "%s release: %d clients (%d users, %d failed), noise added by %s",
-        kind, out.clients, out.users, out.failed, noise_holder(config.privacy.mode) or "nobody (privacy off)",
+        kind,
+        out.clients,
+        out.users,
+        out.failed,
+        noise_holder(config.privacy.mode) or "nobody (privacy off)",
     )
     return out
 
@@ -145,13 +155,26 @@ def interest_census(
     write_taxonomy(run, taxonomy)
     index = InterestIndex.from_taxonomy(taxonomy, catalog.categories)
     release = collect_release(
-        grid, config, CENSUS, run_id=run_id, dim=len(index.interests), server_ledger=server_ledger,
-        timeout=timeout, arrays=ArrayRecord(final), interests=index.l2,  # type: ignore[arg-type]
+        grid,
+        config,
+        CENSUS,
+        run_id=run_id,
+        dim=len(index.interests),
+        server_ledger=server_ledger,
+        timeout=timeout,
+        arrays=ArrayRecord(final),
+        interests=index.l2,
     )
     census = census_record(taxonomy, release, config, delta)
     run.write_census(census)
     eps = "no DP" if census["epsilon"] is None else f"census ε {census['epsilon']:.3f}"
-    log.info("census of %d interests from %d clients -> %s (%s)", len(census["interests"]), release.clients, run.census_path, eps)
+    log.info(
+        "census of %d interests from %d clients -> %s (%s)",
+        len(census["interests"]),
+        release.clients,
+        run.census_path,
+        eps,
+    )
     return census, release.client_epsilon
 
 

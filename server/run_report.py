@@ -113,7 +113,9 @@ def _taxonomy(run: RunDir) -> tuple[JsonDict | None, str | None]:
 # ------------------------------------------------------------------------------- SVG
 
 
-def _bars(rows: list[tuple[str, float, str]], *, width: int = 760, label_width: int = 260, max_value: float | None = None) -> str:
+def _bars(
+    rows: list[tuple[str, float, str]], *, width: int = 760, label_width: int = 260, max_value: float | None = None
+) -> str:
     """Horizontal SVG bars: (label, value, text drawn after the bar); values below 0 are drawn as 0."""
     bar_h, gap, top = 18, 6, 4
     h = top + len(rows) * (bar_h + gap) + 4
@@ -144,15 +146,26 @@ def _fmt(v: object, digits: int = 4) -> str:
     return f"{v:.{digits}f}" if isinstance(v, int | float) and math.isfinite(float(v)) else "—"
 
 
-def _utility_section(metrics: list[dict], summary: dict | None) -> list[str]:
-    evals = [(float(m["round"]), m["eval"]) for m in metrics if isinstance(m.get("eval"), dict) and m["eval"] and "round" in m]
+def _utility_section(metrics: list[JsonDict], summary: JsonDict | None) -> list[str]:
+    evals = [
+        (float(m["round"]), m["eval"])
+        for m in metrics
+        if isinstance(m.get("eval"), dict) and m["eval"] and "round" in m
+    ]
     final = (summary or {}).get("final_eval") or (evals[-1][1] if evals else {})
     parts = ["<h2 id='utility'>Utility over rounds</h2>"]
     if final:
-        cards = [("NDCG@100", final.get("ndcg@100")), ("Recall@20", final.get("recall@20")), ("RMSE", final.get("rmse"))]
+        cards = [
+            ("NDCG@100", final.get("ndcg@100")),
+            ("Recall@20", final.get("recall@20")),
+            ("RMSE", final.get("rmse")),
+        ]
         parts.append(
             "<div class='cards'>"
-            + "".join(f"<div class='card'><div class='v'>{_e(_fmt(v))}</div><div class='k'>final {_e(k)}</div></div>" for k, v in cards)
+            + "".join(
+                f"<div class='card'><div class='v'>{_e(_fmt(v))}</div><div class='k'>final {_e(k)}</div></div>"
+                for k, v in cards
+            )
             + "</div>"
         )
     if not evals:
@@ -173,7 +186,7 @@ def _utility_section(metrics: list[dict], summary: dict | None) -> list[str]:
     return parts
 
 
-def _epsilon_section(metrics: list[dict], privacy_mode: str) -> list[str]:
+def _epsilon_section(metrics: list[JsonDict], privacy_mode: str) -> list[str]:
     parts = ["<h2 id='epsilon'>ε over rounds</h2>"]
     if privacy_mode == "off":
         parts.append(
@@ -182,10 +195,16 @@ def _epsilon_section(metrics: list[dict], privacy_mode: str) -> list[str]:
         )
         return parts
     local = [(float(m["round"]), float(m["epsilon"])) for m in metrics if "epsilon" in m and "round" in m]
-    central = [(float(m["round"]), float(m["central_epsilon"])) for m in metrics if "central_epsilon" in m and "round" in m]
-    series = [(name, pts, False) for name, pts in (("ε (local, max over clients)", local), ("ε (central)", central)) if pts]
+    central = [
+        (float(m["round"]), float(m["central_epsilon"])) for m in metrics if "central_epsilon" in m and "round" in m
+    ]
+    series = [
+        (name, pts, False) for name, pts in (("ε (local, max over clients)", local), ("ε (central)", central)) if pts
+    ]
     if not series or all(v == 0 for _, pts, _ in series for _, v in pts):
-        parts.append(f"<p>privacy.mode = <code>{_e(privacy_mode)}</code>, but <code>metrics.jsonl</code> records no ε.</p>")
+        parts.append(
+            f"<p>privacy.mode = <code>{_e(privacy_mode)}</code>, but <code>metrics.jsonl</code> records no ε.</p>"
+        )
         return parts
     parts.append(_line_chart(series, x_label="round / epoch", y_label="ε so far"))
     last = ", ".join(f"{name} {pts[-1][1]:.3f}" for name, pts, _ in series)
@@ -196,7 +215,7 @@ def _epsilon_section(metrics: list[dict], privacy_mode: str) -> list[str]:
     return parts
 
 
-def _taxonomy_section(taxonomy: dict | None, error: str | None) -> list[str]:
+def _taxonomy_section(taxonomy: JsonDict | None, error: str | None) -> list[str]:
     parts = ["<h2 id='taxonomy'>Interest taxonomy</h2>"]
     if taxonomy is None:
         parts.append(f"<div class='placeholder'>No taxonomy: {_e(error or 'unknown reason')}</div>")
@@ -208,8 +227,20 @@ def _taxonomy_section(taxonomy: dict | None, error: str | None) -> list[str]:
         f"item vectors and the public catalog only (model {_e(taxonomy['model_fingerprint'][:12])}, taxonomy "
         f"{_e(taxonomy['fingerprint'][:12])}). Bars: items per L1 category and the model's population prior share.</p>"
     )
-    parts.append(_bars([(c["id"], float(c["n_items"]), f"{c['n_items']} items · prior {100 * c['prior_share']:.1f}%") for c in cats]))
-    rows = ["<table><thead><tr><th>L1 / L2 interest</th><th>items</th><th>prior</th><th>name (representative titles, decades, keywords)</th></tr></thead><tbody>"]
+    parts.append(
+        _bars(
+            [
+                (c["id"], float(c["n_items"]), f"{c['n_items']} items · prior {100 * c['prior_share']:.1f}%")
+                for c in cats
+            ]
+        )
+    )
+    rows = [
+        (
+            "<table><thead><tr><th>L1 / L2 interest</th><th>items</th><th>prior</th>"
+            "<th>name (representative titles, decades, keywords)</th></tr></thead><tbody>"
+        )
+    ]
     for c in cats:
         rows.append(
             f"<tr class='l1'><td class='id'>{_e(c['id'])}</td><td class='num'>{c['n_items']}</td>"
@@ -225,7 +256,7 @@ def _taxonomy_section(taxonomy: dict | None, error: str | None) -> list[str]:
     return parts
 
 
-def _census_section(census: dict | None, error: str | None) -> list[str]:
+def _census_section(census: JsonDict | None, error: str | None) -> list[str]:
     parts = ["<h2 id='census'>DP interest census</h2>"]
     if census is None:
         why = f" ({error})" if error else ""
@@ -245,14 +276,21 @@ def _census_section(census: dict | None, error: str | None) -> list[str]:
         )
     parts.append(
         _bars(
-            [(f"{r['id']}: {r['label']}" if r["label"] != r["id"] else str(r["id"]), float(r["count"]), f"{float(r['count']):.1f}") for r in rows],
+            [
+                (
+                    f"{r['id']}: {r['label']}" if r["label"] != r["id"] else str(r["id"]),
+                    float(r["count"]),
+                    f"{float(r['count']):.1f}",
+                )
+                for r in rows
+            ],
             label_width=360,
         )
     )
     return parts
 
 
-def _example_section(example: dict | None, error: str | None) -> list[str]:
+def _example_section(example: JsonDict | None, error: str | None) -> list[str]:
     parts = ["<h2 id='example-user'>Example user: layered profile and recommendations</h2>"]
     if example is None:
         parts.append(f"<div class='placeholder'>No example user: {_e(error or 'unknown reason')}</div>")
@@ -261,39 +299,71 @@ def _example_section(example: dict | None, error: str | None) -> list[str]:
     parts.append(
         f"<p class='note'>User <b>{_e(example['user'])}</b> (the first user id of the data set). Computed locally, as "
         "on that user's device: from this user's own train ratings, the model and the taxonomy only; on a real "
-        f"deployment none of it leaves the device. {h['train_ratings']} train ratings, {h['train_positives']} positives; the "
+        f"deployment none of it leaves the device. {h['train_ratings']} train ratings, "
+        f"{h['train_positives']} positives; the "
         f"model's prediction weighs {100 * p['blend']['model_weight']:.0f}% in the blended shares.</p>"
     )
     parts.append("<h3>L1 core interests (blended share; population prior in brackets)</h3>")
     l1 = [e for e in p["l1"] if e["share"] > 0.005][:10]
-    parts.append(_bars([(e["id"], e["share"], f"{100 * e['share']:.0f}%  (prior {100 * e['prior']:.0f}%)") for e in l1]))
+    parts.append(
+        _bars([(e["id"], e["share"], f"{100 * e['share']:.0f}%  (prior {100 * e['prior']:.0f}%)") for e in l1])
+    )
     parts.append("<h3>L2 fine interests</h3>")
     if p["l2"]:
-        parts.append(_table(
-            ["interest", "share", "observed", "predicted", "name"],
-            [(e["id"], f"{100 * e['share']:.1f}%", f"{100 * e['observed']:.1f}%", f"{100 * e['predicted']:.1f}%", e["name"]) for e in p["l2"]],
-            numeric=(1, 2, 3),
-        ))
+        parts.append(
+            _table(
+                ["interest", "share", "observed", "predicted", "name"],
+                [
+                    (
+                        e["id"],
+                        f"{100 * e['share']:.1f}%",
+                        f"{100 * e['observed']:.1f}%",
+                        f"{100 * e['predicted']:.1f}%",
+                        e["name"],
+                    )
+                    for e in p["l2"]
+                ],
+                numeric=(1, 2, 3),
+            )
+        )
     else:
         parts.append("<p>None observed.</p>")
     parts.append("<h3>L3 latent interests (predicted, not yet shown)</h3>")
     if p["l3"]:
-        parts.append(_table(
-            ["interest", "lift", "predicted", "observed", "name"],
-            [(e["id"], f"{e['lift']:.1f}×", f"{100 * e['predicted']:.1f}%", f"{100 * e['observed']:.1f}%", e["name"]) for e in p["l3"]],
-            numeric=(1, 2, 3),
-        ))
+        parts.append(
+            _table(
+                ["interest", "lift", "predicted", "observed", "name"],
+                [
+                    (
+                        e["id"],
+                        f"{e['lift']:.1f}×",
+                        f"{100 * e['predicted']:.1f}%",
+                        f"{100 * e['observed']:.1f}%",
+                        e["name"],
+                    )
+                    for e in p["l3"]
+                ],
+                numeric=(1, 2, 3),
+            )
+        )
     else:
-        parts.append("<p>None: the model predicts no interest well above the population prior that the user has not shown.</p>")
+        parts.append(
+            "<p>None: the model predicts no interest well above the population prior that the user has not shown.</p>"
+        )
     parts.append(
         f"<h3>Top {len(example['items'])}, layered (calibrated to L1, discovery slots for L3; "
         f"miscalibration KL {example['miscalibration']:.3f})</h3>"
     )
-    parts.append(_table(
-        ["#", "title", "r̂", "layer", "interest", "why"],
-        [(r["rank"], r["title"], f"{r['predicted_rating']:.1f}", r["layer"], r["interest"], r["why"]) for r in example["items"]],
-        numeric=(0, 2),
-    ))
+    parts.append(
+        _table(
+            ["#", "title", "r̂", "layer", "interest", "why"],
+            [
+                (r["rank"], r["title"], f"{r['predicted_rating']:.1f}", r["layer"], r["interest"], r["why"])
+                for r in example["items"]
+            ],
+            numeric=(0, 2),
+        )
+    )
     return parts
 
 
@@ -302,23 +372,25 @@ def render_html(
     run_name: str,
     run_dir: str,
     privacy_mode: str,
-    metrics: list[dict],
-    summary: dict | None,
-    taxonomy: dict | None,
+    metrics: list[JsonDict],
+    summary: JsonDict | None,
+    taxonomy: JsonDict | None,
     taxonomy_error: str | None = None,
-    census: dict | None = None,
+    census: JsonDict | None = None,
     census_error: str | None = None,
-    example: dict | None = None,
+    example: JsonDict | None = None,
     example_error: str | None = None,
 ) -> str:
-    """The run report as one self-contained HTML page (inline CSS and SVG, no scripts)."""
+    """Render the run report as one self-contained HTML page (inline CSS and SVG, no scripts)."""
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     eps = (summary or {}).get("epsilon")
     if privacy_mode == "off":
         privacy = "privacy off — no DP guarantee (ε = ∞)"
     elif isinstance(eps, int | float):
         privacy = f"privacy.mode = {privacy_mode}, ε = {eps:.3f}" + (
-            f", central ε = {summary['central_epsilon']:.3f}" if summary and isinstance(summary.get("central_epsilon"), int | float) else ""
+            f", central ε = {summary['central_epsilon']:.3f}"
+            if summary and isinstance(summary.get("central_epsilon"), int | float)
+            else ""
         )
     else:
         privacy = f"privacy.mode = {privacy_mode}"
@@ -334,7 +406,8 @@ def render_html(
     parts += _census_section(census, census_error)
     parts += _example_section(example, example_error)
     parts.append(
-        "<p class='muted'>Budget details: <code>privacy_report.html</code> (<code>strata privacy-report RUN</code>).</p>"
+        "<p class='muted'>Budget details: <code>privacy_report.html</code> "
+        "(<code>strata privacy-report RUN</code>).</p>"
     )
     parts.append("</body></html>")
     return "\n".join(parts)

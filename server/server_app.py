@@ -13,7 +13,7 @@ from .federation import run_federation
 
 
 def build_server_app(config: StrataConfig | None = None) -> ServerApp:
-    """A ServerApp for a fixed config (simulation CLI) or reading `context.run_config` (`flwr run`)."""
+    """Build a ServerApp for a fixed config (simulation CLI) or reading `context.run_config` (`flwr run`)."""
     app = ServerApp()
 
     @app.main()

@@ -10,11 +10,17 @@ from collections import OrderedDict
 
 import torch
 
+from shared.run_dir import JsonDict
+
 Weights = OrderedDict[str, torch.Tensor]
 
 
 class ServerOptimizer:
-    def __init__(self, kind: str, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+    """Apply the averaged client update to the global weights: FedAvg or FedAdam."""
+
+    def __init__(
+        self, kind: str, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+    ) -> None:
         if kind not in ("fedavg", "fedadam"):
             raise ValueError(f"server optimizer must be 'fedavg' or 'fedadam', not {kind!r}.")
         if lr <= 0:
@@ -25,7 +31,7 @@ class ServerOptimizer:
         self.v: dict[str, torch.Tensor] = {}
 
     def step(self, weights: Weights, delta: Weights) -> Weights:
-        """New global weights from the current ones and the averaged update."""
+        """Return new global weights from the current ones and the averaged update."""
         if self.kind == "fedavg":
             return OrderedDict((k, weights[k] + delta[k]) for k in weights)
         self.t += 1
@@ -41,10 +47,14 @@ class ServerOptimizer:
             out[k] = w + self.lr * m_hat / (v_hat.sqrt() + self.eps)
         return out
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> JsonDict:
+        """Return the optimizer's state (step count and Adam moments) for a checkpoint."""
         return {"kind": self.kind, "t": self.t, "m": self.m, "v": self.v}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: JsonDict) -> None:
+        """Restore the state of `state_dict()`; the kind must match."""
         if state["kind"] != self.kind:
-            raise ValueError(f"checkpoint was written with server optimizer {state['kind']!r}, config says {self.kind!r}.")
+            raise ValueError(
+                f"checkpoint was written with server optimizer {state['kind']!r}, config says {self.kind!r}."
+            )
         self.t, self.m, self.v = state["t"], state["m"], state["v"]

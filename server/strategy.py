@@ -84,7 +84,7 @@ class FedAvgStrategy(Strategy):
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint needs to resume this strategy exactly."""
+        """Return what a checkpoint needs to resume this strategy exactly."""
         return {
             "optimizer": self.optimizer.state_dict(),
             "rng": self.rng.bit_generator.state,
@@ -92,11 +92,13 @@ class FedAvgStrategy(Strategy):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the state of `state_dict()`."""
         self.optimizer.load_state_dict(state["optimizer"])
         self.rng.bit_generator.state = state["rng"]
         self.client_epsilon = dict(state["client_epsilon"])
 
     def summary(self) -> None:
+        """Log the strategy's settings."""
         log.info(
             "strategy: %s, fraction-train %.3f, min-train-clients %d, weighted by %s",
             self.optimizer.kind,
@@ -108,7 +110,7 @@ class FedAvgStrategy(Strategy):
     # ------------------------------------------------------------------ building blocks
 
     def sample(self, grid: Grid, fraction: float) -> list[int]:
-        """A seeded sample of round(fraction · N) connected nodes (at least one)."""
+        """Sample round(fraction · N) connected nodes (at least one)."""
         nodes = sorted(grid.get_node_ids())
         k = max(1, int(round(len(nodes) * fraction)))
         picked = self.rng.choice(len(nodes), size=min(k, len(nodes)), replace=False)
@@ -116,6 +118,7 @@ class FedAvgStrategy(Strategy):
 
     @staticmethod
     def messages(nodes: list[int], content: RecordDict, kind: str) -> list[Message]:
+        """Build one message of `kind` with `content` for each node."""
         return [Message(content=content, message_type=kind, dst_node_id=n) for n in nodes]
 
     def screen(
@@ -125,7 +128,7 @@ class FedAvgStrategy(Strategy):
         tally: Tally,
         extra_check: UpdateCheck | None = None,
     ) -> Iterator[tuple[Weights, TrainRes]]:
-        """The replies whose update may be aggregated; failures, refusals, malformed replies
+        """Yield the replies whose update may be aggregated; failures, refusals, malformed replies
         and invalid updates are counted in `tally` and logged, never averaged."""
         assert self.current is not None, "configure_train must run before the replies are screened"
         for msg in replies:
@@ -161,12 +164,12 @@ class FedAvgStrategy(Strategy):
             yield update, reply
 
     def apply(self, delta: Weights) -> Weights:
-        """The new global weights: the server optimizer's step from the current ones by `delta`."""
+        """Return the new global weights: the server optimizer's step from the current ones by `delta`."""
         assert self.current is not None
         return self.optimizer.step(self.current, delta)
 
     def record(self, tally: Tally) -> MetricRecord:
-        """The round's train metrics."""
+        """Return the round's train metrics."""
         return MetricRecord(
             {
                 "clients": tally.accepted,
@@ -183,6 +186,7 @@ class FedAvgStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        """Ask a seeded fraction of the clients to train from the current weights."""
         self.current = arrays.to_torch_state_dict()
         content = TrainIns(arrays=arrays, server_round=server_round, run_id=_run_id(config)).to_record()
         return self.messages(self.sample(grid, self.fraction_train), content, MessageType.TRAIN)
@@ -190,6 +194,7 @@ class FedAvgStrategy(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Average the usable updates and apply the server optimizer; skip a round with too few."""
         assert self.current is not None, "configure_train must run before aggregate_train"
         current = self.current
         # Streaming weighted sum: memory stays at a few models however many clients reply. In
@@ -213,15 +218,17 @@ class FedAvgStrategy(Strategy):
             )
             return None, record
         delta = OrderedDict((k, acc[k].div_(total).sub_(v).to(v.dtype)) for k, v in current.items())
-        return ArrayRecord(self.apply(delta)), record  # type: ignore[arg-type]
+        return ArrayRecord(self.apply(delta)), record
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        """Ask a seeded fraction of the clients to evaluate the weights."""
         content = EvaluateIns(arrays=arrays, server_round=server_round, run_id=_run_id(config)).to_record()
         return self.messages(self.sample(grid, self.fraction_evaluate), content, MessageType.EVALUATE)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Add up the clients' evaluation sums and counts; None when nobody answered."""
         total, answered = MetricSums(), 0
         for msg in replies:
             node = msg.metadata.src_node_id

@@ -44,6 +44,7 @@ import torch
 from shared.clustering import choose_k
 from shared.data.source import load_source
 from shared.data.types import Catalog
+from shared.model import StrataModel
 from shared.run_dir import TAXONOMY_FORMAT, JsonDict, RunDir
 from shared.seeds import CLUSTERING, make_seed
 
@@ -51,7 +52,49 @@ log = logging.getLogger(__name__)
 
 
 _STOPWORDS = frozenset(
-    ["the", "a", "an", "of", "and", "in", "to", "on", "for", "with", "from", "at", "by", "is", "it", "my", "me", "you", "your", "his", "her", "our", "its", "la", "le", "les", "de", "du", "des", "el", "il", "der", "die", "das", "und", "ii", "iii", "iv", "part", "movie", "film"]
+    [
+        "the",
+        "a",
+        "an",
+        "of",
+        "and",
+        "in",
+        "to",
+        "on",
+        "for",
+        "with",
+        "from",
+        "at",
+        "by",
+        "is",
+        "it",
+        "my",
+        "me",
+        "you",
+        "your",
+        "his",
+        "her",
+        "our",
+        "its",
+        "la",
+        "le",
+        "les",
+        "de",
+        "du",
+        "des",
+        "el",
+        "il",
+        "der",
+        "die",
+        "das",
+        "und",
+        "ii",
+        "iii",
+        "iv",
+        "part",
+        "movie",
+        "film",
+    ]
 )
 _YEAR_SUFFIX = re.compile(r"\s*\(\d{4}\)\s*$")
 
@@ -75,7 +118,7 @@ class TaxonomyParams:
     """Draws z ~ N(0, I) averaged for the population prior."""
 
 
-def item_vectors(model: torch.nn.Module) -> tuple[np.ndarray, str]:
+def item_vectors(model: StrataModel) -> tuple[np.ndarray, str]:
     """I×h decoder item vectors (learned and/or projected public features) and which parts were used."""
     scorer = getattr(model, "dec_items", None)
     if scorer is None:
@@ -102,21 +145,21 @@ def normalise_vectors(vectors: np.ndarray, remove_top: int) -> np.ndarray:
         top = vt[:remove_top]
         x = x - (x @ top.T) @ top
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1.0)
+    return np.asarray(x / np.where(norms > 0, norms, 1.0), dtype=np.float64)
 
 
-def population_prior(model: torch.nn.Module, *, samples: int, seed: int) -> np.ndarray:
-    """E_{z~N(0,I)} softmax(decode(z)): the item distribution of an average user (sums to 1)."""
-    latent = int(model.config.latent_dim)  # type: ignore[union-attr]
+def population_prior(model: StrataModel, *, samples: int, seed: int) -> np.ndarray:
+    """Return E_{z~N(0,I)} softmax(decode(z)): the item distribution of an average user (sums to 1)."""
+    latent = model.config.latent_dim
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(samples, latent, generator=gen)
     with torch.no_grad():
-        probs = torch.softmax(model.decode(z).double(), dim=1).mean(0)  # type: ignore[operator]
+        probs = torch.softmax(model.decode(z).double(), dim=1).mean(0)
     return (probs / probs.sum()).numpy()
 
 
 def _category_seed(seed: int, category: str) -> int:
-    """The clustering seed of one category (below 2**31: scikit-learn takes 32-bit seeds)."""
+    """Return the clustering seed of one category (below 2**31: scikit-learn takes 32-bit seeds)."""
     return make_seed(seed, CLUSTERING, category) % 2**31
 
 
@@ -160,7 +203,7 @@ def _interest(
     tokens: list[set[str]],
     share: np.ndarray,
     params: TaxonomyParams,
-) -> dict:
+) -> JsonDict:
     closeness = x[members] @ centroid
     order = np.lexsort((members, -np.round(closeness, 9)))
     titles = [_short_title(catalog.titles[i]) or catalog.item_ids[i] for i in members[order[: params.n_titles]]]
@@ -181,15 +224,15 @@ def _interest(
 
 
 def taxonomy_from_model(
-    model: torch.nn.Module,
+    model: StrataModel,
     catalog: Catalog,
     *,
     seed: int,
     model_fingerprint: str,
     run_name: str = "",
     params: TaxonomyParams | None = None,
-) -> dict:
-    """The taxonomy of a model over a catalog (no file access); see the module docstring."""
+) -> JsonDict:
+    """Build the taxonomy of a model over a catalog (no file access); see the module docstring."""
     params = params or TaxonomyParams()
     vectors, representation = item_vectors(model)
     if vectors.shape[0] != catalog.n_items:
@@ -203,11 +246,25 @@ def taxonomy_from_model(
     for category in catalog.category_names:
         items = np.array([i for i, cats in enumerate(catalog.categories) if category in cats], dtype=np.int64)
         c = choose_k(
-            x[items], k_max=params.k_max, min_size=params.min_size, seed=_category_seed(seed, category),
+            x[items],
+            k_max=params.k_max,
+            min_size=params.min_size,
+            seed=_category_seed(seed, category),
             min_silhouette=params.min_silhouette,
         )
         interests = [
-            _interest(f"{category}/{j}", category, items[c.labels == j], c.centroids[j], x, items, catalog, tokens, share, params)
+            _interest(
+                f"{category}/{j}",
+                category,
+                items[c.labels == j],
+                c.centroids[j],
+                x,
+                items,
+                catalog,
+                tokens,
+                share,
+                params,
+            )
             for j in range(c.k)
         ]
         categories.append(
@@ -224,7 +281,12 @@ def taxonomy_from_model(
         "format": TAXONOMY_FORMAT,
         "run": run_name,
         "model_fingerprint": model_fingerprint,
-        "params": {**asdict(params), "seed": seed, "representation": representation, "prior": "mean softmax(decode(z)), z~N(0,I)"},
+        "params": {
+            **asdict(params),
+            "seed": seed,
+            "representation": representation,
+            "prior": "mean softmax(decode(z)), z~N(0,I)",
+        },
         "n_items": catalog.n_items,
         "categories": categories,
     }
@@ -232,7 +294,7 @@ def taxonomy_from_model(
     return body
 
 
-def taxonomy_fingerprint(taxonomy: dict) -> str:
+def taxonomy_fingerprint(taxonomy: JsonDict) -> str:
     """SHA-256 of the canonical JSON of a taxonomy without its own fingerprint."""
     body = {k: v for k, v in taxonomy.items() if k != "fingerprint"}
     return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
@@ -243,8 +305,12 @@ def build_taxonomy(run: RunDir, params: TaxonomyParams | None = None) -> JsonDic
     model, manifest, config = run.load_model()
     catalog = load_source(config.data, config.run.seed).catalog  # only the public catalog is used
     taxonomy = taxonomy_from_model(
-        model, catalog, seed=config.run.seed, model_fingerprint=manifest["weights_fingerprint"],
-        run_name=config.run.name, params=params,
+        model,
+        catalog,
+        seed=config.run.seed,
+        model_fingerprint=manifest["weights_fingerprint"],
+        run_name=config.run.name,
+        params=params,
     )
     write_taxonomy(run, taxonomy)
     return taxonomy
@@ -259,7 +325,7 @@ def write_taxonomy(run: RunDir, taxonomy: JsonDict) -> Path:
 
 
 def load_taxonomy(run: RunDir) -> JsonDict:
-    """The run's `taxonomy.json` if it belongs to the run's current model, else build it (lazily)."""
+    """Return the run's `taxonomy.json` if it belongs to the run's current model, else build it (lazily)."""
     taxonomy = run.read_taxonomy()
     if taxonomy is not None:
         return taxonomy
@@ -268,14 +334,18 @@ def load_taxonomy(run: RunDir) -> JsonDict:
     return build_taxonomy(run)
 
 
-def render_tree(taxonomy: dict) -> str:
-    """A readable text tree: L1 categories, their L2 interests with sizes and names."""
+def render_tree(taxonomy: JsonDict) -> str:
+    """Render a readable text tree: L1 categories, their L2 interests with sizes and names."""
     n_l2 = sum(len(c["interests"]) for c in taxonomy["categories"])
     lines = [
-        f"Interest taxonomy of {taxonomy.get('run') or 'run'} · model {taxonomy['model_fingerprint'][:12]}"
-        f" · taxonomy {taxonomy['fingerprint'][:12]}",
-        f"{len(taxonomy['categories'])} L1 categories, {n_l2} L2 interests, {taxonomy['n_items']} items"
-        f" (item vectors: {taxonomy['params']['representation']})",
+        (
+            f"Interest taxonomy of {taxonomy.get('run') or 'run'} · model {taxonomy['model_fingerprint'][:12]}"
+            f" · taxonomy {taxonomy['fingerprint'][:12]}"
+        ),
+        (
+            f"{len(taxonomy['categories'])} L1 categories, {n_l2} L2 interests, {taxonomy['n_items']} items"
+            f" (item vectors: {taxonomy['params']['representation']})"
+        ),
     ]
     for cat in taxonomy["categories"]:
         lines.append(f"{cat['id']} — {cat['n_items']} items, prior {100 * cat['prior_share']:.1f}%")

@@ -1,15 +1,24 @@
-"""Small, deterministic clustering tools in plain numpy: k-means++, silhouette, k selection, AMI.
+"""Deterministic clustering for the interest taxonomy: k-means, silhouette, k selection, AMI.
 
-Used by the server's taxonomy builder (clusters of item vectors within a category) and by the
-tests and benchmarks that check the clusters against planted sub-interests.
+Thin wrappers over scikit-learn (k-means++ / Lloyd, silhouette, AMI) plus Strata's own
+steps: merging clusters below a minimum size and numbering clusters by size. Used by the
+server's taxonomy builder and by the checks against planted sub-interests.
+
+Results depend only on the data and the seed: scikit-learn's Lloyd iterations sum chunks
+in whatever order its OpenMP threads finish, so the fits run on one thread.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from functools import cache
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_mutual_info_score, silhouette_score
+from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped]  # a scikit-learn dependency
 
 
 @dataclass(frozen=True)
@@ -27,58 +36,43 @@ class Clustering:
 
     @property
     def k(self) -> int:
+        """Number of clusters."""
         return int(self.centroids.shape[0])
 
 
+@cache
+def _threads() -> Any:
+    """One controller for the process (finding the thread pools is slow; limiting them is fast)."""
+    return ThreadpoolController()
+
+
 def _sq_dists(x: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """n×k squared Euclidean distances (clipped at 0 against rounding)."""
-    d = (x * x).sum(1)[:, None] - 2.0 * x @ c.T + (c * c).sum(1)[None, :]
-    return np.maximum(d, 0.0)
-
-
-def _kmeans_pp_init(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """k-means++ seeding (Arthur & Vassilvitskii 2007)."""
-    n = x.shape[0]
-    centers = [x[int(rng.integers(n))]]
-    closest = _sq_dists(x, centers[0][None, :])[:, 0]
-    for _ in range(1, k):
-        total = closest.sum()
-        if total <= 0:  # fewer distinct points than k: repeat a point
-            idx = int(rng.integers(n))
-        else:
-            idx = int(rng.choice(n, p=closest / total))
-        centers.append(x[idx])
-        closest = np.minimum(closest, _sq_dists(x, x[idx][None, :])[:, 0])
-    return np.stack(centers)
-
-
-def _lloyd(x: np.ndarray, centers: np.ndarray, max_iter: int) -> tuple[np.ndarray, np.ndarray, float]:
-    labels = np.full(x.shape[0], -1, dtype=np.int64)
-    for _ in range(max_iter):
-        d = _sq_dists(x, centers)
-        new = d.argmin(1)
-        if np.array_equal(new, labels):
-            break
-        labels = new
-        for j in range(centers.shape[0]):
-            members = labels == j
-            if members.any():
-                centers[j] = x[members].mean(0)
-    d = _sq_dists(x, centers)
-    labels = d.argmin(1)
-    return labels, centers, float(d[np.arange(x.shape[0]), labels].sum())
+    """n×k squared Euclidean distances."""
+    return np.asarray(((x[:, None, :] - c[None, :, :]) ** 2).sum(-1), dtype=np.float64)
 
 
 def _canonical(x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Drop empty clusters and renumber by size (descending), ties by first member."""
-    used = [j for j in np.unique(labels)]
-    order = sorted(used, key=lambda j: (-int((labels == j).sum()), int(np.flatnonzero(labels == j)[0])))
-    remap = np.empty(int(labels.max()) + 1, dtype=np.int64)
-    for new, old in enumerate(order):
-        remap[old] = new
+    """Drop empty clusters and renumber by size (descending), ties by first member; with the means."""
+    used, first, counts = np.unique(labels, return_index=True, return_counts=True)
+    order = np.lexsort((first, -counts))  # by size, then by first member
+    remap = np.empty(int(used.max()) + 1, dtype=np.int64)
+    remap[used[order]] = np.arange(len(order))
     out = remap[labels]
-    centroids = np.stack([x[out == j].mean(0) for j in range(len(order))])
-    return out, centroids
+    return out, np.stack([x[out == j].mean(0) for j in range(len(order))])
+
+
+def _kmeans(x: np.ndarray, k: int, *, seed: int, n_init: int, max_iter: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Canonical labels, centroids and inertia of the best of `n_init` k-means++ / Lloyd runs."""
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"kmeans needs a non-empty n×d array, got shape {x.shape}.")
+    if not 1 <= k <= x.shape[0]:
+        raise ValueError(f"kmeans: k={k} must be between 1 and the number of points ({x.shape[0]}).")
+    state = int(np.random.SeedSequence(seed).generate_state(1)[0])  # any seed ≥ 0 (KMeans takes 32 bits)
+    km = KMeans(k, init="k-means++", n_init=n_init, max_iter=max_iter, tol=0.0, algorithm="lloyd", random_state=state)
+    with _threads().limit(limits=1):
+        km.fit(x)
+    labels, centroids = _canonical(x, np.asarray(km.labels_, dtype=np.int64))
+    return labels, centroids, float(km.inertia_)
 
 
 def kmeans(x: np.ndarray, k: int, *, seed: int, n_init: int = 4, max_iter: int = 100) -> Clustering:
@@ -88,45 +82,16 @@ def kmeans(x: np.ndarray, k: int, *, seed: int, n_init: int = 4, max_iter: int =
     return Clustering(labels, centroids, inertia, silhouette(x, labels))
 
 
-def _kmeans(x: np.ndarray, k: int, *, seed: int, n_init: int, max_iter: int) -> tuple[np.ndarray, np.ndarray, float]:
-    if x.ndim != 2 or x.shape[0] == 0:
-        raise ValueError(f"kmeans needs a non-empty n×d array, got shape {x.shape}.")
-    if not 1 <= k <= x.shape[0]:
-        raise ValueError(f"kmeans: k={k} must be between 1 and the number of points ({x.shape[0]}).")
-    rng = np.random.default_rng(seed)
-    best: tuple[float, np.ndarray] | None = None
-    for _ in range(n_init):
-        labels, _, inertia = _lloyd(x, _kmeans_pp_init(x, k, rng), max_iter)
-        if best is None or inertia < best[0] - 1e-12:
-            best = (inertia, labels)
-    assert best is not None
-    labels, centroids = _canonical(x, best[1])
-    return labels, centroids, best[0]
+def silhouette(x: ArrayLike, labels: ArrayLike) -> float:
+    """Mean Euclidean silhouette (Rousseeuw 1987); points alone in their cluster score 0.
 
-
-def silhouette(x: np.ndarray, labels: np.ndarray) -> float:
-    """Mean silhouette coefficient (Rousseeuw 1987), Euclidean; 0.0 when there is one cluster.
-
-    Points alone in their cluster score 0, as in the usual definition.
+    0.0 when there is one cluster (or every point is its own cluster).
     """
-    x = np.asarray(x, dtype=np.float64)
     labels = np.asarray(labels)
-    ks = np.unique(labels)
-    if len(ks) < 2:
+    if not 2 <= len(np.unique(labels)) < len(labels):
         return 0.0
-    d = np.sqrt(_sq_dists(x, x))
-    onehot = (labels[:, None] == ks[None, :]).astype(np.float64)
-    sizes = onehot.sum(0)
-    sums = d @ onehot  # n×k: distance of each point to all members of each cluster
-    own = np.searchsorted(ks, labels)
-    n = x.shape[0]
-    own_size = sizes[own]
-    a = np.where(own_size > 1, sums[np.arange(n), own] / np.maximum(own_size - 1, 1), 0.0)
-    other = sums / sizes[None, :]
-    other[np.arange(n), own] = np.inf
-    b = other.min(1)
-    s = np.where(own_size > 1, (b - a) / np.maximum(np.maximum(a, b), 1e-12), 0.0)
-    return float(s.mean())
+    with _threads().limit(limits=1):
+        return float(silhouette_score(np.asarray(x, dtype=np.float64), labels, metric="euclidean"))
 
 
 def _merge_small(x: np.ndarray, labels: np.ndarray, min_size: int) -> np.ndarray:
@@ -161,9 +126,8 @@ def choose_k(
     """
     x = np.asarray(x, dtype=np.float64)
     n = x.shape[0]
-    single_labels = np.zeros(n, dtype=np.int64)
-    single = Clustering(single_labels, x.mean(0, keepdims=True), float(((x - x.mean(0)) ** 2).sum()), 0.0)
-    best = single
+    mean = x.mean(0, keepdims=True)
+    best = Clustering(np.zeros(n, dtype=np.int64), mean, float(((x - mean) ** 2).sum()), 0.0)
     for k in range(2, min(k_max, n // max(min_size, 1)) + 1):
         labels, _, _ = _kmeans(x, k, seed=seed + k, n_init=n_init, max_iter=100)
         labels = _merge_small(x, labels, min_size)
@@ -172,62 +136,23 @@ def choose_k(
         labels, centroids = _canonical(x, labels)
         score = silhouette(x, labels)
         if score > best.silhouette + 1e-12 and score >= min_silhouette:
-            inertia = float(_sq_dists(x, centroids)[np.arange(n), labels].sum())
+            inertia = float(((x - centroids[labels]) ** 2).sum())
             best = Clustering(labels, centroids, inertia, score)
     return best
 
 
-def _entropy(counts: np.ndarray) -> float:
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log(p)).sum())
-
-
-def mutual_information(a: np.ndarray, b: np.ndarray) -> float:
-    """Mutual information (nats) between two labelings of the same points."""
-    _, ai = np.unique(np.asarray(a), return_inverse=True)
-    _, bi = np.unique(np.asarray(b), return_inverse=True)
-    table = np.zeros((ai.max() + 1, bi.max() + 1))
-    np.add.at(table, (ai, bi), 1.0)
-    n = table.sum()
-    row, col = table.sum(1), table.sum(0)
-    nz = table > 0
-    return float((table[nz] / n * np.log(n * table[nz] / np.outer(row, col)[nz])).sum())
-
-
-def expected_mutual_information(row: np.ndarray, col: np.ndarray) -> float:
-    """E[MI] between random labelings with the given cluster sizes (hypergeometric model, Vinh et al. 2010)."""
-    n = int(row.sum())
-    lg = [math.lgamma(i + 1) for i in range(n + 1)]  # log factorials
-    emi = 0.0
-    for ai in row.astype(int):
-        for bj in col.astype(int):
-            for nij in range(max(1, ai + bj - n), min(ai, bj) + 1):
-                term = nij / n * math.log(n * nij / (ai * bj))
-                logp = (
-                    lg[ai] + lg[bj] + lg[n - ai] + lg[n - bj]
-                    - lg[n] - lg[nij] - lg[ai - nij] - lg[bj - nij] - lg[n - ai - bj + nij]
-                )
-                emi += term * math.exp(logp)
-    return emi
-
-
-def adjusted_mutual_information(a: np.ndarray, b: np.ndarray) -> float:
-    """AMI = (MI − E[MI]) / (mean(H(a), H(b)) − E[MI]), arithmetic mean (scikit-learn's default).
+def adjusted_mutual_information(a: ArrayLike, b: ArrayLike) -> float:
+    """AMI with the arithmetic-mean normaliser (Vinh et al. 2010; scikit-learn's default).
 
     1 for identical partitions (up to renaming), about 0 for independent ones. When both
-    labelings are a single cluster the partitions agree and the result is 1.
+    labelings are a single cluster (or both all singletons) they agree and the result is 1.
     """
     a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape or a.ndim != 1:
         raise ValueError(f"AMI needs two 1-D labelings of equal length, got {a.shape} and {b.shape}.")
-    _, ai = np.unique(a, return_inverse=True)
-    _, bi = np.unique(b, return_inverse=True)
-    row, col = np.bincount(ai).astype(float), np.bincount(bi).astype(float)
-    if len(row) == len(col) == 1 or len(row) == len(col) == len(a):
+    ai = np.unique(a, return_inverse=True)[1].reshape(-1)
+    bi = np.unique(b, return_inverse=True)[1].reshape(-1)
+    ka, kb = int(ai.max(initial=-1)) + 1, int(bi.max(initial=-1)) + 1
+    if ka == kb == len(a):  # scikit-learn returns ≈0 (0/eps) for two all-singleton labelings
         return 1.0
-    mi = mutual_information(ai, bi)
-    emi = expected_mutual_information(row, col)
-    denom = 0.5 * (_entropy(row) + _entropy(col)) - emi
-    if abs(denom) < 1e-15:
-        return 0.0
-    return float((mi - emi) / denom)
+    return float(adjusted_mutual_info_score(ai, bi, average_method="arithmetic"))

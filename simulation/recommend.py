@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from client.recommend import JsonDict, recommend
+from client.recommend import recommend
 from server.taxonomy import load_taxonomy
 from shared.data.source import load_source
 from shared.data.split import split_configured
 from shared.interests import InterestIndex
-from shared.run_dir import RunDir
+from shared.run_dir import JsonDict, RunDir
 
 
 class UnknownUserError(ValueError):
