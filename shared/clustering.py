@@ -18,7 +18,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_mutual_info_score, silhouette_score
-from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped]  # a scikit-learn dependency
+from threadpoolctl import ThreadpoolController
 
 
 @dataclass(frozen=True)
