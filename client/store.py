@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from shared.config import StrataConfig
+from shared.data.csv_loader import load_csv
 from shared.data.source import load_source
 from shared.data.split import UserRatings, split_configured
 from shared.data.topology import partition_users
@@ -80,8 +81,6 @@ def simulation_store(config: StrataConfig, partition_id: int) -> DeviceStore:
 
 def deployed_store(config: StrataConfig, node_config: JsonDict) -> DeviceStore:
     """Return the store of a real device: its own ratings file and the public catalog."""
-    from shared.data.csv_loader import load_csv
-
     if "data-path" not in node_config:
         raise ValueError("node config has no 'data-path': start the SuperNode with --node-config \"data-path='...'\".")
     catalog = node_config.get("catalog-path")
