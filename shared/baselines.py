@@ -31,6 +31,7 @@ def bias_only(users: list[UserRatings], n_items: int, *, damping: float = 5.0, i
 
 
 def global_mean(users: list[UserRatings]) -> MetricSums:
+    """Predict every held-out rating as the mean train rating."""
     mu = np.concatenate([u.train_ratings for u in users]).mean()
     truth = np.concatenate([u.test_ratings for u in users])
     return rating_sums(np.full(len(truth), mu), truth)

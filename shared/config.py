@@ -17,6 +17,8 @@ Scalar = bool | int | float | str
 
 @dataclass(frozen=True)
 class DataConfig:
+    """Where the ratings come from and how they are split."""
+
     source: str = "synthetic"
     """`ml-100k` (fetched into the cache), `synthetic`, a MovieLens directory, or a CSV file."""
     catalog: str = ""
@@ -45,6 +47,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """Shape and loss weights of the Mult-VAE recommender."""
+
     hidden_dim: int = 600
     """Width of the Mult-VAE encoder/decoder hidden layer (600 in Liang et al.)."""
     latent_dim: int = 200
@@ -83,6 +87,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Optimiser settings of central and client-side training."""
+
     epochs: int = 50
     """Central training epochs."""
     batch_size: int = 100
@@ -104,6 +110,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class PrivacyConfig:
+    """Differential-privacy mode, noise and budgets."""
+
     mode: Literal["off", "local", "central", "local+central"] = "off"
     """`local`: Opacus DP-SGD inside each client; `central`: user-level DP-FedAvg on the
     server (McMahan et al. 2018); `local+central`: both. The privacy unit is one user."""
@@ -180,6 +188,8 @@ class PrivacyConfig:
 
 @dataclass(frozen=True)
 class FederationConfig:
+    """Topology, rounds and server aggregation of federated training."""
+
     topology: Literal["device", "hub"] = "hub"
     """`device`: one user per client; `hub`: users spread over num-hubs edge hubs."""
     num_hubs: int = 10
@@ -221,6 +231,8 @@ class FederationConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
+    """Name, seed and output directory of a run."""
+
     name: str = "run"
     seed: int = 0
     out: str = ""
@@ -229,6 +241,8 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class StrataConfig:
+    """The whole configuration of one run, one section per concern."""
+
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -238,6 +252,7 @@ class StrataConfig:
 
     @property
     def run_dir(self) -> Path:
+        """Return the run directory (`run.out`, else `runs/<name>`)."""
         return Path(self.run.out or f"runs/{self.run.name}")
 
     def to_flat(self) -> dict[str, Scalar]:
@@ -249,6 +264,7 @@ class StrataConfig:
         return flat
 
     def to_nested(self) -> dict[str, dict[str, Scalar]]:
+        """Return `{section: {dashed-key: value}}`, the shape of a TOML preset."""
         out: dict[str, dict[str, Scalar]] = {}
         for key, value in self.to_flat().items():
             sec, name = key.split(".", 1)
@@ -256,7 +272,7 @@ class StrataConfig:
         return out
 
     def replace(self, overrides: dict[str, Any]) -> StrataConfig:
-        """A copy with `section.key` overrides applied (values parsed and type-checked)."""
+        """Return a copy with `section.key` overrides applied (values parsed and type-checked)."""
         return from_flat({**self.to_flat(), **overrides})
 
 
@@ -351,7 +367,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def config_from_run_config(run_config: dict[str, Any]) -> StrataConfig:
-    """The typed config from Flower's `context.run_config` (flat, dashed keys)."""
+    """Build the typed config from Flower's `context.run_config` (flat, dashed keys)."""
     return from_flat(dict(run_config))
 
 

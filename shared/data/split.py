@@ -100,7 +100,9 @@ def split_users(
     return out
 
 
-def split_configured(data: RatingsData, config: DataConfig, seed: int, users: np.ndarray | None = None) -> list[UserRatings]:
+def split_configured(
+    data: RatingsData, config: DataConfig, seed: int, users: np.ndarray | None = None
+) -> list[UserRatings]:
     """`split_users` with the split settings of a data config."""
     return split_users(
         data,

@@ -14,7 +14,7 @@ import numpy as np
 
 from .types import Catalog, LoadReport, RatingsData
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 SECOND_CATEGORY_P = 0.1
 """Probability that an item also carries a second, random category."""
@@ -130,7 +130,7 @@ def make_synthetic(
         report=LoadReport(source=name, rows_read=len(users)),
         timestamps=timestamps.astype(np.int64),
     )
-    logger.info(
+    log.info(
         "Made %s: %d users, %d items, %d ratings, %d sub-interests",
         name,
         n_users,

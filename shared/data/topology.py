@@ -23,7 +23,7 @@ def top_category(data: RatingsData) -> np.ndarray:
             item_cat[i, index[c]] = 1.0 / len(cats)
     counts = np.zeros((data.n_users, item_cat.shape[1]))
     np.add.at(counts, data.users, item_cat[data.items])
-    top = counts.argmax(axis=1)
+    top: np.ndarray = counts.argmax(axis=1)
     top[counts.sum(axis=1) == 0] = -1
     return top
 

@@ -28,6 +28,7 @@ class Catalog:
 
     @property
     def n_items(self) -> int:
+        """Return the number of items in the catalog."""
         return len(self.item_ids)
 
     @property
@@ -46,6 +47,7 @@ class LoadReport:
     """Reason -> number of rows skipped for that reason."""
 
     def summary(self) -> str:
+        """Return one line: rows read, then rows skipped per reason."""
         parts = [f"{self.source}: {self.rows_read} rows read"]
         for reason, n in sorted(self.skipped.items()):
             parts.append(f"{n} skipped ({reason})")
@@ -80,12 +82,15 @@ class RatingsData:
 
     @property
     def n_users(self) -> int:
+        """Return the number of users."""
         return len(self.user_ids)
 
     @property
     def n_items(self) -> int:
+        """Return the number of items (the catalog's)."""
         return self.catalog.n_items
 
     @property
     def n_ratings(self) -> int:
+        """Return the number of ratings."""
         return len(self.users)

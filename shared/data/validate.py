@@ -18,7 +18,7 @@ from .errors import DataError
 from .movielens import load_movielens
 from .types import LoadReport, RatingsData
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 MIN_USER_RATINGS = 5
 
@@ -43,6 +43,7 @@ class ValidationResult:
     items_without_ratings: int = 0
 
     def summary(self) -> str:
+        """Return a readable report: one headline, then the load report, problems and warnings."""
         head = (
             f"{self.path}: {'OK' if self.ok else 'PROBLEMS'} - {self.n_users} users, {self.n_items} items, "
         )
@@ -58,7 +59,7 @@ class ValidationResult:
 
 
 def find_catalog(ratings_csv: Path) -> Path | None:
-    """The catalog CSV that belongs next to a ratings CSV: `<stem>_catalog.csv`, else `items.csv`."""
+    """Return the catalog CSV that belongs next to a ratings CSV: `<stem>_catalog.csv`, else `items.csv`."""
     for candidate in (
         ratings_csv.with_name(f"{ratings_csv.stem}_catalog.csv"),
         ratings_csv.with_name("items.csv"),
@@ -85,7 +86,7 @@ def validate_path(path: str | Path, *, min_user_ratings: int = MIN_USER_RATINGS)
     if data is not None:
         _summarise(data, result, min_user_ratings)
     result.ok = not result.problems
-    logger.info("%s", result.summary())
+    log.info("%s", result.summary())
     return result
 
 

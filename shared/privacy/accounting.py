@@ -20,8 +20,9 @@ PLD_DISCRETIZATION = 1e-4
 
 
 def default_delta(n_users: int) -> float:
-    """δ = 1 / N^1.1 (DESIGN.md §4)."""
-    return 1.0 / (max(n_users, 1) ** 1.1)
+    """Return δ = 1 / N^1.1 (DESIGN.md §4)."""
+    delta: float = 1.0 / (max(n_users, 1) ** 1.1)
+    return delta
 
 
 def _event(noise_multiplier: float, sample_rate: float, steps: int) -> dp_accounting.DpEvent:
@@ -54,7 +55,7 @@ def _epsilon(groups: tuple[tuple[float, float, int], ...], delta: float, account
 
 
 def epsilon_of(entries: Iterable[LedgerEntry], delta: float, accountant: str = "pld") -> float:
-    """ε(δ) of the composition of every entry, by the named accountant."""
+    """Return ε(δ) of the composition of every entry, by the named accountant."""
     if not 0 < delta < 1:
         raise ValueError(f"delta must be in (0, 1), got {delta}.")
     return _epsilon(_grouped(entries), delta, accountant)
@@ -70,7 +71,7 @@ def calibrate_noise_multiplier(
     tolerance: float = 0.01,
     prior: Iterable[LedgerEntry] = (),
 ) -> float:
-    """Smallest σ (within `tolerance` relative) such that the `prior` entries plus `steps`
+    """Find the smallest σ (within `tolerance` relative) such that the `prior` entries plus `steps`
     subsampled Gaussian steps with σ spend at most `target_epsilon` in total.
 
     Unlike Opacus' `make_private_with_epsilon`, what was already spent counts.

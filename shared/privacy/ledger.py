@@ -71,38 +71,46 @@ class LedgerEntry:
         cls, *, noise_multiplier: float, sample_rate: float, steps: int, max_grad_norm: float,
         run_id: str, round: int, client: str,
     ) -> LedgerEntry:
-        """`steps` DP-SGD steps of a client (or of the central reference)."""
+        """Build the entry of `steps` DP-SGD steps of a client (or of the central reference)."""
         return cls(
             mechanism="dp-sgd", noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps,
             run_id=run_id, round=round, client=client, max_grad_norm=max_grad_norm,
         )
 
     @classmethod
-    def dp_fedavg(cls, *, noise_multiplier: float, sample_rate: float, clip: float, run_id: str, round: int) -> LedgerEntry:
-        """One round of the server's DP-FedAvg."""
+    def dp_fedavg(
+        cls, *, noise_multiplier: float, sample_rate: float, clip: float, run_id: str, round: int
+    ) -> LedgerEntry:
+        """Build the entry of one round of the server's DP-FedAvg."""
         return cls(
             mechanism="dp-fedavg", noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=1,
             run_id=run_id, round=round, client=SERVER, max_grad_norm=clip,
         )
 
     @classmethod
-    def gaussian_sum(cls, *, noise_multiplier: float, bound: float, run_id: str, round: int, holder: str) -> LedgerEntry:
-        """One Gaussian release of a sum of per-user vectors of L2 norm at most `bound`."""
+    def gaussian_sum(
+        cls, *, noise_multiplier: float, bound: float, run_id: str, round: int, holder: str
+    ) -> LedgerEntry:
+        """Build the entry of one Gaussian release of a sum of per-user vectors of L2 norm at most `bound`."""
         return cls(
             mechanism="gaussian-sum", noise_multiplier=noise_multiplier, sample_rate=1.0, steps=1,
             run_id=run_id, round=round, client=holder, max_grad_norm=bound,
         )
 
     def dp_event(self) -> dp_accounting.DpEvent:
-        """The entry as a dp-accounting event: `steps` Poisson-subsampled Gaussian steps."""
-        step = dp_accounting.PoissonSampledDpEvent(self.sample_rate, dp_accounting.GaussianDpEvent(self.noise_multiplier))
+        """Return the entry as a dp-accounting event: `steps` Poisson-subsampled Gaussian steps."""
+        step = dp_accounting.PoissonSampledDpEvent(
+            self.sample_rate, dp_accounting.GaussianDpEvent(self.noise_multiplier)
+        )
         return dp_accounting.SelfComposedDpEvent(step, self.steps)
 
     def to_json(self) -> str:
+        """Return the entry as one JSON line (sorted keys)."""
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LedgerEntry:
+        """Build an entry from its JSON form; unknown fields are a `LedgerError`."""
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -119,6 +127,7 @@ class Ledger:
 
     @property
     def entries(self) -> tuple[LedgerEntry, ...]:
+        """Return the entries recorded so far, oldest first."""
         return tuple(self._entries)
 
     def __len__(self) -> int:
@@ -140,10 +149,12 @@ class Ledger:
         return cls(read_entries(path) if path.exists() else [], path)
 
     def to_lines(self) -> list[str]:
+        """Return the entries as JSON lines (for Flower's `context.state`)."""
         return [e.to_json() for e in self._entries]
 
     @classmethod
     def from_lines(cls, lines: list[str], path: Path | None = None) -> Ledger:
+        """Parse JSON lines into a ledger (file-backed at `path` when given)."""
         return cls([_parse(line, str(path or "<state>"), n) for n, line in enumerate(lines, 1)], path)
 
 
@@ -155,5 +166,6 @@ def _parse(line: str, where: str, lineno: int) -> LedgerEntry:
 
 
 def read_entries(path: Path) -> list[LedgerEntry]:
+    """Read the entries of a ledger file, skipping blank lines."""
     lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
     return [_parse(line, str(path), n) for n, line in enumerate(lines, 1)]

@@ -28,33 +28,36 @@ CENSUS_TOP_K = 3
 
 
 def bounded_rows(rows: np.ndarray, bound: float) -> np.ndarray:
-    """Each row scaled down to L2 norm at most `bound` (rows already within it are unchanged)."""
+    """Scale each row down to L2 norm at most `bound` (rows already within it are unchanged)."""
     if bound <= 0:
         raise ValueError(f"the L2 bound of a release must be positive, got {bound}.")
     rows = np.asarray(rows, dtype=np.float64)
     norms = np.linalg.norm(rows, axis=1, keepdims=True)
     scale = np.minimum(1.0, bound / np.maximum(norms, 1e-300))
-    return rows * scale
+    scaled: np.ndarray = rows * scale
+    return scaled
 
 
 def gaussian_noise(size: int, std: float) -> np.ndarray:
-    """N(0, std²) per coordinate from a generator seeded by the OS."""
+    """Draw N(0, std²) per coordinate from a generator seeded by the OS."""
     return np.random.default_rng(secrets.randbits(128)).normal(0.0, std, size=size)
 
 
 def release_entry(*, noise_multiplier: float, bound: float, run_id: str, server_round: int, holder: str) -> LedgerEntry:
-    """The ledger entry of one release by `holder` (a client id, "server" or "central")."""
-    return LedgerEntry.gaussian_sum(noise_multiplier=noise_multiplier, bound=bound, run_id=run_id, round=server_round, holder=holder)
+    """Return the ledger entry of one release by `holder` (a client id, "server" or "central")."""
+    return LedgerEntry.gaussian_sum(
+        noise_multiplier=noise_multiplier, bound=bound, run_id=run_id, round=server_round, holder=holder
+    )
 
 
 def popularity_rows(positives: np.ndarray) -> np.ndarray:
-    """Per-user popularity contributions: the binary positives row scaled to unit L2 norm
+    """Return per-user popularity contributions: the binary positives row scaled to unit L2 norm
     (a user with n positives adds 1/√n to each of them)."""
     return bounded_rows(positives, 1.0) if len(positives) else np.zeros_like(positives, dtype=np.float64)
 
 
 def census_rows(shares: np.ndarray, k: int = CENSUS_TOP_K) -> np.ndarray:
-    """Per-user census contributions: 1 for each of the user's top-k interests with a
+    """Return per-user census contributions: 1 for each of the user's top-k interests with a
     positive share, 0 elsewhere (L2 norm ≤ √k)."""
     shares = np.asarray(shares, dtype=np.float64)
     out = np.zeros_like(shares)
@@ -67,16 +70,17 @@ def census_rows(shares: np.ndarray, k: int = CENSUS_TOP_K) -> np.ndarray:
 
 
 def bias_from_popularity(noisy_sum: np.ndarray, smoothing: float = 1.0) -> np.ndarray:
-    """Decoder item bias from a (noisy) popularity sum: log(max(c, 0) + smoothing), centred.
+    """Compute the decoder item bias from a (noisy) popularity sum: log(max(c, 0) + smoothing), centred.
 
     Post-processing of the DP release: costs no privacy.
     """
     b = np.log(np.maximum(noisy_sum, 0.0) + smoothing)
-    return (b - b.mean()).astype(np.float32)
+    centred: np.ndarray = (b - b.mean()).astype(np.float32)
+    return centred
 
 
 def noise_holder(mode: str) -> str:
-    """Who adds a release's noise under privacy `mode`: each client over its own users when
+    """Return who adds a release's noise under privacy `mode`: each client over its own users when
     clients do not trust the server (`local`, `local+central`), the server over the sum under
     `central`, nobody with privacy `off` (the exact sum; no guarantee is claimed)."""
     if mode in ("local", "local+central"):
@@ -87,19 +91,19 @@ def noise_holder(mode: str) -> str:
 
 
 def release_bound(kind: str) -> float:
-    """L2 bound of one user's contribution to a release of `kind`."""
+    """Return the L2 bound of one user's contribution to a release of `kind`."""
     if kind not in KINDS:
         raise ValueError(f"unknown release {kind!r}; known: {', '.join(KINDS)}.")
     return 1.0 if kind == POPULARITY else float(np.sqrt(CENSUS_TOP_K))
 
 
 def release_round(kind: str, config: StrataConfig) -> int:
-    """The round a release is recorded under: 0 before training, rounds + 1 after it."""
+    """Return the round a release is recorded under: 0 before training, rounds + 1 after it."""
     return 0 if kind == POPULARITY else config.federation.rounds + 1
 
 
 def planned_releases(config: StrataConfig, *, run_id: str, holder: str, server: bool) -> list[LedgerEntry]:
-    """The release entries `holder` (a client, or the server when `server`) writes in this run
+    """Return the release entries `holder` (a client, or the server when `server`) writes in this run
     (popularity prior, census): counted when noise is calibrated to a target ε, so that the
     target holds with them included."""
     who = noise_holder(config.privacy.mode)
