@@ -41,7 +41,7 @@ from shared.data.source import load_source
 from shared.data.split import split_configured
 from shared.data.types import Catalog, LoadReport, RatingsData
 from shared.privacy.accounting import default_delta
-from shared.run_dir import RunDir
+from shared.run_dir import JsonDict, RunDir
 from shared.seeds import CANARIES, make_rng
 
 from .central import run_central
@@ -70,6 +70,7 @@ class Canaries:
 
     @property
     def m(self) -> int:
+        """Return the number of canaries."""
         return len(self.user_ids)
 
 
@@ -99,7 +100,7 @@ def audit_p_value(*, m: int, guesses: int, correct: int, epsilon: float, delta: 
 def epsilon_lower_bound(
     *, m: int, guesses: int, correct: int, delta: float, confidence: float, tol: float = 1e-6
 ) -> float:
-    """The largest ε that `correct` right guesses out of `guesses` reject at `confidence` (0 if none)."""
+    """Return the largest ε that `correct` right guesses out of `guesses` reject at `confidence` (0 if none)."""
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1); got {confidence}.")
     alpha = 1.0 - confidence
@@ -139,7 +140,7 @@ def bound_from_scores(
     delta: float,
     confidence: float,
     guesses: int | None = None,
-) -> dict:
+) -> JsonDict:
     """Guess members (top k scores) and non-members (bottom k) for each k in the grid; the best
     Bonferroni-corrected ε lower bound, with every grid point's figures."""
     scores, included = np.asarray(scores, dtype=np.float64), np.asarray(included, dtype=bool)
@@ -185,7 +186,7 @@ def bound_from_scores(
 
 
 def draw_coins(m: int, rng: random.Random | None = None) -> np.ndarray:
-    """m fair inclusion coins from OS randomness (`secrets`) unless `rng` is given (tests)."""
+    """Draw `m` fair inclusion coins from OS randomness (`secrets`) unless `rng` is given (tests)."""
     source = rng if rng is not None else secrets.SystemRandom()
     return np.fromiter((source.random() < 0.5 for _ in range(m)), dtype=bool, count=m)
 
@@ -199,7 +200,7 @@ def make_canaries(
     rating: float | None = None,
     coins: random.Random | None = None,
 ) -> Canaries:
-    """m canary users, each rating k distinct items drawn uniformly from the catalog.
+    """Make `m` canary users, each rating `k` distinct items drawn uniformly from the catalog.
 
     Profiles come from `seed` (reproducible, public to the auditor); inclusion coins from OS
     randomness. Rating defaults to the data's highest rating, so every canary item is a positive.
@@ -303,7 +304,7 @@ def run_audit(
     canary_items: int = 20,
     guesses: int | None = None,
     pipeline: Pipeline = "federated",
-) -> dict:
+) -> JsonDict:
     """Insert `canaries` canary users (each with probability ½), train once, and bound ε from below.
 
     Writes out/data/ (the training data), out/run/ (the run) and out/audit.json; returns the latter.
@@ -349,7 +350,7 @@ def run_audit(
     reported = float(summary.get("epsilon", 0.0))
     private = run_config.privacy.mode != "off"
     passed = bool(bound["epsilon_lower_bound"] <= reported) if private else None
-    result = {
+    result: JsonDict = {
         "method": "one-run canary audit (Steinke, Nasr & Jagielski 2023), guesses on top/bottom scores",
         "score": "log-likelihood of the canary's training items given them as input (final model, eval mode)",
         **{key: bound[key] for key in ("m", "r", "guesses_per_side", "correct", "epsilon_lower_bound",
@@ -382,34 +383,45 @@ def run_audit(
     return result
 
 
-def _verdict(bound: dict, reported: float, confidence: float, passed: bool | None) -> str:
+def _verdict(bound: JsonDict, reported: float, confidence: float, passed: bool | None) -> str:
     eps, delta, conf = bound["epsilon_lower_bound"], bound["delta"], f"{confidence:.0%} confidence"
     if passed is None:
         if eps > 0:
-            return f"privacy off: no ε is claimed; the audit detects membership, ε ≥ {eps:.3f} at δ = {delta:.3g}, {conf}."
+            return (
+                f"privacy off: no ε is claimed; the audit detects membership, ε ≥ {eps:.3f} at δ = {delta:.3g}, "
+                f"{conf}."
+            )
         if bound["epsilon_lower_bound_delta0"] > 0:
             return (
-                f"privacy off: no ε is claimed; membership is detected at δ = 0 (ε ≥ {bound['epsilon_lower_bound_delta0']:.3f}) "
+                "privacy off: no ε is claimed; membership is detected at δ = 0 "
+                f"(ε ≥ {bound['epsilon_lower_bound_delta0']:.3f}) "
                 f"but the δ term 2·m·δ = {2 * bound['m'] * delta:.3g} swamps it: set a smaller privacy.delta."
             )
         return f"privacy off: no ε is claimed, yet no membership is detected ({conf}): the audit has no power here."
     if passed:
-        return f"PASS: the lower bound ε ≥ {eps:.3f} is at most the reported ε = {reported:.3f} (δ = {delta:.3g}, {conf})."
+        return (
+            f"PASS: the lower bound ε ≥ {eps:.3f} is at most the reported ε = {reported:.3f} "
+            f"(δ = {delta:.3g}, {conf})."
+        )
     return (
         f"FAIL: the lower bound ε ≥ {eps:.3f} exceeds the reported ε = {reported:.3f} (δ = {delta:.3g}, {conf}): "
         "the training leaks more than its accounting claims."
     )
 
 
-def format_audit(result: dict) -> str:
-    """A few readable lines: the guesses, the bound and the verdict."""
+def format_audit(result: JsonDict) -> str:
+    """Format an audit result as a few readable lines: the guesses, the bound and the verdict."""
     lines = [
-        f"Audit of {result['run_dir']}: {result['m']} canaries ({result['canaries_included']} included), "
-        f"{result['r']} guesses ({result['guesses_per_side']} per side), {result['correct']} correct "
-        f"({result['accuracy']:.0%})",
-        f"ε lower bound {result['epsilon_lower_bound']:.3f} at δ = {result['delta']:.3g} "
-        f"({result['epsilon_lower_bound_delta0']:.3f} at δ = 0), {result['confidence']:.0%} confidence, "
-        f"{result['selection']}",
+        (
+            f"Audit of {result['run_dir']}: {result['m']} canaries ({result['canaries_included']} included), "
+            f"{result['r']} guesses ({result['guesses_per_side']} per side), {result['correct']} correct "
+            f"({result['accuracy']:.0%})"
+        ),
+        (
+            f"ε lower bound {result['epsilon_lower_bound']:.3f} at δ = {result['delta']:.3g} "
+            f"({result['epsilon_lower_bound_delta0']:.3f} at δ = 0), {result['confidence']:.0%} confidence, "
+            f"{result['selection']}"
+        ),
     ]
     if result["reported_epsilon"] is not None:
         lines.append(f"reported ε {result['reported_epsilon']:.3f}")

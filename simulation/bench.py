@@ -20,13 +20,16 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
 
 from server.html_parts import line_chart
 from shared.baselines import bias_only, global_mean, popularity
 from shared.config import load_config
 from shared.data.source import load_source
 from shared.data.split import split_configured
-from shared.run_dir import RunDir
+from shared.run_dir import JsonDict, RunDir
 
 from .central import run_central
 from .layer_eval import evaluate_layers, planted_ami
@@ -37,6 +40,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Row:
+    """One benchmark row: a preset run by `strata central`/`strata simulate` (or a baseline), over seeds."""
+
     key: str
     label: str
     preset: str
@@ -51,7 +56,10 @@ class Row:
 ROWS = (
     Row("popularity", "Popularity (train positives)", "configs/ml100k-central.toml", "baseline"),
     Row("central", "Central Mult-VAE 600/200 (no DP)", "configs/ml100k-central.toml", "central", layers=True),
-    Row("fed-device", "Federated, `device`: 943 clients, 10%/round (no DP)", "configs/ml100k-device.toml", "simulate", layers=True),
+    Row(
+        "fed-device", "Federated, `device`: 943 clients, 10%/round (no DP)", "configs/ml100k-device.toml", "simulate",
+        layers=True,
+    ),
     Row("fed-hub", "Federated, `hub`: 10 IID hubs (no DP)", "configs/ml100k-hub.toml", "simulate", layers=True),
     Row("fed-hub-dp", "Federated, `hub`: 4 hubs + local DP-SGD, ε = 8 (the demo)", "configs/demo.toml", "simulate"),
     Row(
@@ -83,8 +91,21 @@ def _frontier_rows() -> tuple[Row, ...]:
     for mode, (preset, key, label) in FRONTIER_MODES.items():
         for eps in FRONTIER_EPSILONS:
             name = "inf" if math.isinf(eps) else f"{eps:g}"
-            overrides = ('privacy.mode="off"',) if math.isinf(eps) else (f"{key}={eps}", f"privacy.release-noise-multiplier={RELEASE_Z[eps]}")
-            rows.append(Row(f"frontier-{mode}-eps{name}", f"{label}, ε = {'∞' if math.isinf(eps) else name}", preset, "simulate", overrides, eps))
+            overrides = (
+                ('privacy.mode="off"',)
+                if math.isinf(eps)
+                else (f"{key}={eps}", f"privacy.release-noise-multiplier={RELEASE_Z[eps]}")
+            )
+            rows.append(
+                Row(
+                    f"frontier-{mode}-eps{name}",
+                    f"{label}, ε = {'∞' if math.isinf(eps) else name}",
+                    preset,
+                    "simulate",
+                    overrides,
+                    eps,
+                )
+            )
     return tuple(rows)
 
 
@@ -93,7 +114,7 @@ ALL_ROWS = ROWS + FRONTIER
 QUICK_PRESET = "configs/smoke.toml"
 
 
-def _run_one(row: Row, seed: int, runs_dir: Path, quick: bool) -> dict:
+def _run_one(row: Row, seed: int, runs_dir: Path, quick: bool) -> JsonDict:
     preset = QUICK_PRESET if quick and row.kind != "baseline" else row.preset
     overrides = [*row.overrides, f"run.seed={seed}", f'run.out="{runs_dir / f"{row.key}-s{seed}"}"']
     if quick:
@@ -124,7 +145,7 @@ def _run_one(row: Row, seed: int, runs_dir: Path, quick: bool) -> dict:
         trained = sum(x["train"].get("clients", 0) for x in lines)
         clients_per_s = trained / summary["wall_s"]
     ev = summary["final_eval"]
-    out = {
+    out: JsonDict = {
         "ndcg@100": ev["ndcg@100"], "recall@20": ev["recall@20"], "rmse": ev["rmse"],
         "wall_s": summary["wall_s"], "clients_per_s": clients_per_s,
         "epsilon": max(summary["epsilon"], summary.get("central_epsilon", 0.0)),
@@ -134,7 +155,7 @@ def _run_one(row: Row, seed: int, runs_dir: Path, quick: bool) -> dict:
     return out
 
 
-def _layer_metrics(run: RunDir) -> dict:
+def _layer_metrics(run: RunDir) -> JsonDict:
     metrics = evaluate_layers(run)
     if run.read_config().data.source == "synthetic":
         metrics.update(planted_ami(run))
@@ -142,7 +163,7 @@ def _layer_metrics(run: RunDir) -> dict:
     return metrics
 
 
-def _remeasure_layers(results: dict[str, list[dict]], runs_dir: Path) -> None:
+def _remeasure_layers(results: dict[str, list[JsonDict]], runs_dir: Path) -> None:
     """Layer metrics of the runs already in `runs_dir` (no retraining), into `results`."""
     for row in ROWS:
         for seed, result in enumerate(results.get(row.key, [])):
@@ -173,51 +194,68 @@ def _median(values: list[float | None], digits: int = 1) -> str:
 def _machine() -> str:
     mem = ""
     try:
-        kb = int(next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal")).split()[1])
+        kb = int(
+            next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal")).split()[1]
+        )
         mem = f", {kb / 2**20:.0f} GiB RAM"
     except (OSError, StopIteration, ValueError):
         pass
     versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("torch", "flwr", "opacus", "dp-accounting"))
-    return f"{platform.machine()} Linux, {os.cpu_count()} cores{mem}, no GPU; Python {platform.python_version()}, {versions}"
+    return (
+        f"{platform.machine()} Linux, {os.cpu_count()} cores{mem}, no GPU; "
+        f"Python {platform.python_version()}, {versions}"
+    )
 
 
 def _code_version() -> str:
-    """The git commit the benchmark ran on (and whether the tree had local changes)."""
+    """Return the git commit the benchmark ran on (and whether the tree had local changes)."""
     root = Path(__file__).resolve().parents[1]
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
         # The benchmark's own outputs (docs/) do not make the code dirty.
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", ".", ":(exclude)docs"], cwd=root, capture_output=True, text=True, check=True
+            ["git", "status", "--porcelain", "--", ".", ":(exclude)docs"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return commit + (" with uncommitted changes" if dirty else "")
 
 
-def run_bench(*, seeds: int, out: Path, runs_dir: Path, only: list[str] | None = None, quick: bool = False) -> dict:
+def run_bench(
+    *, seeds: int, out: Path, runs_dir: Path, only: list[str] | None = None, quick: bool = False
+) -> dict[str, list[JsonDict]]:
     """Run every row × seed, write the markdown table to `out` and the raw results beside the runs."""
     only = _expand(only)
-    remeasure = bool(only) and "layers" in only
+    remeasure = only is not None and "layers" in only
     only = [k for k in only or [] if k != "layers"] or (None if not remeasure else [])
     rows = [r for r in ALL_ROWS if only is None or r.key in only]
     unknown = set(only or []) - {r.key for r in ALL_ROWS}
     if unknown:
         raise ValueError(
-            f"unknown bench rows {sorted(unknown)}; rows: {', '.join(r.key for r in ALL_ROWS)}, or 'frontier' for all frontier rows"
+            f"unknown bench rows {sorted(unknown)}; rows: {', '.join(r.key for r in ALL_ROWS)}, "
+            "or 'frontier' for all frontier rows"
         )
-    results: dict[str, list[dict]] = {}
+    results: dict[str, list[JsonDict]] = {}
     raw_path = runs_dir / "results.json"
     if raw_path.exists() and only is not None:
         results = json.loads(raw_path.read_text())  # keep rows measured earlier
     version = _code_version()
-    for row in rows:
-        results[row.key] = []
-        for seed in range(seeds):
-            log.info("bench: %s, seed %d", row.key, seed)
-            results[row.key].append({**_run_one(row, seed, runs_dir, quick), "code": version})
-            runs_dir.mkdir(parents=True, exist_ok=True)
-            raw_path.write_text(json.dumps(results, indent=1))
+    with tqdm(total=len(rows) * seeds, desc="bench", unit="run", disable=None) as progress:
+        for row in rows:
+            results[row.key] = []
+            for seed in range(seeds):
+                progress.set_postfix({"row": row.key, "seed": seed})
+                log.info("bench: %s, seed %d", row.key, seed)
+                results[row.key].append({**_run_one(row, seed, runs_dir, quick), "code": version})
+                runs_dir.mkdir(parents=True, exist_ok=True)
+                raw_path.write_text(json.dumps(results, indent=1))
+                progress.update()
     if remeasure:
         _remeasure_layers(results, runs_dir)
         raw_path.write_text(json.dumps(results, indent=1))
@@ -240,7 +278,7 @@ def _expand(only: list[str] | None) -> list[str] | None:
 FRONTIER_SVG = "frontier.svg"
 
 
-def _frontier_points(results: dict[str, list[dict]], mode: str, metric: str) -> list[tuple[float, float]]:
+def _frontier_points(results: dict[str, list[JsonDict]], mode: str, metric: str) -> list[tuple[float, float]]:
     return [
         (r.epsilon, statistics.mean(x[metric] for x in results[r.key]))
         for r in FRONTIER
@@ -248,9 +286,11 @@ def _frontier_points(results: dict[str, list[dict]], mode: str, metric: str) -> 
     ]
 
 
-def frontier_svg(results: dict[str, list[dict]]) -> str:
+def frontier_svg(results: dict[str, list[JsonDict]]) -> str:
     """NDCG@100 against user-level ε for both modes, with popularity and central non-private."""
-    series = [(FRONTIER_MODES[mode][2], _frontier_points(results, mode, "ndcg@100"), False) for mode in FRONTIER_MODES]
+    series = [
+        (FRONTIER_MODES[mode][2], _frontier_points(results, mode, "ndcg@100"), False) for mode in FRONTIER_MODES
+    ]
     series = [s for s in series if s[1]]
     xs = [x for _, pts, _ in series for x, _ in pts] or [1.0, 8.0]
     for key, label in (("popularity", "popularity"), ("central", "central Mult-VAE, no DP")):
@@ -262,16 +302,21 @@ def frontier_svg(results: dict[str, list[dict]]) -> str:
     return svg.replace("<svg ", '<svg xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" ', 1)
 
 
-def render(results: dict[str, list[dict]], *, seeds: int, command: str, quick: bool) -> str:
+def render(results: dict[str, list[JsonDict]], *, seeds: int, command: str, quick: bool) -> str:
+    """Render the markdown page of the benchmark results (main table, layers, frontier)."""
     lines = [
         "# Benchmarks",
         "",
         f"Produced by `{command}` on {dt.date.today().isoformat()}, machine: {_machine()}.",
-        "Data: MovieLens 100K, per-user 80/20 split (DESIGN.md §7), mean ± std over "
-        f"{seeds} seed(s) (the seed changes the split, initialisation and sampling).",
-        f"Code: commit(s) {', '.join(sorted({r.get('code', 'unknown') for rs in results.values() for r in rs}))}. "
-        "Wall time and clients/s are the median (min–max) over seeds, measured on a shared 2-core machine: "
-        "compare rows of one table, not tables of different days.",
+        (
+            "Data: MovieLens 100K, per-user 80/20 split (DESIGN.md §7), mean ± std over "
+            f"{seeds} seed(s) (the seed changes the split, initialisation and sampling)."
+        ),
+        (
+            f"Code: commit(s) {', '.join(sorted({r.get('code', 'unknown') for rs in results.values() for r in rs}))}. "
+            "Wall time and clients/s are the median (min–max) over seeds, measured on a shared 2-core machine: "
+            "compare rows of one table, not tables of different days."
+        ),
         "" if not quick else "**Quick mode: synthetic data, pipeline check only — not comparable figures.**",
         "",
         "| Method | NDCG@100 | Recall@20 | RMSE | ε (user-level) | Wall time (s) | Clients trained / s |",
@@ -308,8 +353,8 @@ def render(results: dict[str, list[dict]], *, seeds: int, command: str, quick: b
     return "\n".join(lines)
 
 
-def _frontier_section(results: dict[str, list[dict]]) -> list[str]:
-    """The privacy–utility frontier table (ε × mode) and its plot."""
+def _frontier_section(results: dict[str, list[JsonDict]]) -> list[str]:
+    """Build the privacy–utility frontier table (ε × mode) and its plot."""
     if not any(r.key in results for r in FRONTIER):
         return []
     lines = [
@@ -333,7 +378,11 @@ def _frontier_section(results: dict[str, list[dict]]) -> list[str]:
                 cells += ["—", "—", "—"]
                 continue
             spent = [r["epsilon"] for r in rs]
-            cells += [_fmt([r["ndcg@100"] for r in rs]), _fmt([r["rmse"] for r in rs]), "∞" if not any(spent) else _fmt(spent, 2)]
+            cells += [
+                _fmt([r["ndcg@100"] for r in rs]),
+                _fmt([r["rmse"] for r in rs]),
+                "∞" if not any(spent) else _fmt(spent, 2),
+            ]
         lines.append(f"| {'∞' if math.isinf(eps) else name} | " + " | ".join(cells) + " |")
     if "popularity" in results:
         pop = statistics.mean(r["ndcg@100"] for r in results["popularity"])
@@ -342,7 +391,7 @@ def _frontier_section(results: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
-def _layers_section(results: dict[str, list[dict]]) -> list[str]:
+def _layers_section(results: dict[str, list[JsonDict]]) -> list[str]:
     """Interest-layer quality of the rows that measured it (simulation/layer_eval.py)."""
     measured = [r for r in ROWS if r.layers and any("layers" in x for x in results.get(r.key, []))]
     if not measured:
@@ -358,22 +407,29 @@ def _layers_section(results: dict[str, list[dict]]) -> list[str]:
         "so their NDCG@100 is higher than the protocol figure above, which only excludes train positives.",
         "Planted synthetic users draw held-out items from the sub-interests they already show, so L3 lift there is",
         "below 1 by construction; that row checks L2 recovery (AMI) and the lists.",
-        f"Layered lists: Steck calibration with λ = {_first_layer(results, measured)['lambda']:g} and 20% L3 discovery slots.",
+        (
+            f"Layered lists: Steck calibration with λ = {_first_layer(results, measured)['lambda']:g} "
+            "and 20% L3 discovery slots."
+        ),
         "Layer metrics computed by the code of commit(s) "
-        + ", ".join(sorted({x["layers"].get("code", "unknown") for r in measured for x in results[r.key] if "layers" in x}))
+        + ", ".join(
+            sorted({x["layers"].get("code", "unknown") for r in measured for x in results[r.key] if "layers" in x})
+        )
         + " on the runs of the table above.",
         "",
-        "| Run | L3 lift | L2 coherence ratio | AMI (planted) | Miscalibration@10 plain → layered (cut) "
-        "| Diversity@10 plain → layered | Coverage@10 plain → layered | NDCG@100 plain → layered (change) |",
+        (
+            "| Run | L3 lift | L2 coherence ratio | AMI (planted) | Miscalibration@10 plain → layered (cut) "
+            "| Diversity@10 plain → layered | Coverage@10 plain → layered | NDCG@100 plain → layered (change) |"
+        ),
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in measured:
         ms = [x["layers"] for x in results[row.key] if "layers" in x]
 
-        def f(path: str, digits: int = 3, ms: list[dict] = ms) -> str:
-            vals = []
+        def f(path: str, digits: int = 3, ms: list[JsonDict] = ms) -> str:
+            vals: list[Any] = []
             for m in ms:
-                v = m
+                v: Any = m  # a JSON value: a nested dict until the path's leaf
                 for part in path.split("."):
                     v = v.get(part) if isinstance(v, dict) else None
                 vals.append(v)
@@ -382,11 +438,12 @@ def _layers_section(results: dict[str, list[dict]]) -> list[str]:
         lines.append(
             f"| {row.label} ({len(ms)} seed(s)) | {f('l3_lift', 2)} | {f('coherence_ratio', 2)} | {f('ami', 3)} | "
             f"{f('plain.miscalibration@10')} → {f('layered.miscalibration@10')} ({f('miscalibration_cut@10', 2)}) | "
-            f"{f('plain.diversity@10')} → {f('layered.diversity@10')} | {f('plain.coverage@10')} → {f('layered.coverage@10')} | "
+            f"{f('plain.diversity@10')} → {f('layered.diversity@10')} | "
+            f"{f('plain.coverage@10')} → {f('layered.coverage@10')} | "
             f"{f('plain.ndcg@100')} → {f('layered.ndcg@100')} ({f('ndcg_change', 3)}) |"
         )
     return lines
 
 
-def _first_layer(results: dict[str, list[dict]], rows: list[Row]) -> dict:
+def _first_layer(results: dict[str, list[JsonDict]], rows: list[Row]) -> JsonDict:
     return next(x["layers"] for r in rows for x in results[r.key] if "layers" in x)

@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from shared.config import StrataConfig
-from shared.data.matrices import train_tensors
+from shared.data.matrices import UserTensors, train_tensors
 from shared.data.source import fingerprint, load_source
-from shared.data.split import split_configured
+from shared.data.split import UserRatings, split_configured
 from shared.features import model_features
 from shared.metrics import evaluate_model
-from shared.model import build_model
+from shared.model import StrataModel, build_model
 from shared.privacy.accounting import (
     calibrate_noise_multiplier,
     default_delta,
@@ -36,7 +36,7 @@ from shared.training import DPSettings, kl_weight, make_optimizer, poisson_plan,
 log = logging.getLogger(__name__)
 
 
-def run_central(config: StrataConfig, *, eval_every: int = 5) -> dict:
+def run_central(config: StrataConfig, *, eval_every: int = 5) -> JsonDict:
     """Train centrally for `train.epochs`; write the run directory; return the summary."""
     run = RunDir.of(config.run_dir)
     run.write_config(config)
@@ -92,7 +92,7 @@ def run_central(config: StrataConfig, *, eval_every: int = 5) -> dict:
     return summary
 
 
-def _popularity_prior(model, tensors, config: StrataConfig, ledger: Ledger) -> None:
+def _popularity_prior(model: StrataModel, tensors: UserTensors, config: StrataConfig, ledger: Ledger) -> None:
     """Set the decoder item bias from a popularity release over all users: Gaussian noise
     (z = privacy.release-noise-multiplier, bound 1 per user) and a ledger entry under DP."""
     total = popularity_rows(tensors.positives.numpy()).sum(axis=0)
@@ -103,35 +103,43 @@ def _popularity_prior(model, tensors, config: StrataConfig, ledger: Ledger) -> N
     model.start_from_popularity(torch.from_numpy(bias_from_popularity(total)))
 
 
-def _train_epochs(model, tensors, users, n_items, config, optimizer, gen, dp, ledger, delta, steps_per_epoch,
-                  run, eval_every) -> tuple[float, dict]:
-    """The epoch loop of `run_central`: train, account, evaluate, log one line per epoch."""
+def _train_epochs(
+    model: StrataModel, tensors: UserTensors, users: list[UserRatings], n_items: int, config: StrataConfig,
+    optimizer: torch.optim.Optimizer, gen: torch.Generator, dp: DPSettings | None, ledger: Ledger, delta: float,
+    steps_per_epoch: int, run: RunDir, eval_every: int,
+) -> tuple[float, JsonDict]:
+    """Run the epoch loop of `run_central`: train, account, evaluate, log one line per epoch."""
     m, t, p = config.model, config.train, config.privacy
     threshold = config.data.positive_threshold
-    step, epsilon, last = 0, 0.0, {}
-    for epoch in range(1, t.epochs + 1):
-        betas = [kl_weight(step + i, m) for i in range(steps_per_epoch)]
-        stats = train_users(
-            model, tensors, epochs=1, batch_size=t.batch_size, optimizer=optimizer, beta=betas,
-            rating_weight=m.rating_weight, generator=gen, dp=dp,
-        )
-        step += stats.steps
-        if dp is not None:
-            ledger.append(
-                LedgerEntry.dp_sgd(
-                    noise_multiplier=dp.noise_multiplier, sample_rate=stats.sample_rate, steps=stats.steps,
-                    max_grad_norm=dp.max_grad_norm, run_id="central", round=epoch, client="central",
+    step, epsilon = 0, 0.0
+    last: JsonDict = {}
+    with tqdm(range(1, t.epochs + 1), desc="central", unit="epoch", disable=None) as epochs:
+        for epoch in epochs:
+            betas = [kl_weight(step + i, m) for i in range(steps_per_epoch)]
+            stats = train_users(
+                model, tensors, epochs=1, batch_size=t.batch_size, optimizer=optimizer, beta=betas,
+                rating_weight=m.rating_weight, generator=gen, dp=dp,
+            )
+            step += stats.steps
+            if dp is not None:
+                ledger.append(
+                    LedgerEntry.dp_sgd(
+                        noise_multiplier=dp.noise_multiplier, sample_rate=stats.sample_rate, steps=stats.steps,
+                        max_grad_norm=dp.max_grad_norm, run_id="central", round=epoch, client="central",
+                    )
                 )
-            )
-            epsilon = epsilon_of(ledger.entries, delta, p.accountant)
-        line: dict = {"round": epoch, "train": {"train-loss": stats.mean_loss, "users": stats.users}, "epsilon": epsilon}
-        if epoch % eval_every == 0 or epoch == t.epochs:
-            sums = evaluate_model(model, users, n_items, threshold)
-            line["eval"] = {**sums.to_dict(), **sums.means()}
-            last = line["eval"]
-            log.info(
-                "epoch %d/%d · loss %.2f · ε %.3f · NDCG@100 %.4f Recall@20 %.4f RMSE %.4f",
-                epoch, t.epochs, stats.mean_loss, epsilon, last["ndcg@100"], last["recall@20"], last["rmse"],
-            )
-        run.append_metrics(line)
+                epsilon = epsilon_of(ledger.entries, delta, p.accountant)
+            epochs.set_postfix({"loss": f"{stats.mean_loss:.2f}", "ε": f"{epsilon:.3f}"})
+            line: JsonDict = {
+                "round": epoch, "train": {"train-loss": stats.mean_loss, "users": stats.users}, "epsilon": epsilon,
+            }
+            if epoch % eval_every == 0 or epoch == t.epochs:
+                sums = evaluate_model(model, users, n_items, threshold)
+                line["eval"] = {**sums.to_dict(), **sums.means()}
+                last = line["eval"]
+                log.info(
+                    "epoch %d/%d · loss %.2f · ε %.3f · NDCG@100 %.4f Recall@20 %.4f RMSE %.4f",
+                    epoch, t.epochs, stats.mean_loss, epsilon, last["ndcg@100"], last["recall@20"], last["rmse"],
+                )
+            run.append_metrics(line)
     return epsilon, last

@@ -45,7 +45,11 @@ class _QuietLibraries(logging.Filter):
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
     if not verbose:
         for handler in logging.getLogger().handlers:
             handler.addFilter(_QuietLibraries())
@@ -68,7 +72,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", "-o", help="run directory (default runs/<run.name>)")
 
 
-def _print_headline(summary: dict) -> None:
+def _print_headline(summary: JsonDict) -> None:
     ev = summary.get("final_eval") or {}
     print()
     print(f"Run directory: {summary['run_dir']}")
@@ -88,6 +92,7 @@ def _print_headline(summary: dict) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    """Run `strata data fetch` or `strata data validate`."""
     if args.data_cmd == "fetch":
         if args.name not in DATASETS:
             print(f"unknown data set {args.name!r}; available: {', '.join(DATASETS)}", file=sys.stderr)
@@ -101,21 +106,25 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    """Run `strata simulate`: the federation on Flower's simulation engine."""
     _print_headline(simulate(_config(args)))
     return 0
 
 
 def cmd_central(args: argparse.Namespace) -> int:
+    """Run `strata central`: the central reference training."""
     _print_headline(run_central(_config(args)))
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    """Run `strata bench`: the benchmark table."""
     run_bench(seeds=args.seeds, out=Path(args.out), runs_dir=Path(args.runs_dir), only=args.only, quick=args.quick)
     return 0
 
 
 def cmd_privacy_report(args: argparse.Namespace) -> int:
+    """Run `strata privacy-report`: write (and optionally verify) a run's privacy report."""
     report, verified = write_privacy_report(Path(args.run), verify=args.verify, tolerance=args.tolerance)
     print(f"Privacy report: {Path(args.run) / 'privacy_report.json'} and privacy_report.html")
     print(report["headline"])
@@ -126,6 +135,7 @@ def cmd_privacy_report(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    """Run `strata audit`: the one-run canary audit; exit status 1 when it fails."""
     config = load_config(args.config, list(args.set or []))
     result = run_audit(
         config,
@@ -144,6 +154,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
+    """Run `strata layers`: print a run's interest taxonomy (and, with --evaluate, its metrics)."""
     run = RunDir.of(args.run)
     print(render_tree(build_taxonomy(run)))
     if args.evaluate:
@@ -152,6 +163,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    """Run `strata generate`: synthetic user profiles from a run's model."""
     result = generate_profiles(Path(args.run), n=args.n, out=Path(args.out), interest=args.interest, seed=args.seed)
     print(f"Synthetic users: {result['out']} (catalog {result['catalog']}); comparison: {result['report']}")
     print(result["privacy"]["statement"])
@@ -159,6 +171,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """Run `strata report`: write a run's report.html."""
     run = RunDir.of(args.run)
     example, why = _example_user(run)
     print(f"Run report: {write_run_report(run, example=example, example_error=why)}")
@@ -179,12 +192,14 @@ def _example_user(run: RunDir) -> tuple[JsonDict | None, str | None]:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
+    """Run `strata recommend`: top-N recommendations for one user."""
     result = recommend_for_user(RunDir.of(args.run), args.user, n=args.n, layered=args.layered)
     print(json.dumps(result, indent=1) if args.json else format_recommendations(result))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Build the `strata` argument parser with all its subcommands."""
     parser = argparse.ArgumentParser(prog="strata", description="Federated, private Mult-VAE recommender training.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, Flower's included")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -256,14 +271,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seeds", type=int, default=3)
     bench.add_argument("--out", default="docs/benchmarks.md")
     bench.add_argument("--runs-dir", default="runs/bench")
-    bench.add_argument("--only", action="append", help="run only these rows (repeatable); 'frontier': every privacy-utility frontier row; "
-        "'layers': re-measure the interest layers of the runs already in --runs-dir")
+    bench.add_argument(
+        "--only",
+        action="append",
+        help="run only these rows (repeatable); 'frontier': every privacy-utility frontier row; "
+        "'layers': re-measure the interest layers of the runs already in --runs-dir",
+    )
     bench.add_argument("--quick", action="store_true", help="tiny synthetic version, to check the pipeline")
     bench.set_defaults(func=cmd_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the `strata` command line; return the exit status."""
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:

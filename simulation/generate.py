@@ -52,7 +52,8 @@ from server.taxonomy import load_taxonomy
 from shared.data.source import load_source
 from shared.data.types import Catalog, RatingsData
 from shared.interests import InterestIndex
-from shared.run_dir import RunDir
+from shared.model import StrataModel
+from shared.run_dir import JsonDict, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def generate_profiles(
     length_sigma: float = LENGTH_SIGMA,
     rating_scale: tuple[float, float, float] = RATING_SCALE,
     refine_steps: int = REFINE_STEPS,
-) -> dict:
+) -> JsonDict:
     """Write `n` synthetic users to `out` (+ catalog and comparison report); return the summary.
 
     See the module docstring for the method and its privacy.
@@ -102,10 +103,15 @@ def generate_profiles(
     if refine_steps < 0:
         raise ValueError(f"generate: refine_steps must be ≥ 0, got {refine_steps}.")
     if length_median < 1 or length_sigma < 0:
-        raise ValueError(f"generate: length_median must be ≥ 1 and length_sigma ≥ 0, got {length_median}, {length_sigma}.")
+        raise ValueError(
+            f"generate: length_median must be ≥ 1 and length_sigma ≥ 0, got {length_median}, {length_sigma}."
+        )
     lo, hi, step = rating_scale
     if not (hi > lo and step > 0):
-        raise ValueError(f"generate: rating_scale must be (lowest, highest, step) with highest > lowest, step > 0; got {rating_scale}.")
+        raise ValueError(
+            "generate: rating_scale must be (lowest, highest, step) with highest > lowest, step > 0; "
+            f"got {rating_scale}."
+        )
     run, out = RunDir.of(run_dir), Path(out)
     model, manifest, config = run.load_model()
     data = load_source(config.data, config.run.seed)  # the catalog is public; ratings are read only by the report
@@ -124,7 +130,7 @@ def generate_profiles(
     write_profiles_csv(out, profiles, catalog)
     write_catalog_csv(catalog_path, catalog)
     privacy = privacy_statement(run, config.privacy.mode)
-    summary = {
+    summary: JsonDict = {
         "out": str(out),
         "catalog": str(catalog_path),
         "run": str(run),
@@ -138,14 +144,22 @@ def generate_profiles(
             "latent": f"z ~ N(z_c, I), z_c = encoder μ of interest {interest}'s items" if interest else "z ~ N(0, I)",
             "refine_steps": refine_steps,
             "items": "distinct items drawn from softmax(decode(z)) without replacement (Gumbel top-L)",
-            "length": f"round(LogNormal(ln {length_median:g}, {length_sigma:g}²)) clipped to [{MIN_LENGTH}, {catalog.n_items}] (public)",
+            "length": (
+                f"round(LogNormal(ln {length_median:g}, {length_sigma:g}²)) "
+                f"clipped to [{MIN_LENGTH}, {catalog.n_items}] (public)"
+            ),
             "ratings": f"rating head at z with user bias 0, rounded to {lo:g}..{hi:g} step {step:g}",
         },
         "privacy": privacy,
     }
-    report = compare_to_real(profiles, data, taxonomy, interest=interest, positive_threshold=config.data.positive_threshold)
+    report = compare_to_real(
+        profiles, data, taxonomy, interest=interest, positive_threshold=config.data.positive_threshold
+    )
     report_path = out.with_name(f"{out.stem}_report.json")
-    report_path.write_text(json.dumps({"format": REPORT_FORMAT, "generation": summary, **report}, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    report_path.write_text(
+        json.dumps({"format": REPORT_FORMAT, "generation": summary, **report}, indent=1, ensure_ascii=False) + "\n",
+        encoding="utf-8",
+    )
     summary["report"] = str(report_path)
     summary["comparison"] = report["tv"]
     log.info("wrote %d synthetic users (%d ratings) to %s and %s", n, len(profiles.items), out, catalog_path)
@@ -157,7 +171,7 @@ def generate_profiles(
 # --------------------------------------------------------------------------- sampling
 
 
-def interest_latent(model: torch.nn.Module, taxonomy: dict, interest: str) -> torch.Tensor:
+def interest_latent(model: StrataModel, taxonomy: JsonDict, interest: str) -> torch.Tensor:
     """z_c: the encoder's latent μ for a user whose positives are exactly interest c's items."""
     interests = {i["id"]: i for c in taxonomy["categories"] for i in c["interests"]}
     if interest not in interests:
@@ -169,7 +183,7 @@ def interest_latent(model: torch.nn.Module, taxonomy: dict, interest: str) -> to
     x = torch.zeros(1, int(taxonomy["n_items"]))
     x[0, interests[interest]["items"]] = 1.0
     with torch.no_grad():
-        mu, _ = model.encode(x)  # type: ignore[operator]
+        mu, _ = model.encode(x)
     return mu[0]
 
 
@@ -181,7 +195,7 @@ def sample_lengths(n: int, n_items: int, *, median: float, sigma: float, generat
 
 
 def sample_profiles(
-    model: torch.nn.Module,
+    model: StrataModel,
     *,
     n: int,
     generator: torch.Generator,
@@ -192,11 +206,13 @@ def sample_profiles(
     refine_steps: int = REFINE_STEPS,
 ) -> Profiles:
     """N synthetic profiles from the model alone (steps 1–5 of the module docstring)."""
-    latent = int(model.config.latent_dim)  # type: ignore[union-attr]
-    n_items = int(model.n_items)  # type: ignore[union-attr]
+    latent = int(model.config.latent_dim)
+    n_items = int(model.n_items)
     lengths = sample_lengths(n, n_items, median=length_median, sigma=length_sigma, generator=generator)
     lo, hi, step = rating_scale
-    users, items, ratings = [], [], []
+    users: list[np.ndarray] = []
+    items: list[np.ndarray] = []
+    ratings: list[np.ndarray] = []
     with torch.no_grad():
         for start in range(0, n, BATCH):
             b = min(BATCH, n - start)
@@ -206,16 +222,19 @@ def sample_profiles(
                 z = z + centre[None, :]
             for _ in range(refine_steps):
                 x = torch.zeros(b, n_items)
-                for j, chosen in enumerate(_draw_items(model.decode(z), k, generator)):  # type: ignore[operator]
+                for j, chosen in enumerate(_draw_items(model.decode(z), k, generator)):
                     x[j, chosen] = 1.0
-                z, _ = model.encode(x)  # type: ignore[operator]
-            rhat = model.rate_items(model.rate_user(z)).double().numpy()  # type: ignore[operator]
-            for j, chosen in enumerate(_draw_items(model.decode(z), k, generator)):  # type: ignore[operator]
+                z, _ = model.encode(x)
+            rhat = model.rate_items(model.rate_user(z)).double().numpy()
+            for j, chosen in enumerate(_draw_items(model.decode(z), k, generator)):
                 users.append(np.full(len(chosen), start + j, dtype=np.int64))
                 items.append(chosen)
                 ratings.append(np.clip(lo + np.round((rhat[j, chosen] - lo) / step) * step, lo, hi))
     return Profiles(
-        users=np.concatenate(users), items=np.concatenate(items), ratings=np.concatenate(ratings).astype(np.float64), n_users=n
+        users=np.concatenate(users),
+        items=np.concatenate(items),
+        ratings=np.concatenate(ratings).astype(np.float64),
+        n_users=n,
     )
 
 
@@ -242,7 +261,7 @@ def synthetic_user_id(u: int, n: int) -> str:
 
 
 def write_profiles_csv(path: Path, profiles: Profiles, catalog: Catalog) -> None:
-    """The generic ratings CSV: `user,item,rating` (ratings written as the shortest exact form)."""
+    """Write the generic ratings CSV: `user,item,rating` (ratings written as the shortest exact form)."""
     with open(path, "w", encoding="utf-8", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["user", "item", "rating"])
@@ -251,16 +270,18 @@ def write_profiles_csv(path: Path, profiles: Profiles, catalog: Catalog) -> None
 
 
 def write_catalog_csv(path: Path, catalog: Catalog) -> None:
-    """The public catalog as `item,title,categories,year` (categories joined by `|`)."""
+    """Write the public catalog as `item,title,categories,year` (categories joined by `|`)."""
     with open(path, "w", encoding="utf-8", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["item", "title", "categories", "year"])
-        for item, title, cats, year in zip(catalog.item_ids, catalog.titles, catalog.categories, catalog.years, strict=True):
+        for item, title, cats, year in zip(
+            catalog.item_ids, catalog.titles, catalog.categories, catalog.years, strict=True
+        ):
             w.writerow([item, title, "|".join(cats), "" if year is None else year])
 
 
-def privacy_statement(run: RunDir, mode: str) -> dict:
-    """What guarantee the synthetic profiles inherit from the run (post-processing)."""
+def privacy_statement(run: RunDir, mode: str) -> JsonDict:
+    """Return the guarantee the synthetic profiles inherit from the run (post-processing)."""
     if mode == "off":
         return {
             "private": False,
@@ -279,7 +300,10 @@ def privacy_statement(run: RunDir, mode: str) -> dict:
     elif summary is not None:
         s = summary
         eps = max(float(s.get("epsilon", 0.0)), float(s.get("central_epsilon", 0.0) or 0.0))
-        delta, source = s.get("delta"), "summary.json (largest of local and central ε; `strata privacy-report` composes them)"
+        delta, source = (
+            s.get("delta"),
+            "summary.json (largest of local and central ε; `strata privacy-report` composes them)",
+        )
     shown = "unknown (no summary.json)" if eps is None else (f"{eps:.3f}" if isinstance(eps, float) else str(eps))
     return {
         "private": True,
@@ -298,7 +322,7 @@ def privacy_statement(run: RunDir, mode: str) -> dict:
 
 def _item_shares(items: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Distribution over the columns of an item × group weight matrix, one unit per rating."""
-    mass = weights[items].sum(0)
+    mass: np.ndarray = weights[items].sum(0)
     return mass / mass.sum() if mass.sum() > 0 else mass
 
 
@@ -311,11 +335,16 @@ def _gini(counts: np.ndarray) -> float:
     return float((2 * np.arange(1, n + 1) - n - 1) @ x / (n * x.sum()))
 
 
-def profile_statistics(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_users: int, n_items: int) -> dict:
+def profile_statistics(
+    users: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_users: int, n_items: int
+) -> JsonDict:
     """Lengths, popularity concentration and rating distribution of a set of profiles."""
     lengths = np.bincount(users, minlength=n_users)
     counts = np.sort(np.bincount(items, minlength=n_items))[::-1]
-    top = {f"top_{p}pct_share": float(counts[: max(1, math.ceil(p / 100 * n_items))].sum() / max(counts.sum(), 1)) for p in (1, 10)}
+    top = {
+        f"top_{p}pct_share": float(counts[: max(1, math.ceil(p / 100 * n_items))].sum() / max(counts.sum(), 1))
+        for p in (1, 10)
+    }
     values, freq = np.unique(ratings, return_counts=True)
     return {
         "n_users": int(n_users),
@@ -335,8 +364,8 @@ def _tv(p: np.ndarray, q: np.ndarray) -> float:
 
 
 def compare_to_real(
-    profiles: Profiles, data: RatingsData, taxonomy: dict, *, interest: str | None, positive_threshold: float
-) -> dict:
+    profiles: Profiles, data: RatingsData, taxonomy: JsonDict, *, interest: str | None, positive_threshold: float
+) -> JsonDict:
     """Synthetic vs the run's real ratings (all, and positives only). Reads the private data."""
     index = InterestIndex.from_taxonomy(taxonomy, data.catalog.categories)
     pos = data.ratings >= positive_threshold
@@ -349,7 +378,7 @@ def compare_to_real(
     l1 = {k: _item_shares(v[1], index.l1) for k, v in sides.items()}
     l2 = {k: _item_shares(v[1], index.l2) for k, v in sides.items()}
     l1["model_prior"], l2["model_prior"] = index.prior_l1, index.prior_l2
-    report: dict = {
+    report: JsonDict = {
         "evaluation": "EVALUATION THAT READS THE REAL (PRIVATE) RATINGS — for the operator only, not part of the "
         "private release; only the synthetic CSV and its catalog are the DP (post-processed) output.",
         "stats": stats,
@@ -369,14 +398,16 @@ def compare_to_real(
     }
     if interest is not None:
         c = index.interests.index(interest)
-        report["interest"] = {"id": interest, "name": index.names[c], **{k: round(float(v[c]), 4) for k, v in l2.items()}}
+        report["interest"] = {
+            "id": interest, "name": index.names[c], **{k: round(float(v[c]), 4) for k, v in l2.items()}
+        }
     return report
 
 
-def format_comparison(report: dict) -> str:
-    """A short text summary of the comparison."""
+def format_comparison(report: JsonDict) -> str:
+    """Summarise the comparison of `compare_to_real` in a few lines of text."""
     s, tv = report["stats"], report["tv"]
-    rows = [("", "synthetic", "real", "real ≥ threshold")]
+    rows: list[tuple[str, ...]] = [("", "synthetic", "real", "real ≥ threshold")]
     for key, label in (
         ("n_users", "users"), ("n_ratings", "ratings"), ("length_mean", "profile length mean"),
         ("length_median", "profile length median"), ("top_1pct_share", "share on top 1% items"),
@@ -387,13 +418,14 @@ def format_comparison(report: dict) -> str:
     lines = ["Synthetic vs real (evaluation on the real data, not part of the private release):"]
     lines += [f"  {a:<24}{b:>12}{c:>12}{d:>18}" for a, b, c, d in rows]
     lines.append(
-        f"  TV distance, categories: {tv['categories_vs_real']:.3f} vs real, {tv['categories_vs_real_positives']:.3f} vs "
-        f"positives; L2 interests: {tv['interests_vs_real']:.3f} / {tv['interests_vs_real_positives']:.3f}"
+        f"  TV distance, categories: {tv['categories_vs_real']:.3f} vs real, "
+        f"{tv['categories_vs_real_positives']:.3f} vs positives; "
+        f"L2 interests: {tv['interests_vs_real']:.3f} / {tv['interests_vs_real_positives']:.3f}"
     )
     if "interest" in report:
         it = report["interest"]
         lines.append(
-            f"  interest {it['id']}: {100 * it['synthetic']:.1f}% of synthetic ratings, {100 * it['real']:.1f}% of real, "
-            f"model prior {100 * it['model_prior']:.1f}%"
+            f"  interest {it['id']}: {100 * it['synthetic']:.1f}% of synthetic ratings, "
+            f"{100 * it['real']:.1f}% of real, model prior {100 * it['model_prior']:.1f}%"
         )
     return "\n".join(lines)

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import logging
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -33,11 +34,21 @@ from shared.data.split import split_configured
 from shared.data.synthetic import make_synthetic
 from shared.interests import InterestIndex
 from shared.metrics import ndcg_at_k
-from shared.run_dir import RunDir
+from shared.run_dir import JsonDict, RunDir
 
 log = logging.getLogger(__name__)
 
 RANDOM_DRAWS = 20
+
+
+class _ListStats(TypedDict):
+    """Per-user figures of one kind of list (plain or layered), and the items its top 10 showed."""
+
+    kl10: list[float]
+    div10: list[float]
+    kl100: list[float]
+    ndcg: list[float]
+    items10: set[int]
 
 
 def _list_ndcg(items: list[int], relevant: np.ndarray, k: int = 100) -> float:
@@ -55,7 +66,7 @@ def _diversity(items: list[int], item_l1: np.ndarray) -> float:
     return float((1 - sim[~np.eye(n, dtype=bool)]).mean()) if n > 1 else 0.0
 
 
-def l2_coherence(index: InterestIndex, positives: np.ndarray, seed: int) -> dict:
+def l2_coherence(index: InterestIndex, positives: np.ndarray, seed: int) -> dict[str, float]:
     """Within-interest co-consumption cosine, real vs random interests of the same sizes."""
     cols = positives.T.astype(np.float64)
     cols = cols / np.maximum(np.linalg.norm(cols, axis=1, keepdims=True), 1e-12)
@@ -85,8 +96,8 @@ def l2_coherence(index: InterestIndex, positives: np.ndarray, seed: int) -> dict
     return {"coherence": real, "random_coherence": rand, "coherence_ratio": real / rand if rand > 0 else float("nan")}
 
 
-def evaluate_layers(run: RunDir, *, lam: float = CALIBRATION_LAMBDA) -> dict:
-    """The layer metrics of a run (its exported model, taxonomy and held-out ratings)."""
+def evaluate_layers(run: RunDir, *, lam: float = CALIBRATION_LAMBDA) -> JsonDict:
+    """Measure the layer metrics of a run (its exported model, taxonomy and held-out ratings)."""
     model, _, config = run.load_model()
     taxonomy = load_taxonomy(run)
     data = load_source(config.data, config.run.seed)
@@ -103,8 +114,8 @@ def evaluate_layers(run: RunDir, *, lam: float = CALIBRATION_LAMBDA) -> dict:
     pos = tensors.positives.numpy()
     settings = ProfileSettings()
     lift_hit, lift_prior = [], []
-    plain: dict[str, list] = {"kl10": [], "div10": [], "kl100": [], "ndcg": [], "items10": set()}
-    layered: dict[str, list] = {"kl10": [], "div10": [], "kl100": [], "ndcg": [], "items10": set()}
+    plain: _ListStats = {"kl10": [], "div10": [], "kl100": [], "ndcg": [], "items10": set()}
+    layered: _ListStats = {"kl10": [], "div10": [], "kl100": [], "ndcg": [], "items10": set()}
     interest_pos = {c: j for j, c in enumerate(index.interests)}
     for u, user in enumerate(users):
         test_pos = user.test_items[user.test_ratings >= threshold]
@@ -129,7 +140,7 @@ def evaluate_layers(run: RunDir, *, lam: float = CALIBRATION_LAMBDA) -> dict:
             acc["ndcg"].append(_list_ndcg(top100, relevant))
             acc["items10"].update(top10)
 
-    def summary(acc: dict) -> dict:
+    def summary(acc: _ListStats) -> dict[str, float]:
         return {
             "miscalibration@10": float(np.mean(acc["kl10"])),
             "miscalibration@100": float(np.mean(acc["kl100"])),
@@ -152,38 +163,53 @@ def evaluate_layers(run: RunDir, *, lam: float = CALIBRATION_LAMBDA) -> dict:
     }
 
 
-def planted_ami(run: RunDir) -> dict:
-    """On a synthetic run: AMI between the L2 interests and the planted sub-interests, over
+def planted_ami(run: RunDir) -> dict[str, float]:
+    """Return, for a synthetic run, the AMI between the L2 interests and the planted sub-interests, over
     all items and within each planted category (mean)."""
     config = run.read_config()
     d = config.data
     if d.source != "synthetic":
-        raise ValueError(f"{run} was not trained on synthetic data (data.source={d.source!r}): no planted interests.")
+        raise ValueError(
+            f"{run} was not trained on synthetic data (data.source={d.source!r}): no planted interests."
+        )
     data, planted = make_synthetic(
         n_users=d.synthetic_users, n_items=d.synthetic_items, n_categories=d.synthetic_categories,
         subs_per_category=d.synthetic_subs_per_category, seed=config.run.seed,
     )
     taxonomy = load_taxonomy(run)
     primary = np.array([cs[0] for cs in data.catalog.categories])  # an item's planted category comes first
-    assigned = {i: it["id"] for c in taxonomy["categories"] for it in c["interests"] for i in it["items"] if primary[i] == c["id"]}
+    assigned = {
+        i: it["id"]
+        for c in taxonomy["categories"]
+        for it in c["interests"]
+        for i in it["items"]
+        if primary[i] == c["id"]
+    }
     labels = np.array([assigned[i] for i in range(data.n_items)])
     within = [adjusted_mutual_information(labels[primary == c], planted[primary == c]) for c in sorted(set(primary))]
     return {"ami": adjusted_mutual_information(labels, planted), "ami_within_category": float(np.mean(within))}
 
 
-def format_layer_metrics(m: dict) -> str:
-    """A readable summary of `evaluate_layers`."""
+def format_layer_metrics(m: JsonDict) -> str:
+    """Format the result of `evaluate_layers` as a readable summary."""
     p, lay = m["plain"], m["layered"]
     return "\n".join(
         [
             "",
             f"Interest layers on the held-out ratings ({m['n_interests']} L2 interests):",
-            f"  L3 lift            {m['l3_lift']:.2f}  ({m['l3_users']} users with L3 interests and held-out positives)",
-            f"  L2 coherence       {m['coherence']:.4f} vs {m['random_coherence']:.4f} for random interests "
-            f"(ratio {m['coherence_ratio']:.2f})",
+            (
+                f"  L3 lift            {m['l3_lift']:.2f}  "
+                f"({m['l3_users']} users with L3 interests and held-out positives)"
+            ),
+            (
+                f"  L2 coherence       {m['coherence']:.4f} vs {m['random_coherence']:.4f} for random interests "
+                f"(ratio {m['coherence_ratio']:.2f})"
+            ),
             f"  Lists (λ = {m['lambda']:g})     plain → layered",
-            f"  miscalibration@10  {p['miscalibration@10']:.3f} → {lay['miscalibration@10']:.3f}  "
-            f"(cut {100 * m['miscalibration_cut@10']:.0f}%)",
+            (
+                f"  miscalibration@10  {p['miscalibration@10']:.3f} → {lay['miscalibration@10']:.3f}  "
+                f"(cut {100 * m['miscalibration_cut@10']:.0f}%)"
+            ),
             f"  diversity@10       {p['diversity@10']:.3f} → {lay['diversity@10']:.3f}",
             f"  coverage@10        {p['coverage@10']:.3f} → {lay['coverage@10']:.3f}",
             f"  NDCG@100           {p['ndcg@100']:.4f} → {lay['ndcg@100']:.4f}  ({100 * m['ndcg_change']:+.1f}%)",

@@ -47,5 +47,7 @@ def simulate(config: StrataConfig) -> JsonDict:
     )
     summary = run.read_summary()
     if summary is None:
-        raise RuntimeError(f"the simulation ended without writing {run.summary_path}; see the log above for the failure.")
+        raise RuntimeError(
+            f"the simulation ended without writing {run.summary_path}; see the log above for the failure."
+        )
     return summary
