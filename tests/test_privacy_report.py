@@ -7,19 +7,20 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-import tomli_w
 import torch
 
-from server.export import export_model
-from server.privacy_report import write_privacy_report
+from server.privacy_report import audit_result, write_privacy_report
 from shared.config import StrataConfig, load_config
 from shared.data.source import fingerprint, load_source
 from shared.features import catalog_features
 from shared.model import build_model
 from shared.privacy.accounting import default_delta, epsilon_of
+from shared.privacy.guarantee import entries_upto, epsilon_series, guarantee, holder_epsilons, holders
 from shared.privacy.ledger import LedgerEntry, LedgerError
+from shared.run_dir import RunDir
 
 SIGMA = 4.0
 RUN_ID = "run-b"
@@ -54,15 +55,20 @@ def _config(run_dir: Path, mode: str) -> StrataConfig:
 
 def _entries(cid: str, run_id: str = RUN_ID) -> list[LedgerEntry]:
     q, steps = PLANS[cid]
-    return [LedgerEntry("dp-sgd", SIGMA, q, steps, run_id, r, cid, 1.0) for r in range(1, ROUNDS + 1)]
+    return [
+        LedgerEntry.dp_sgd(
+            noise_multiplier=SIGMA, sample_rate=q, steps=steps, run_id=run_id, round=r, client=cid, max_grad_norm=1.0
+        )
+        for r in range(1, ROUNDS + 1)
+    ]
 
 
-def _make_run(tmp_path: Path, *, mode: str = "local", prior: bool = False) -> tuple[Path, dict]:
+def _make_run(tmp_path: Path, *, mode: str = "local", prior: bool = False) -> tuple[Path, dict[str, Any]]:
     """A run directory written by hand; returns it and the ε values computed independently."""
     run_dir = tmp_path / "run"
     config = _config(run_dir, mode)
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.toml").write_text(tomli_w.dumps(config.to_nested()))
+    run = RunDir(run_dir)
+    run.write_config(config)
     delta = default_delta(N_USERS)
     ledgers: dict[str, list[LedgerEntry]] = {}
     if mode == "local":
@@ -83,13 +89,13 @@ def _make_run(tmp_path: Path, *, mode: str = "local", prior: bool = False) -> tu
     data = load_source(config.data, config.run.seed)
     model = build_model(data.n_items, config.model, torch.from_numpy(catalog_features(data.catalog)), seed=0)
     weights = OrderedDict((k, v.detach().clone()) for k, v in model.named_parameters())
-    export_model(run_dir / "model", weights, config, data.catalog, data_fingerprint=fingerprint(data), rounds=ROUNDS)
+    run.write_model(weights, config, data.catalog, data_fingerprint=fingerprint(data), rounds=ROUNDS)
     (run_dir / "summary.json").write_text(json.dumps({"run_id": RUN_ID, "epsilon": metrics[-1]["epsilon"]}))
     finals = {f"client-{cid}": epsilon_of(es, delta) for cid, es in ledgers.items()}
     return run_dir, {"delta": delta, "finals": finals, "metrics": metrics}
 
 
-def _failed(report: dict) -> set[str]:
+def _failed(report: dict[str, Any]) -> set[str]:
     return {c["name"] for c in report["verification"]["checks"] if not c["passed"]}
 
 
@@ -246,20 +252,49 @@ def test_privacy_off_states_no_guarantee(tmp_path: Path) -> None:
     assert "No guarantee: ε = ∞" in page and "ε = 0.000, δ" not in page
 
 
-def test_audit_result_is_included_when_present(tmp_path) -> None:
+def test_audit_result_is_included_when_present(tmp_path: Path) -> None:
     """A run trained by `strata audit` (out/run next to out/audit.json) shows the audit's bound."""
-    import json as _json
-
-    from server.privacy_report import _audit_result
-
     run = tmp_path / "run"
     run.mkdir()
-    assert _audit_result(run) is None
+    assert audit_result(run) is None
     audit = {"run_dir": str(run), "m": 200, "r": 120, "correct": 118, "epsilon_lower_bound": 3.2,
              "confidence": 0.95, "reported_epsilon": None, "passed": None, "verdict": "DP off: ε ≥ 3.2", "canaries": []}
-    (tmp_path / "audit.json").write_text(_json.dumps(audit))
-    got = _audit_result(run)
+    (tmp_path / "audit.json").write_text(json.dumps(audit))
+    got = audit_result(run)
+    assert got is not None
     assert got["epsilon_lower_bound"] == 3.2 and got["m"] == 200 and "canaries" not in got
     other = tmp_path / "other"
     other.mkdir()
-    assert _audit_result(other) is None  # an audit of a different run is not attached
+    assert audit_result(other) is None  # an audit of a different run is not attached
+
+
+def test_guarantee_composes_each_client_with_the_central_ledger() -> None:
+    delta = default_delta(N_USERS)
+    clients = {cid: _entries(cid) for cid in PLANS}
+    server = [
+        LedgerEntry.dp_fedavg(noise_multiplier=2.0, sample_rate=1.0, clip=1.0, run_id=RUN_ID, round=r) for r in (1, 2)
+    ]
+    held = holders(clients, server)
+    assert list(held) == ["client-0", "client-1", "client-2"]
+    assert all(es[-2:] == server for es in held.values())
+    assert holders({}, server) == {"central": server} and holders({}, []) == {}
+    prior = _entries("0", "run-a")
+    assert entries_upto([*prior, *_entries("0")], 1, RUN_ID) == [*prior, _entries("0")[0]]
+    series = epsilon_series(held["client-0"], [1, 2, 3], RUN_ID, delta)
+    assert [r for r, _ in series] == [1, 2, 3] and series[0][1] < series[1][1] < series[2][1]
+
+    per = holder_epsilons(held, [1, 2, 3], RUN_ID, delta)
+    top = guarantee(per)
+    assert top.held_by is not None and per[top.held_by].epsilon == top.epsilon == max(h.epsilon for h in per.values())
+    assert top.epsilon_rdp >= top.epsilon and top.holders == 3 and top.tied >= 1
+    assert guarantee({}).held_by is None and guarantee({}).epsilon == 0.0
+
+
+def test_audit_is_attached_to_the_report(tmp_path: Path) -> None:
+    run_dir, _ = _make_run(tmp_path)
+    (tmp_path / "audit.json").write_text(json.dumps({"run_dir": str(run_dir), "m": 10, "verdict": "ok"}))
+
+    report, _ = write_privacy_report(run_dir, verify=False)
+
+    assert report["audit"] == {"m": 10, "verdict": "ok"}
+    assert "Empirical audit" in (run_dir / "privacy_report.html").read_text()

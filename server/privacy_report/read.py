@@ -1,0 +1,166 @@
+"""Reading a run for its privacy report: config, ledgers, metrics, manifest, summary, data facts.
+
+Every path comes from `shared.run_dir.RunDir`; `LAYOUT` is the same layout relative to the
+run directory, for the names the report prints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.config import StrataConfig
+from shared.data.source import fingerprint, load_source
+from shared.privacy.accounting import default_delta
+from shared.privacy.ledger import LedgerEntry, LedgerError, read_entries
+from shared.run_dir import JsonDict, RunDir
+
+LAYOUT = RunDir(Path())
+"""The run directory's layout relative to it: `LAYOUT.central_ledger_path` prints as the ledger's name in the run."""
+MAX_REPLAY_POINTS = 40
+"""At most this many rounds are replayed per client (evenly spaced, the last always)."""
+AUDIT_KEYS = (
+    "m", "r", "guesses_per_side", "correct", "epsilon_lower_bound", "confidence", "reported_epsilon", "passed",
+    "verdict",
+)
+"""The fields of a canary audit's result the report shows."""
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """What the report reads from a run directory.
+
+    `ledger_hashes` maps each ledger file's name to its SHA-256; `unreadable` holds why a
+    ledger did not parse (only when read leniently), out of `ledger_files` files.
+    """
+
+    run: RunDir
+    config: StrataConfig
+    clients: dict[str, list[LedgerEntry]]
+    central: list[LedgerEntry]
+    ledger_hashes: dict[str, str]
+    ledger_files: int
+    unreadable: tuple[str, ...]
+    metrics: list[JsonDict]
+    manifest: JsonDict | None
+    summary: JsonDict | None
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """The run's data source: N_users and its fingerprint, or why it could not be loaded."""
+
+    n_users: int | None
+    fingerprint: str | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Replay:
+    """How the ledgers are replayed: δ (and where it comes from), the current run, the rounds to replay."""
+
+    delta: float
+    delta_source: str
+    current_run: str | None
+    points: list[int]
+
+
+def read_run(run: RunDir, *, strict: bool) -> RunFiles:
+    """Read the run's config, ledgers, metrics, manifest and summary.
+
+    With `strict` a ledger that does not parse is an error; without, it is left out and named
+    in `unreadable`.
+    """
+    config = run.read_config()
+    clients: dict[str, list[LedgerEntry]] = {}
+    central: list[LedgerEntry] = []
+    hashes: dict[str, str] = {}
+    paths = run.client_ledger_paths()
+    if run.central_ledger_path.exists():
+        paths.append(run.central_ledger_path)
+    unreadable: list[str] = []
+    for path in paths:
+        hashes[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+        try:
+            entries = read_entries(path)
+        except LedgerError as exc:
+            if strict:
+                raise
+            unreadable.append(str(exc))
+            continue
+        if path == run.central_ledger_path:
+            central = entries
+        else:
+            clients[RunDir.client_id_of(path)] = entries
+    return RunFiles(
+        run=run,
+        config=config,
+        clients=clients,
+        central=central,
+        ledger_hashes=hashes,
+        ledger_files=len(paths),
+        unreadable=tuple(unreadable),
+        metrics=run.read_metrics(),
+        manifest=run.read_manifest(),
+        summary=run.read_summary(),
+    )
+
+
+def data_facts(config: StrataConfig) -> DataFacts:
+    """N_users and the data fingerprint of the run's data source, or why it could not be loaded."""
+    try:
+        data = load_source(config.data, config.run.seed)
+    except (OSError, ValueError, RuntimeError) as exc:
+        return DataFacts(None, None, str(exc))
+    return DataFacts(int(data.n_users), fingerprint(data), None)
+
+
+def current_run(files: RunFiles) -> str | None:
+    """Name the run whose rounds the metrics log: the summary's run id, else the newest entry's."""
+    if files.summary and files.summary.get("run_id"):
+        return str(files.summary["run_id"])
+    for entries in [*files.clients.values(), files.central]:
+        if entries:
+            return entries[-1].run_id
+    return None
+
+
+def rounds(files: RunFiles, current: str | None) -> list[int]:
+    """Every round the metrics log or the current run's ledger entries name, in order."""
+    found = {int(m["round"]) for m in files.metrics}
+    for entries in [*files.clients.values(), files.central]:
+        found |= {e.round for e in entries if e.run_id == current}
+    return sorted(found)
+
+
+def replay_points(all_rounds: list[int]) -> list[int]:
+    """At most `MAX_REPLAY_POINTS` of the rounds, evenly spaced, the first and last always."""
+    if len(all_rounds) <= MAX_REPLAY_POINTS:
+        return all_rounds
+    idx = {round(i * (len(all_rounds) - 1) / (MAX_REPLAY_POINTS - 1)) for i in range(MAX_REPLAY_POINTS)}
+    return [all_rounds[i] for i in sorted(idx)]
+
+
+def replay_plan(files: RunFiles, data: DataFacts) -> Replay:
+    """δ (the config's, else 1/N_users^1.1), the current run and the rounds to replay."""
+    config = files.config
+    if config.privacy.delta:
+        delta, delta_source = config.privacy.delta, "privacy.delta in the run's config"
+    elif data.n_users is None:
+        raise ValueError(
+            f"cannot determine δ for {files.run}: privacy.delta is 0 (meaning 1/N_users^1.1) and the data source "
+            f"{config.data.source!r} could not be loaded ({data.error}); make the data available or set privacy.delta."
+        )
+    else:
+        delta, delta_source = default_delta(data.n_users), f"1 / N_users^1.1 with N_users = {data.n_users}"
+    current = current_run(files)
+    return Replay(delta, delta_source, current, replay_points(rounds(files, current)))
+
+
+def audit_result(run: RunDir | Path) -> JsonDict | None:
+    """Return the `strata audit` result for this run (its shown fields), if an audit trained the run."""
+    audit = (run if isinstance(run, RunDir) else RunDir(Path(run))).read_audit()
+    if audit is None:
+        return None
+    return {k: audit[k] for k in AUDIT_KEYS if k in audit}
