@@ -125,8 +125,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_privacy_report(args: argparse.Namespace) -> int:
     """Run `strata privacy-report`: write (and optionally verify) a run's privacy report."""
-    report, verified = write_privacy_report(RunDir.of(args.run), verify=args.verify, tolerance=args.tolerance)
     run = RunDir.of(args.run)
+    report, verified = write_privacy_report(run, verify=args.verify, tolerance=args.tolerance)
     print(f"Privacy report: {run.privacy_report_json} and {run.privacy_report_html.name}")
     print(report["headline"])
     if args.verify:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections import OrderedDict
 from pathlib import Path
@@ -10,39 +9,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from direct_grid import DirectGrid
-from flwr.app import (
-    ArrayRecord,
-    ConfigRecord,
-    Message,
-    MetricRecord,
-    RecordDict,
-)
+from fakes import DirectGrid, Nodes, reply_to
+from flwr.app import ArrayRecord, ConfigRecord, Message
 
 import client.trainer as trainer
+from client.budget import ClientBudget
+from client.rounds import train_round
 from client.store import simulation_store
+from conftest import make_config
 from server.central_dp import (
     CentralDP,
     accounted_sample_rate,
     build_central_dp,
 )
-from server.federation import run_federation
-from server.privacy_report import write_privacy_report
-from server.strategy import StrataStrategy
-from shared.config import load_config
+from server.dp_strategy import CentralDPStrategy
+from server.federation import build_federation, run_federation
+from server.server_optimizer import ServerOptimizer
+from server.strategy import FedAvgStrategy
+from shared.config import StrataConfig
 from shared.model import build_model
 from shared.privacy.accounting import default_delta, epsilon_of
 from shared.privacy.ledger import Ledger, LedgerEntry
+from shared.protocol import TrainIns, TrainRes
+from shared.run_dir import RunDir
 from shared.training import update_norm
 from simulation.simulate import simulate
-
-
-class _Nodes:
-    def __init__(self, ids: list[int]) -> None:
-        self.ids = ids
-
-    def get_node_ids(self) -> list[int]:
-        return self.ids
 
 
 def _central(*, z: float = 1.0, clip: float = 1.0, q: float = 0.5, n_users: int = 50) -> CentralDP:
@@ -52,18 +43,22 @@ def _central(*, z: float = 1.0, clip: float = 1.0, q: float = 0.5, n_users: int 
     )
 
 
-def _strategy(central: CentralDP, q: float) -> StrataStrategy:
-    cfg = load_config(
-        None,
-        ['privacy.mode="central"', f"federation.fraction-train={q}", 'federation.server-optimizer="fedavg"', 'federation.topology="device"'],
-    )
-    return StrataStrategy(cfg, np.random.default_rng(0), central=central)
+def _strategy(central: CentralDP, q: float) -> CentralDPStrategy:
+    inner = FedAvgStrategy(optimizer=ServerOptimizer("fedavg"), rng=np.random.default_rng(0), fraction_train=q)
+    return CentralDPStrategy(inner, central)
 
 
 def _reply(request: Message, update: dict[str, torch.Tensor], users: int) -> Message:
-    metrics = MetricRecord({"num-users": users, "num-examples": 5, "train-loss": 1.0, "epsilon": 0.0, "refused": 0})
-    request.metadata.__dict__["_message_id"] = f"m{request.metadata.dst_node_id}"
-    return Message(content=RecordDict({"metrics": metrics, "arrays": ArrayRecord(OrderedDict(update))}), reply_to=request)
+    res = TrainRes(weights=update, num_users=users, num_examples=5, train_loss=1.0, epsilon=0.0)
+    return reply_to(request, res.to_record())
+
+
+def _train_ins(weights: dict[str, torch.Tensor], *, server_round: int = 1, run_id: str = "r") -> TrainIns:
+    return TrainIns(arrays=ArrayRecord(OrderedDict(weights)), server_round=server_round, run_id=run_id)
+
+
+def _budget(config: StrataConfig, ledger: Ledger, population: int) -> ClientBudget:
+    return ClientBudget.from_config(config.privacy, ledger=ledger, population=population)
 
 
 # ------------------------------------------------------------------------- sampling
@@ -88,7 +83,7 @@ def test_poisson_sampling_includes_each_node_with_probability_q() -> None:
 
 
 def test_sampling_is_secret_not_replayed_from_the_seed() -> None:
-    nodes = _Nodes(list(range(64)))
+    nodes = Nodes(range(64))
     picks = []
     for _ in range(2):
         s = _strategy(_central(q=0.5), 0.5)
@@ -106,7 +101,7 @@ def test_noise_on_the_mean_has_std_z_s_over_q_n(with_clients: bool) -> None:
     central = _central(z=z, clip=clip, q=q, n_users=n_users)
     strategy = _strategy(central, q)
     current = OrderedDict(w=torch.zeros(size))
-    nodes = _Nodes(list(range(n_users)) if with_clients else [])  # no nodes: an empty sample
+    nodes = Nodes(list(range(n_users)) if with_clients else [])  # no nodes: an empty sample
     msgs = list(strategy.configure_train(1, ArrayRecord(current), ConfigRecord({"run-id": "r1"}), nodes))
     replies = [_reply(m, {"w": torch.zeros(size)}, 1) for m in msgs]  # zero updates in
     arrays, metrics = strategy.aggregate_train(1, replies)
@@ -136,7 +131,7 @@ def test_noise_differs_run_to_run() -> None:
 def test_server_rejects_a_sum_above_users_times_clip() -> None:
     central = _central(z=0.1, clip=1.0, q=1.0, n_users=2)
     strategy = _strategy(central, 1.0)
-    msgs = list(strategy.configure_train(1, ArrayRecord(OrderedDict(w=torch.zeros(2))), ConfigRecord({"run-id": "r"}), _Nodes([1, 2])))
+    msgs = list(strategy.configure_train(1, ArrayRecord(OrderedDict(w=torch.zeros(2))), ConfigRecord({"run-id": "r"}), Nodes([1, 2])))
     ok, too_big = torch.tensor([0.6, 0.8]), torch.tensor([3.0, 4.0])  # norms 1 and 5; each reply holds 2 users
     arrays, metrics = strategy.aggregate_train(1, [_reply(msgs[0], {"w": ok}, 2), _reply(msgs[1], {"w": too_big}, 2)])
     assert metrics["clients"] == 1 and metrics["failed"] == 1
@@ -148,7 +143,7 @@ def test_server_rejects_a_sum_above_users_times_clip() -> None:
 # ------------------------------------------------------------------------- clipping
 
 
-def test_each_user_update_is_clipped_and_the_sum_is_bounded(tiny_config, monkeypatch) -> None:
+def test_each_user_update_is_clipped_and_the_sum_is_bounded(tiny_config: StrataConfig, monkeypatch: pytest.MonkeyPatch) -> None:
     clip = 0.05
     # Two local epochs: each user trains a model copy of their own (the one-at-a-time path).
     cfg = tiny_config.replace(
@@ -166,8 +161,8 @@ def test_each_user_update_is_clipped_and_the_sum_is_bounded(tiny_config, monkeyp
         return out, before
 
     monkeypatch.setattr(trainer, "clip_update", spy)
-    result = trainer.train_locally(store, cfg, weights, server_round=1, run_id="r", ledger=Ledger())
-    assert result.weights is not None and result.users == store.n_users
+    result = train_round(store, cfg, _train_ins(weights), _budget(cfg, Ledger(), store.total_users))
+    assert result.weights is not None and result.num_users == store.n_users
     assert len(seen) == store.n_users  # one model copy and one clip per user
     assert any(before > clip for before, _ in seen), "the test should force clipping"
     for before, after in seen:
@@ -180,7 +175,9 @@ def test_each_user_update_is_clipped_and_the_sum_is_bounded(tiny_config, monkeyp
 
 
 @pytest.mark.parametrize("clip", [0.05, 1e6])
-def test_batched_clipped_step_sum_equals_the_per_user_loop(tiny_config, monkeypatch, clip) -> None:
+def test_batched_clipped_step_sum_equals_the_per_user_loop(
+    tiny_config: StrataConfig, monkeypatch: pytest.MonkeyPatch, clip: float
+) -> None:
     """One local SGD step per user: the one-pass Opacus path gives the loop's Σ clip_S(update_u)."""
     cfg = tiny_config.replace(
         {"privacy.mode": "central", "privacy.update-clip": clip, "train.local-lr": 50.0, "model.dropout": 0.0}
@@ -189,22 +186,23 @@ def test_batched_clipped_step_sum_equals_the_per_user_loop(tiny_config, monkeypa
     weights = trainer.parameters_of(build_model(store.n_items, cfg.model, store.features, 0))
     # The VAE's reparameterisation noise is the only randomness left: take it out of both paths.
     monkeypatch.setattr(torch, "randn_like", torch.zeros_like)
-    args = dict(server_round=1, run_id="r", ledger=Ledger(), dp=None, spent=0.0)
-    loop = trainer._clipped_update_sum(store, cfg, weights, **args)
-    batched = trainer.train_locally(store, cfg, weights, server_round=1, run_id="r", ledger=Ledger())
-    assert batched.users == loop.users == store.n_users
+    loop = trainer._clipped_update_sum(store, cfg, weights, server_round=1, dp=None)
+    batched = trainer.train_locally(store, cfg, weights, server_round=1, dp=None)
+    assert (batched.sample_rate, batched.steps) == (1.0, 0)  # it took the one-pass path (no DP-SGD steps)
+    assert batched.examples == loop.examples == store.n_train_ratings  # every user's ratings, in both
     for k, v in loop.weights.items():
         torch.testing.assert_close(batched.weights[k], v, rtol=1e-4, atol=1e-5)
     if clip < 1:
         assert update_norm(batched.weights) <= store.n_users * clip * (1 + 1e-5)
 
 
-def test_local_plus_central_writes_one_dp_sgd_entry_per_round(tiny_config) -> None:
+def test_local_plus_central_writes_one_dp_sgd_entry_per_round(tiny_config: StrataConfig) -> None:
     cfg = tiny_config.replace({"privacy.mode": "local+central", "privacy.noise-multiplier": 1.0})
     store = simulation_store(cfg, 1)
     weights = trainer.parameters_of(build_model(store.n_items, cfg.model, store.features, 0))
     ledger = Ledger()
-    result = trainer.train_locally(store, cfg, weights, server_round=1, run_id="r", ledger=ledger)
+    result = train_round(store, cfg, _train_ins(weights), _budget(cfg, ledger, store.total_users))
+    assert result.weights is not None
     (entry,) = ledger.entries
     # Each user trains their own copy alone: q = 1, one step per local epoch (parallel composition).
     assert (entry.mechanism, entry.sample_rate, entry.steps) == ("dp-sgd", 1.0, cfg.train.local_epochs)
@@ -215,29 +213,32 @@ def test_local_plus_central_writes_one_dp_sgd_entry_per_round(tiny_config) -> No
 # --------------------------------------------------------------------- config, build
 
 
-def test_config_fields_and_validation() -> None:
-    cfg = load_config(None, ['privacy.mode="local+central"', "privacy.update-clip=0.5", "privacy.central-noise-multiplier=1.2"])
+def test_config_fields_and_validation(tmp_path: Path) -> None:
+    cfg = make_config(privacy={"mode": "local+central", "update_clip": 0.5, "central_noise_multiplier": 1.2})
     assert cfg.privacy.local_dp and cfg.privacy.central_dp and cfg.privacy.update_clip == 0.5
-    assert not load_config(None, ['privacy.mode="local"']).privacy.central_dp
+    assert not make_config(privacy={"mode": "local"}).privacy.central_dp
     with pytest.raises(ValueError, match="update-clip"):
-        load_config(None, ['privacy.mode="central"', "privacy.update-clip=0"])
+        make_config(privacy={"mode": "central", "update_clip": 0})
     with pytest.raises(ValueError, match="needs noise"):
-        load_config(None, ['privacy.mode="central"', "privacy.central-noise-multiplier=0"])
-    with pytest.raises(ValueError, match="needs the server's DP-FedAvg"):
-        StrataStrategy(load_config(None, ['privacy.mode="central"']), np.random.default_rng(0))
+        make_config(privacy={"mode": "central", "central_noise_multiplier": 0})
+    # Central privacy always gets the server's DP-FedAvg mechanism around the strategy; without it, none.
+    run = RunDir.of(tmp_path / "run")
+    central = build_federation(make_config(privacy={"mode": "central"}), run=run, run_id="r", population=50)
+    assert isinstance(central.strategy, CentralDPStrategy) and central.central is central.strategy.mechanism
+    plain = build_federation(make_config(privacy={"mode": "local"}), run=run, run_id="r", population=50)
+    assert isinstance(plain.strategy, FedAvgStrategy) and plain.central is None
 
 
-def test_hub_sampling_is_not_counted_as_amplification(tmp_path: Path) -> None:
-    hub = load_config(None, ['privacy.mode="central"', "federation.fraction-train=0.5", 'federation.topology="hub"'])
+def test_hub_sampling_is_not_counted_as_amplification() -> None:
+    hub = make_config(privacy={"mode": "central"}, federation={"fraction_train": 0.5, "topology": "hub"})
     device = hub.replace({"federation.topology": "device"})
     assert accounted_sample_rate(hub) == 1.0 and accounted_sample_rate(device) == 0.5
 
 
 def test_calibration_spends_the_central_target_over_the_planned_rounds(tmp_path: Path) -> None:
-    cfg = load_config(
-        None,
-        ['privacy.mode="central"', "privacy.central-target-epsilon=3.0", 'federation.topology="device"',
-         "federation.fraction-train=0.1", "federation.rounds=50"],
+    cfg = make_config(
+        privacy={"mode": "central", "central_target_epsilon": 3.0},
+        federation={"topology": "device", "fraction_train": 0.1, "rounds": 50},
     )
     central = build_central_dp(cfg, data_users=1000, run_id="r", ledger_path=tmp_path / "central.jsonl")
     assert central.expected_users == pytest.approx(100.0)
@@ -248,38 +249,42 @@ def test_calibration_spends_the_central_target_over_the_planned_rounds(tmp_path:
 # ------------------------------------------------------------------ run and report
 
 
-def test_budget_stops_the_run_early_and_exports_the_model(tiny_config) -> None:
+def test_budget_stops_the_run_early_and_exports_the_model(tiny_config: StrataConfig) -> None:
+    from server.privacy_report import write_privacy_report
+
     cfg = tiny_config.replace(
         {"privacy.mode": "central", "privacy.central-noise-multiplier": 1.0, "federation.rounds": 5}
     )
     delta = default_delta(cfg.data.synthetic_users)
     one = epsilon_of([LedgerEntry.dp_fedavg(noise_multiplier=1.0, sample_rate=1.0, run_id="r", round=1, clip=1.0)] * 2, delta)
     cfg = cfg.replace({"privacy.central-max-epsilon": one * 1.01})  # room for 2 of the 5 rounds
-    summary = run_federation(DirectGrid(cfg), cfg)
+    summary = run_federation(DirectGrid(cfg), cfg)  # type: ignore[arg-type]
     assert summary["rounds"] == 2 and "central budget" in summary["stopped_early"]
     assert summary["central_epsilon"] <= cfg.privacy.central_max_epsilon
-    lines = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [x["round"] for x in lines] == [1, 2]
-    assert (cfg.run_dir / "model" / "weights.pt").exists()
-    report, verified = write_privacy_report(cfg.run_dir, verify=True)
+    run = RunDir.of(cfg.run_dir)
+    assert [x["round"] for x in run.read_metrics()] == [1, 2]
+    assert run.weights_path.exists()
+    report, verified = write_privacy_report(run, verify=True)
     assert verified, [c for c in report["verification"]["checks"] if not c["passed"]]
 
 
 @pytest.mark.parametrize("mode", ["central", "local+central"])
-def test_simulation_in_central_mode_verifies(tiny_config, mode: str) -> None:
+def test_simulation_in_central_mode_verifies(tiny_config: StrataConfig, mode: str) -> None:
+    from server.privacy_report import write_privacy_report
+
     cfg = tiny_config.replace({"privacy.mode": mode, "privacy.update-clip": 0.5, "privacy.central-noise-multiplier": 0.8})
     summary = simulate(cfg)
-    run = cfg.run_dir
-    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    run = RunDir.of(cfg.run_dir)
+    lines = run.read_metrics()
     assert [x["round"] for x in lines] == [1, 2]
-    central = Ledger.open(run / "ledgers" / "central.jsonl")
+    central = Ledger.open(run.central_ledger_path)
     assert [(e.mechanism, e.round, e.client) for e in central.entries] == [("dp-fedavg", 1, "server"), ("dp-fedavg", 2, "server")]
     delta = default_delta(cfg.data.synthetic_users)
     for line in lines:
         assert line["train"]["clients"] == 4 and 0 < line["eval"]["ndcg@100"] <= 1, line
         replay = epsilon_of([e for e in central.entries if e.round <= line["round"]], delta)
         assert line["central_epsilon"] == pytest.approx(replay, rel=1e-9)
-    clients = [Ledger.open(p) for p in sorted((run / "ledgers").glob("client-*.jsonl"))]
+    clients = [Ledger.open(p) for p in run.client_ledger_paths()]
     if mode == "central":
         assert not clients and lines[-1]["epsilon"] == 0.0
     else:
@@ -291,4 +296,4 @@ def test_simulation_in_central_mode_verifies(tiny_config, mode: str) -> None:
     assert report["guarantee"]["central_epsilon"] == pytest.approx(lines[-1]["central_epsilon"], rel=0.05)
     assert report["guarantee"]["epsilon"] >= report["guarantee"]["central_epsilon"] - 1e-9
     assert any(m["mechanism"] == "dp-fedavg" for m in report["mechanisms"])
-    assert "DP-FedAvg" in (run / "privacy_report.html").read_text()
+    assert "DP-FedAvg" in run.privacy_report_html.read_text()

@@ -8,35 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import load_config
+from shared.run_dir import RunDir
 
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny central run on planted synthetic data (3 categories × 2 sub-interests)."""
-    from simulation.central import run_central
-
-    out = tmp_path_factory.mktemp("genrep") / "run"
-    config = load_config(
-        None,
-        [
-            f"run.out={json.dumps(str(out))}",
-            'data.source="synthetic"',
-            "data.synthetic-users=200",
-            "data.synthetic-items=60",
-            "data.synthetic-categories=3",
-            "data.synthetic-subs-per-category=2",
-            "model.hidden-dim=16",
-            "model.latent-dim=8",
-            "model.rating-dim=4",
-            "model.anneal-steps=5",
-            "train.epochs=12",
-            "train.batch-size=20",
-            "train.lr=0.01",
-        ],
-    )
-    run_central(config, eval_every=2)
-    return config.run_dir
+# `trained_run` (tests/conftest.py): a tiny central run on planted synthetic data (3 categories
+# × 2 sub-interests, 60 items, 200 users), privacy off.
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -44,12 +19,12 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def test_generate_writes_valid_csv_with_n_users_and_no_duplicates(tiny_run: Path, tmp_path: Path) -> None:
+def test_generate_writes_valid_csv_with_n_users_and_no_duplicates(trained_run: RunDir, tmp_path: Path) -> None:
     from shared.data.validate import validate_path
     from simulation.generate import generate_profiles
 
     out = tmp_path / "syn.csv"
-    summary = generate_profiles(tiny_run, n=25, out=out, seed=3)
+    summary = generate_profiles(trained_run.path, n=25, out=out, seed=3)
 
     result = validate_path(out)
     assert result.ok, result.problems
@@ -65,7 +40,7 @@ def test_generate_writes_valid_csv_with_n_users_and_no_duplicates(tiny_run: Path
     assert report["stats"]["synthetic"]["n_users"] == 25
     assert 0.0 <= report["tv"]["categories_vs_real"] <= 1.0
     # same seed, same output
-    generate_profiles(tiny_run, n=25, out=tmp_path / "again.csv", seed=3)
+    generate_profiles(trained_run.path, n=25, out=tmp_path / "again.csv", seed=3)
     assert (tmp_path / "again.csv").read_text() == out.read_text()
 
 
@@ -85,17 +60,17 @@ def test_gini_and_shares_by_hand() -> None:
     assert stats["top_10pct_share"] == pytest.approx(0.5)
 
 
-def test_conditioning_on_an_interest_raises_its_share(tiny_run: Path, tmp_path: Path) -> None:
+def test_conditioning_on_an_interest_raises_its_share(trained_run: RunDir, tmp_path: Path) -> None:
     from server.taxonomy import load_taxonomy
     from simulation.generate import generate_profiles
 
-    ids = [i["id"] for c in load_taxonomy(tiny_run)["categories"] for i in c["interests"]]
+    ids = [i["id"] for c in load_taxonomy(trained_run)["categories"] for i in c["interests"]]
     short = {"length_median": 8.0, "length_sigma": 0.3}  # 60 items: default-length profiles would hold most of them
-    generate_profiles(tiny_run, n=800, out=tmp_path / "plain.csv", seed=1, **short)
+    generate_profiles(trained_run.path, n=800, out=tmp_path / "plain.csv", seed=1, **short)
     plain = json.loads((tmp_path / "plain_report.json").read_text())["interests"]
     lifts = []
     for k, target in enumerate(ids):
-        generate_profiles(tiny_run, n=800, out=tmp_path / f"cond{k}.csv", interest=target, seed=1, **short)
+        generate_profiles(trained_run.path, n=800, out=tmp_path / f"cond{k}.csv", interest=target, seed=1, **short)
         cond = json.loads((tmp_path / f"cond{k}_report.json").read_text())["interest"]
         assert cond["id"] == target
         lifts.append(cond["synthetic"] / plain[target]["synthetic"])
@@ -104,35 +79,41 @@ def test_conditioning_on_an_interest_raises_its_share(tiny_run: Path, tmp_path: 
     assert min(lifts) > 1.05, lifts
     assert sum(lifts) / len(lifts) > 1.4, lifts
     with pytest.raises(ValueError, match="not in the taxonomy"):
-        generate_profiles(tiny_run, n=5, out=tmp_path / "x.csv", interest="NoSuch/9")
+        generate_profiles(trained_run.path, n=5, out=tmp_path / "x.csv", interest="NoSuch/9")
 
 
-def test_report_html_has_metrics_taxonomy_and_no_script(tiny_run: Path) -> None:
+def test_report_html_has_metrics_taxonomy_and_no_script(trained_run: RunDir) -> None:
     from server.run_report import write_run_report
     from server.taxonomy import load_taxonomy
 
-    path = write_run_report(tiny_run)
+    from simulation.cli import _example_user
+
+    example, why = _example_user(trained_run)  # the CLI's choice: the data set's first user
+    assert example is not None, why
+    path = write_run_report(trained_run, example=example)
     page = path.read_text(encoding="utf-8")
-    assert path == tiny_run / "report.html"
+    assert path == trained_run.run_report_path
     assert "<script" not in page.lower()
-    final = json.loads((tiny_run / "summary.json").read_text())["final_eval"]["ndcg@100"]
+    summary = trained_run.read_summary()
+    assert summary is not None
+    final = summary["final_eval"]["ndcg@100"]
     assert f"{final:.4f}" in page
-    for cat in load_taxonomy(tiny_run)["categories"]:
+    for cat in load_taxonomy(trained_run)["categories"]:
         assert f">{cat['id']}<" in page
     assert "DP interest census not run" in page
     assert "Privacy off" in page
     assert "as on that user's device" in page
 
 
-def test_report_shows_census_when_present(tiny_run: Path) -> None:
+def test_report_shows_census_when_present(trained_run: RunDir) -> None:
     from server.run_report import write_run_report
 
     census = {"interests": [{"id": "c0/0", "label": "<b>odd & label</b>", "count": 12.5}], "epsilon": 1.0, "delta": 1e-5}
-    (tiny_run / "census.json").write_text(json.dumps(census))
+    trained_run.write_census(census)
     try:
-        page = write_run_report(tiny_run).read_text(encoding="utf-8")
+        page = write_run_report(trained_run).read_text(encoding="utf-8")
     finally:
-        (tiny_run / "census.json").unlink()
+        trained_run.census_path.unlink()  # the session's run is shared: leave it as it was
     assert "DP interest census not run" not in page
     assert "&lt;b&gt;odd &amp; label&lt;/b&gt;" in page and "<b>odd" not in page
     assert "12.5" in page

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 import math
+from pathlib import Path
 
 import dp_accounting
 import pytest
 from dp_accounting.pld import pld_privacy_accountant
-from flwr.app import Context, RecordDict
+from flwr.app import ArrayRecord, Context, RecordDict
 from opacus.accountants import RDPAccountant
 from scipy.stats import norm
 
-from client.ledger_store import ledger_path, open_ledger, save_to_state
-from client.store import simulation_store
-from client.trainer import parameters_of, train_locally
+from client.budget import ClientBudget
+from client.ledger_store import open_ledger, save_to_state
+from client.rounds import train_round
+from client.store import DeviceStore, simulation_store
+from client.trainer import parameters_of
+from shared.config import StrataConfig
 from shared.model import build_model
 from shared.privacy.accounting import calibrate_noise_multiplier, epsilon_of
 from shared.privacy.ledger import Ledger, LedgerEntry, LedgerError
+from shared.protocol import TrainIns, TrainRes
+from shared.run_dir import RunDir
 
 
 def _analytic_gaussian_epsilon(sigma: float, delta: float) -> float:
@@ -74,15 +81,21 @@ def test_calibration_counts_what_was_already_spent() -> None:
         calibrate_noise_multiplier(target_epsilon=0.1, delta=1e-4, sample_rate=0.1, steps=10, prior=prior)
 
 
-def test_three_rounds_with_fresh_engines_compose(tiny_config, tmp_path) -> None:
+def _train(store: DeviceStore, config: StrataConfig, *, server_round: int, run_id: str, ledger: Ledger) -> TrainRes:
+    """One round of `store`'s client from fresh weights, spending from `ledger`."""
+    weights = parameters_of(build_model(store.n_items, config.model, store.features, 0))
+    ins = TrainIns(arrays=ArrayRecord(weights), server_round=server_round, run_id=run_id)  # type: ignore[arg-type]
+    return train_round(store, config, ins, ClientBudget.from_config(config.privacy, ledger=ledger, population=store.total_users))
+
+
+def test_three_rounds_with_fresh_engines_compose(tiny_config: StrataConfig, tmp_path: Path) -> None:
     """Each round builds a new PrivacyEngine; the ledger must still compose all three."""
     cfg = tiny_config.replace({"privacy.mode": "local", "privacy.noise-multiplier": 1.5})
     store = simulation_store(cfg, 0)
-    weights = parameters_of(build_model(store.n_items, cfg.model, store.features, 0))
     ledger = Ledger.open(tmp_path / "ledger.jsonl")
     eps = []
     for rnd in (1, 2, 3):
-        result = train_locally(store, cfg, weights, server_round=rnd, run_id="run-a", ledger=ledger)
+        result = _train(store, cfg, server_round=rnd, run_id="run-a", ledger=ledger)
         eps.append(result.epsilon)
     assert eps[0] < eps[1] < eps[2]
     replayed = Ledger.open(tmp_path / "ledger.jsonl")
@@ -96,29 +109,30 @@ def test_three_rounds_with_fresh_engines_compose(tiny_config, tmp_path) -> None:
     assert epsilon_of(replayed.entries, delta, "rdp") == pytest.approx(opacus.get_epsilon(delta), rel=0.03)
 
 
-def test_ledger_survives_a_second_run(tiny_config, tmp_path) -> None:
+def test_ledger_survives_a_second_run(tiny_config: StrataConfig, tmp_path: Path) -> None:
     cfg = tiny_config.replace({"privacy.mode": "local"})
     store = simulation_store(cfg, 1)
-    weights = parameters_of(build_model(store.n_items, cfg.model, store.features, 0))
-    path = ledger_path(tmp_path, store.client_id)
-    first = train_locally(store, cfg, weights, server_round=1, run_id="run-1", ledger=Ledger.open(path))
-    second = train_locally(store, cfg, weights, server_round=1, run_id="run-2", ledger=Ledger.open(path))
+    path = RunDir.of(tmp_path).client_ledger_path(store.client_id)
+    first = _train(store, cfg, server_round=1, run_id="run-1", ledger=Ledger.open(path))
+    second = _train(store, cfg, server_round=1, run_id="run-2", ledger=Ledger.open(path))
     assert second.epsilon > first.epsilon
     assert [e.run_id for e in Ledger.open(path).entries] == ["run-1", "run-2"]
 
 
-def test_client_refuses_beyond_max_epsilon(tiny_config, tmp_path) -> None:
+def test_client_refuses_beyond_max_epsilon(
+    tiny_config: StrataConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     cfg = tiny_config.replace({"privacy.mode": "local", "privacy.max-epsilon": 0.5})
     store = simulation_store(cfg, 2)
-    weights = parameters_of(build_model(store.n_items, cfg.model, store.features, 0))
     ledger = Ledger.open(tmp_path / "l.jsonl")
-    result = train_locally(store, cfg, weights, server_round=1, run_id="r", ledger=ledger)
-    assert result.weights is None
-    assert "max-epsilon 0.5" in result.refused
+    with caplog.at_level(logging.WARNING, logger="client.rounds"):
+        result = _train(store, cfg, server_round=1, run_id="r", ledger=ledger)
+    assert result.weights is None and result.refused
+    assert "max-epsilon 0.5" in caplog.text  # the client says why it refused
     assert len(ledger) == 0  # nothing was released, nothing recorded
 
 
-def test_state_and_disk_must_agree(tmp_path) -> None:
+def test_state_and_disk_must_agree(tmp_path: Path) -> None:
     path = tmp_path / "client-0.jsonl"
     ctx = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
     ledger = open_ledger(ctx, path)
@@ -130,7 +144,7 @@ def test_state_and_disk_must_agree(tmp_path) -> None:
         open_ledger(ctx, path)
 
 
-def test_bad_ledger_line_names_file_and_line(tmp_path) -> None:
+def test_bad_ledger_line_names_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     good = LedgerEntry.dp_sgd(noise_multiplier=1.0, sample_rate=0.5, steps=2, run_id="r", round=1, client="c", max_grad_norm=1.0).to_json()
     path.write_text(good + "\n" + good.replace('"noise_multiplier": 1.0', '"noise_multiplier": -1') + "\n")

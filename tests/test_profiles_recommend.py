@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from client.profiles import InterestIndex, ProfileSettings, l1_target, profile_from_distribution, user_profile
+from client.profiles import ProfileSettings, l1_target, profile_from_distribution, user_profile
 from client.recommend import (
     LAYER_L1,
     LAYER_L2,
     LAYER_L3,
-    UnknownUserError,
     calibrated_list,
     discovery_items,
     miscalibration,
     rank_items,
 )
-from shared.config import load_config
+from shared.interests import InterestIndex
+from shared.run_dir import RunDir
+from simulation.recommend import UnknownUserError, recommend_for_user
 
 # Six items, two categories; item 2 is in both.
 ITEM_CATEGORIES = [("A",), ("A",), ("A", "B"), ("B",), ("B",), ("B",)]
@@ -142,87 +141,56 @@ def test_discovery_takes_l3_interests_in_turn() -> None:
     assert discovery_items(scores, exclude, index, [], 3) == []
 
 
-# --- a trained run ------------------------------------------------------------------------------
+# --- a trained run (the session's `trained_run`: 200 users, 60 items, privacy off) -------------
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from simulation.central import run_central
-
-    out = tmp_path_factory.mktemp("rec") / "run"
-    config = load_config(
-        None,
-        [
-            f"run.out={json.dumps(str(out))}",
-            'data.source="synthetic"',
-            "data.synthetic-users=200",
-            "data.synthetic-items=96",
-            "data.synthetic-categories=3",
-            "data.synthetic-subs-per-category=4",
-            "model.hidden-dim=32",
-            "model.latent-dim=8",
-            "model.rating-dim=4",
-            "model.anneal-steps=20",
-            "train.epochs=10",
-            "train.batch-size=25",
-            "train.lr=0.01",
-        ],
-    )
-    run_central(config, eval_every=100)
-    return out
-
-
-def _train_items(run_dir: Path, user: int) -> set[str]:
-    from server.export import read_run_config
+def _train_items(run: RunDir, user: int) -> set[str]:
     from shared.data.source import load_source
     from shared.data.split import split_configured
 
-    config = read_run_config(run_dir)
+    config = run.read_config()
     data = load_source(config.data, config.run.seed)
     (split,) = split_configured(data, config.data, config.run.seed, np.array([user]))
     return {data.catalog.item_ids[i] for i in split.train_items}
 
 
-def test_recommend_never_returns_train_items_and_explains_each(run_dir: Path) -> None:
-    from client.recommend import format_recommendations, recommend_for_user
+def test_recommend_never_returns_train_items_and_explains_each(trained_run: RunDir) -> None:
+    from client.recommend import format_recommendations
 
-    assert not (run_dir / "taxonomy.json").exists()
+    trained_run.taxonomy_path.unlink(missing_ok=True)  # another test of the session may have built it
     for user in range(0, 200, 40):
-        seen = _train_items(run_dir, user)
+        seen = _train_items(trained_run, user)
         for layered in (False, True):
-            result = recommend_for_user(run_dir, str(user), n=10, layered=layered)
+            result = recommend_for_user(trained_run, str(user), n=10, layered=layered)
             items = [r["item"] for r in result["items"]]
             assert len(items) == 10 == len(set(items))
             assert not seen & set(items)
             assert all(r["layer"] in (LAYER_L1, LAYER_L2, LAYER_L3) and r["why"] for r in result["items"])
             assert all(1.0 <= r["predicted_rating"] <= 5.0 for r in result["items"])
-    assert (run_dir / "taxonomy.json").exists()  # built lazily on first use
+    assert trained_run.taxonomy_path.exists()  # built lazily on first use
     text = format_recommendations(result)
     assert result["items"][0]["title"][:20] in text and "L1 core" in text
 
 
-def test_unknown_user_names_where_ids_come_from(run_dir: Path) -> None:
-    from client.recommend import recommend_for_user
-
+def test_unknown_user_names_where_ids_come_from(trained_run: RunDir) -> None:
     with pytest.raises(UnknownUserError, match="data.source='synthetic'"):
-        recommend_for_user(run_dir, "no-such-user")
+        recommend_for_user(trained_run, "no-such-user")
 
 
-def test_layered_lists_are_better_calibrated(run_dir: Path) -> None:
-    from server.export import load_exported
+def test_layered_lists_are_better_calibrated(trained_run: RunDir) -> None:
     from server.taxonomy import load_taxonomy
     from shared.data.matrices import train_tensors
     from shared.data.source import load_source
     from shared.data.split import split_configured
 
-    model, _, config = load_exported(run_dir)
+    model, _, config = trained_run.load_model()
     data = load_source(config.data, config.run.seed)
     users = split_configured(data, config.data, config.run.seed)
     t = train_tensors(users, data.n_items, config.data.positive_threshold)
     with torch.no_grad():
         logits = model.decode(model.encode(t.positives)[0]).double()
     pi = torch.softmax(logits, 1).numpy()
-    index = InterestIndex.from_taxonomy(load_taxonomy(run_dir), data.catalog.categories)
+    index = InterestIndex.from_taxonomy(load_taxonomy(trained_run), data.catalog.categories)
     plain_kl, layered_kl, discovered = [], [], 0
     for u, split in enumerate(users):
         profile = profile_from_distribution(pi[u], t.positives[u].numpy(), index)

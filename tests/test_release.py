@@ -8,13 +8,16 @@ import json
 import numpy as np
 import pytest
 import torch
-from direct_grid import DirectGrid
+from fakes import DirectGrid
+from flwr.app import ArrayRecord
 
+from client.budget import ClientBudget
 from client.release import contribute
-from client.store import simulation_store
-from client.trainer import noise_multiplier_for, parameters_of
-from server.privacy_report import write_privacy_report
+from client.rounds import noise_multiplier_for
+from client.store import DeviceStore, simulation_store
+from client.trainer import local_plan, parameters_of
 from server.release import collect_release
+from shared.config import StrataConfig
 from shared.data.matrices import train_tensors
 from shared.model import build_model
 from shared.privacy.accounting import default_delta, epsilon_of
@@ -28,7 +31,17 @@ from shared.privacy.release import (
     release_bound,
     release_entry,
 )
+from shared.protocol import ReleaseIns
+from shared.run_dir import RunDir
 from simulation.simulate import simulate
+
+
+def _budget(config: StrataConfig, store: DeviceStore, ledger: Ledger | None = None) -> ClientBudget:
+    return ClientBudget.from_config(config.privacy, ledger=ledger if ledger is not None else Ledger(), population=store.total_users)
+
+
+def _popularity(server_round: int = 0) -> ReleaseIns:
+    return ReleaseIns(kind="popularity", server_round=server_round, run_id="r")
 
 
 def test_bounded_rows_respect_the_bound_and_keep_small_rows() -> None:
@@ -55,37 +68,37 @@ def test_release_entry_is_one_gaussian_step() -> None:
         LedgerEntry(mechanism="gaussian-sum", noise_multiplier=3.0, sample_rate=0.5, steps=1, run_id="r", round=0, client="c")
 
 
-def test_local_mode_client_noises_and_records_its_release(tiny_config) -> None:
+def test_local_mode_client_noises_and_records_its_release(tiny_config: StrataConfig) -> None:
     cfg = tiny_config.replace({"privacy.mode": "local", "privacy.release-noise-multiplier": 2.0})
     store = simulation_store(cfg, 0)
     exact = popularity_rows(train_tensors(store.users, store.n_items, 4.0).positives.numpy()).sum(axis=0)
     noise = []
     ledger = Ledger()
     for _ in range(60):
-        total, spent = contribute(store, cfg, "popularity", run_id="r", server_round=0, ledger=Ledger())
-        noise.append(total - exact)
-    total, spent = contribute(store, cfg, "popularity", run_id="r", server_round=0, ledger=ledger)
+        reply = contribute(store, cfg, _popularity(), _budget(cfg, store))
+        noise.append(reply.total - exact)
+    reply = contribute(store, cfg, _popularity(), _budget(cfg, store, ledger))
     (entry,) = ledger.entries
     assert (entry.noise_multiplier, entry.max_grad_norm, entry.round, entry.client) == (2.0, 1.0, 0, store.client_id)
-    assert spent == pytest.approx(epsilon_of([entry], default_delta(store.total_users)))
+    assert reply.epsilon == pytest.approx(epsilon_of([entry], default_delta(store.total_users)))
     std = np.std(np.concatenate(noise))
     assert std == pytest.approx(2.0 * 1.0, rel=0.05)  # z · bound per coordinate
 
 
-def test_privacy_off_release_is_exact_and_unrecorded(tiny_config) -> None:
+def test_privacy_off_release_is_exact_and_unrecorded(tiny_config: StrataConfig) -> None:
     store = simulation_store(tiny_config, 1)
     ledger = Ledger()
-    total, spent = contribute(store, tiny_config, "popularity", run_id="r", server_round=0, ledger=ledger)
+    reply = contribute(store, tiny_config, _popularity(), _budget(tiny_config, store, ledger))
     exact = popularity_rows(train_tensors(store.users, store.n_items, 4.0).positives.numpy()).sum(axis=0)
-    assert total == pytest.approx(exact) and len(ledger) == 0 and spent == 0.0
+    assert reply.total == pytest.approx(exact) and len(ledger) == 0 and reply.epsilon == 0.0
 
 
-def test_central_mode_server_adds_the_noise_and_records_it(tiny_config) -> None:
+def test_central_mode_server_adds_the_noise_and_records_it(tiny_config: StrataConfig) -> None:
     cfg = tiny_config.replace({"privacy.mode": "central", "privacy.release-noise-multiplier": 3.0})
     grid = DirectGrid(cfg)
     server_ledger = Ledger()
     n_items = cfg.data.synthetic_items
-    release = collect_release(grid, cfg, "popularity", run_id="r", dim=n_items, server_ledger=server_ledger, timeout=60)
+    release = collect_release(grid, cfg, "popularity", run_id="r", dim=n_items, server_ledger=server_ledger, timeout=60)  # type: ignore[arg-type]
     exact = sum(
         popularity_rows(train_tensors(simulation_store(cfg, i).users, n_items, 4.0).positives.numpy()).sum(axis=0)
         for i in range(grid.n)
@@ -98,7 +111,7 @@ def test_central_mode_server_adds_the_noise_and_records_it(tiny_config) -> None:
     assert all(eps == 0.0 for eps in release.client_epsilon.values())
 
 
-def test_popularity_prior_makes_the_untrained_model_rank_by_popularity(tiny_config) -> None:
+def test_popularity_prior_makes_the_untrained_model_rank_by_popularity(tiny_config: StrataConfig) -> None:
     store = simulation_store(tiny_config, 0)
     model = build_model(store.n_items, tiny_config.model, store.features, 0)
     counts = np.arange(store.n_items, dtype=np.float64)
@@ -112,7 +125,7 @@ def test_popularity_prior_makes_the_untrained_model_rank_by_popularity(tiny_conf
     assert torch.allclose(logits[0], logits[1])
 
 
-def test_calibration_counts_the_planned_releases(tiny_config) -> None:
+def test_calibration_counts_the_planned_releases(tiny_config: StrataConfig) -> None:
     cfg = tiny_config.replace(
         {"privacy.mode": "local", "privacy.target-epsilon": 3.0, "model.popularity-prior": True, "federation.census": True}
     )
@@ -120,11 +133,10 @@ def test_calibration_counts_the_planned_releases(tiny_config) -> None:
     planned = planned_releases(cfg, run_id="r", holder=store.client_id, server=False)
     assert [e.round for e in planned] == [0, cfg.federation.rounds + 1]
     assert [e.max_grad_norm for e in planned] == [release_bound("popularity"), release_bound("census")]
-    sigma = noise_multiplier_for(cfg, store, Ledger(), "r")
-    without = noise_multiplier_for(cfg.replace({"model.popularity-prior": False, "federation.census": False}), store, Ledger(), "r")
+    sigma = noise_multiplier_for(cfg, store, _budget(cfg, store), "r")
+    plain = cfg.replace({"model.popularity-prior": False, "federation.census": False})
+    without = noise_multiplier_for(plain, store, _budget(plain, store), "r")
     assert sigma > without  # the releases take part of the budget
-    from client.trainer import local_plan
-
     q, steps = local_plan(cfg, store)
     rounds = [LedgerEntry.dp_sgd(noise_multiplier=sigma, sample_rate=q, steps=steps, run_id="r", round=r, client=store.client_id, max_grad_norm=1.0) for r in range(1, cfg.federation.rounds + 1)]
     total = epsilon_of([*planned, *rounds], default_delta(store.total_users))
@@ -132,7 +144,9 @@ def test_calibration_counts_the_planned_releases(tiny_config) -> None:
 
 
 @pytest.mark.parametrize("mode", ["local", "central"])
-def test_simulation_with_prior_and_census_verifies(tiny_config, mode) -> None:
+def test_simulation_with_prior_and_census_verifies(tiny_config: StrataConfig, mode: str) -> None:
+    from server.privacy_report import write_privacy_report
+
     cfg = tiny_config.replace(
         {
             "privacy.mode": mode,
@@ -142,9 +156,9 @@ def test_simulation_with_prior_and_census_verifies(tiny_config, mode) -> None:
         }
     )
     summary = simulate(cfg)
-    run = cfg.run_dir
-    census = json.loads((run / "census.json").read_text())
-    taxonomy = json.loads((run / "taxonomy.json").read_text())
+    run = RunDir.of(cfg.run_dir)
+    census, taxonomy = run.read_census(), run.read_taxonomy()
+    assert census is not None and taxonomy is not None  # the taxonomy is the final model's
     assert len(census["interests"]) == sum(len(c["interests"]) for c in taxonomy["categories"])
     assert census["epsilon"] == pytest.approx(
         epsilon_of([release_entry(noise_multiplier=cfg.privacy.release_noise_multiplier, bound=np.sqrt(3), run_id="", server_round=0, holder="x")], census["delta"])
@@ -153,31 +167,27 @@ def test_simulation_with_prior_and_census_verifies(tiny_config, mode) -> None:
     assert verified, [c for c in report["verification"]["checks"] if not c["passed"]]
     epsilon = summary["epsilon"] if mode == "local" else summary["central_epsilon"]
     assert epsilon == pytest.approx(6.0, rel=0.02)  # releases included, still the target
-    ledger_files = ["central.jsonl"] if mode == "central" else [p.name for p in (run / "ledgers").glob("client-*.jsonl")]
-    releases = [
-        json.loads(x) for f in ledger_files for x in (run / "ledgers" / f).read_text().splitlines() if "gaussian-sum" in x
-    ]
+    ledger_files = [run.central_ledger_path] if mode == "central" else run.client_ledger_paths()
+    assert ledger_files
+    releases = [json.loads(x) for f in ledger_files for x in f.read_text().splitlines() if "gaussian-sum" in x]
     assert sorted({r["round"] for r in releases}) == [0, cfg.federation.rounds + 1]
 
 
-
-def test_census_contribution_is_bounded_and_noised(tiny_config) -> None:
+def test_census_contribution_is_bounded_and_noised(tiny_config: StrataConfig) -> None:
     cfg = tiny_config.replace({"privacy.mode": "local", "privacy.release-noise-multiplier": 2.0})
     store = simulation_store(cfg, 0)
     weights = parameters_of(build_model(store.n_items, cfg.model, store.features, 0))
     rng = np.random.default_rng(0)
     interests = np.zeros((store.n_items, 6))
     interests[np.arange(store.n_items), rng.integers(0, 6, store.n_items)] = 1.0
-    exact, _ = contribute(store, cfg.replace({"privacy.mode": "off"}), "census", run_id="r", server_round=3,
-                          ledger=Ledger(), weights=weights, interest_matrix=interests)
+    census = ReleaseIns(kind="census", server_round=3, run_id="r", arrays=ArrayRecord(weights), interests=interests)  # type: ignore[arg-type]
+    off = cfg.replace({"privacy.mode": "off"})
+    exact = contribute(store, off, census, _budget(off, store)).total
     assert exact.sum() <= 3 * store.n_users  # each user holds at most 3 interests
     assert np.all(exact == np.round(exact)) and exact.max() <= store.n_users
     ledger = Ledger()
-    draws = [
-        contribute(store, cfg, "census", run_id="r", server_round=3, ledger=ledger, weights=weights, interest_matrix=interests)[0]
-        - exact
-        for _ in range(80)
-    ]
+    budget = _budget(cfg, store, ledger)
+    draws = [contribute(store, cfg, census, budget).total - exact for _ in range(80)]
     assert np.std(np.concatenate(draws)) == pytest.approx(2.0 * np.sqrt(3), rel=0.08)
     assert len(ledger) == 80
     assert all(e.mechanism == "gaussian-sum" and e.max_grad_norm == pytest.approx(np.sqrt(3)) for e in ledger.entries)

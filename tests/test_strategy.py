@@ -3,46 +3,36 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from fakes import Nodes, reply_to
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
 from server.server_optimizer import ServerOptimizer
-from server.strategy import StrataStrategy
-from shared.config import load_config
-
-
-class _Nodes:
-    """Just the part of a Grid the strategy asks: which nodes exist."""
-
-    def __init__(self, ids: list[int]) -> None:
-        self.ids = ids
-
-    def get_node_ids(self) -> list[int]:
-        return self.ids
+from server.strategy import FedAvgStrategy
+from shared.protocol import TrainRes
 
 
 def _reply(request: Message, weights: dict[str, torch.Tensor] | None, users: int, eps: float = 0.0) -> Message:
-    content = RecordDict(
-        {"metrics": MetricRecord({"num-users": users, "num-examples": 10 * users, "train-loss": 1.0, "epsilon": eps, "refused": int(weights is None)})}
-    )
-    if weights is not None:
-        content["arrays"] = ArrayRecord(OrderedDict(weights))
-    request.metadata.__dict__["_message_id"] = f"m{request.metadata.dst_node_id}"
-    return Message(content=content, reply_to=request)
+    res = TrainRes(weights=weights, num_users=users, num_examples=10 * users, train_loss=1.0, epsilon=eps)
+    return reply_to(request, res.to_record())
 
 
-def _strategy(**overrides) -> StrataStrategy:
-    flat = {"federation.server-optimizer": '"fedavg"', **overrides}
-    return StrataStrategy(load_config(None, [f"{k}={v}" for k, v in flat.items()]), np.random.default_rng(0))
+def _strategy(**options: Any) -> FedAvgStrategy:
+    return FedAvgStrategy(optimizer=ServerOptimizer("fedavg"), rng=np.random.default_rng(0), **options)
 
 
-def _round(strategy, current, client_weights):
-    msgs = list(strategy.configure_train(1, ArrayRecord(OrderedDict(current)), ConfigRecord({"run-id": "t"}), _Nodes([1, 2, 3])))
+def _round(
+    strategy: FedAvgStrategy,
+    current: dict[str, torch.Tensor],
+    client_weights: list[tuple[dict[str, torch.Tensor] | None, int]],
+) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    msgs = list(strategy.configure_train(1, ArrayRecord(OrderedDict(current)), ConfigRecord({"run-id": "t"}), Nodes([1, 2, 3])))
     assert [m.metadata.dst_node_id for m in msgs] == [1, 2, 3]
-    replies = [_reply(m, w, u) for m, (w, u) in zip(msgs, client_weights)]
+    replies = [_reply(m, w, u) for m, (w, u) in zip(msgs, client_weights, strict=True)]
     return strategy.aggregate_train(1, replies)
 
 
@@ -54,6 +44,7 @@ def test_fedavg_is_the_user_weighted_average() -> None:
         [({"w": torch.tensor([1.0, 2.0])}, 1), ({"w": torch.tensor([3.0, 6.0])}, 3), (None, 5)],
     )
     # (1·[1,2] + 3·[3,6]) / 4 = [2.5, 5.0]; the refusing client counts for nothing.
+    assert arrays is not None and metrics is not None
     assert torch.allclose(arrays.to_torch_state_dict()["w"], torch.tensor([2.5, 5.0]))
     assert metrics["clients"] == 2 and metrics["refused"] == 1
 
@@ -65,13 +56,14 @@ def test_nan_update_is_rejected_not_averaged() -> None:
         current,
         [({"w": torch.tensor([1.0, 1.0])}, 1), ({"w": torch.tensor([float("nan"), 0.0])}, 1), ({"w": torch.ones(3)}, 1)],
     )
+    assert arrays is not None and metrics is not None
     assert torch.allclose(arrays.to_torch_state_dict()["w"], torch.tensor([1.0, 1.0]))
     assert metrics["failed"] == 2
 
 
 def test_round_with_too_few_replies_is_skipped() -> None:
-    arrays, metrics = _round(_strategy(**{"federation.min-train-clients": 2}), {"w": torch.zeros(1)}, [({"w": torch.ones(1)}, 1), (None, 1), (None, 1)])
-    assert arrays is None and metrics["clients"] == 1
+    arrays, metrics = _round(_strategy(min_train_clients=2), {"w": torch.zeros(1)}, [({"w": torch.ones(1)}, 1), (None, 1), (None, 1)])
+    assert arrays is None and metrics is not None and metrics["clients"] == 1
 
 
 def test_fedadam_first_step_moves_each_weight_by_lr() -> None:
@@ -81,8 +73,8 @@ def test_fedadam_first_step_moves_each_weight_by_lr() -> None:
 
 
 def test_fraction_sampling_is_seeded() -> None:
-    s1, s2 = _strategy(**{"federation.fraction-train": 0.5}), _strategy(**{"federation.fraction-train": 0.5})
-    nodes = _Nodes(list(range(100, 120)))
+    s1, s2 = _strategy(fraction_train=0.5), _strategy(fraction_train=0.5)
+    nodes = Nodes(range(100, 120))
     a = [m.metadata.dst_node_id for m in s1.configure_train(1, ArrayRecord(OrderedDict(w=torch.zeros(1))), ConfigRecord(), nodes)]
     b = [m.metadata.dst_node_id for m in s2.configure_train(1, ArrayRecord(OrderedDict(w=torch.zeros(1))), ConfigRecord(), nodes)]
     assert a == b and len(a) == 10
@@ -106,7 +98,7 @@ def test_server_waits_for_clients_before_round_one() -> None:
             return list(range(min(self.calls, 4)))
 
     grid = _Registering()
-    assert _wait_for_clients(grid, 4, timeout_s=5) == 4
+    assert _wait_for_clients(grid, 4, timeout_s=5) == 4  # type: ignore[arg-type]
     assert grid.calls >= 4
     with pytest.raises(RuntimeError, match="min-available-clients"):
-        _wait_for_clients(_Nodes([1]), 3, timeout_s=0.3)
+        _wait_for_clients(Nodes([1]), 3, timeout_s=0.3)  # type: ignore[arg-type]

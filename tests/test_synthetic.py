@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -76,12 +74,6 @@ def test_popularity_is_skewed() -> None:
     data, _ = make_synthetic(**{**PARAMS, "n_items": 1200})
     counts = np.sort(np.bincount(data.items, minlength=data.n_items))[::-1]
     assert counts[: data.n_items // 10].sum() > 0.25 * counts.sum()
-
-
-def test_fast() -> None:
-    start = time.perf_counter()
-    make_synthetic(n_users=500, n_items=300, n_categories=5, subs_per_category=4, seed=1)
-    assert time.perf_counter() - start < 0.5
 
 
 def test_rejects_too_few_items() -> None:

@@ -5,52 +5,55 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from shared.clustering import (
-    adjusted_mutual_information,
-    choose_k,
-    expected_mutual_information,
-    kmeans,
-    mutual_information,
-    silhouette,
-)
+from shared.clustering import adjusted_mutual_information, choose_k, kmeans, silhouette
 from shared.config import load_config
+from shared.run_dir import RunDir
 
 # --- clustering and AMI on hand-made inputs -------------------------------------------------
 
 
-def test_mutual_information_by_hand() -> None:
-    a = np.array([0, 0, 0, 1, 1, 1])
-    b = np.array([0, 0, 1, 1, 2, 2])
+def _mi(a: np.ndarray, b: np.ndarray) -> float:
+    """Mutual information (nats) of two labelings, written out from the contingency table."""
+    n, ca, cb = len(a), Counter(a.tolist()), Counter(b.tolist())
+    cells = Counter(zip(a.tolist(), b.tolist(), strict=True))
+    return sum(nij / n * math.log(n * nij / (ca[i] * cb[j])) for (i, j), nij in cells.items())
+
+
+def _h(labels: np.ndarray) -> float:
+    n = len(labels)
+    return -sum(c / n * math.log(c / n) for c in Counter(labels.tolist()).values())
+
+
+def test_ami_is_its_definition_with_the_expected_mi_over_all_permutations() -> None:
     # contingency [[2,1,0],[0,1,2]]: the 2-cells give (2/6)·ln(6·2/(3·2)) each, the 1-cells ln(1) = 0
-    assert mutual_information(a, b) == pytest.approx(2 / 3 * math.log(2))
-
-
-def test_expected_mi_equals_average_over_all_permutations() -> None:
+    assert _mi(np.array([0, 0, 0, 1, 1, 1]), np.array([0, 0, 1, 1, 2, 2])) == pytest.approx(2 / 3 * math.log(2))
     a = np.array([0, 0, 0, 1, 1, 2])
     b = np.array([0, 0, 1, 1, 2, 2])
-    brute = np.mean([mutual_information(a, b[list(p)]) for p in itertools.permutations(range(6))])
-    assert expected_mutual_information(np.bincount(a).astype(float), np.bincount(b).astype(float)) == pytest.approx(brute)
+    emi = float(np.mean([_mi(a, b[list(p)]) for p in itertools.permutations(range(6))]))
+    expected = (_mi(a, b) - emi) / ((_h(a) + _h(b)) / 2 - emi)  # (MI − E[MI]) / (mean entropy − E[MI])
+    assert adjusted_mutual_information(a, b) == pytest.approx(expected)
+    assert adjusted_mutual_information(b, a) == pytest.approx(expected)
 
 
-def test_ami_identical_renamed_and_independent() -> None:
+def test_ami_identical_renamed_independent_and_edge_cases() -> None:
     a = np.array([0, 0, 1, 1, 2, 2, 2])
     assert adjusted_mutual_information(a, a) == pytest.approx(1.0)
     assert adjusted_mutual_information(a, np.array([5, 5, 9, 9, 1, 1, 1])) == pytest.approx(1.0)
+    assert adjusted_mutual_information(a, np.array(["x/1", "x/1", "y", "y", "x/0", "x/0", "x/0"])) == pytest.approx(1.0)
     assert adjusted_mutual_information([0, 0, 0, 0], [0, 1, 2, 3]) == 0.0
+    assert adjusted_mutual_information([3, 3, 3], [7, 7, 7]) == 1.0  # both one cluster: they agree
+    assert adjusted_mutual_information([0, 1, 2], [2, 0, 1]) == 1.0  # both all singletons: they agree
+    with pytest.raises(ValueError):
+        adjusted_mutual_information([0, 1, 1], [0, 1])
     rng = np.random.default_rng(0)
     rand = [adjusted_mutual_information(rng.integers(0, 4, 200), rng.integers(0, 4, 200)) for _ in range(20)]
     assert abs(float(np.mean(rand))) < 0.01  # adjusted for chance: about 0 on average
-    # AMI is (MI − E[MI]) / (mean entropy − E[MI]), written out:
-    b = np.array([0, 0, 1, 1, 1, 2, 2])
-    h = lambda lab: -sum(c / 7 * math.log(c / 7) for c in np.bincount(lab) if c)  # noqa: E731
-    emi = expected_mutual_information(np.bincount(a).astype(float), np.bincount(b).astype(float))
-    expected = (mutual_information(a, b) - emi) / ((h(a) + h(b)) / 2 - emi)
-    assert adjusted_mutual_information(a, b) == pytest.approx(expected)
 
 
 def test_silhouette_by_hand() -> None:
@@ -83,6 +86,17 @@ def test_choose_k_finds_the_number_of_blobs_and_respects_min_size() -> None:
     x2, _ = _blobs([20, 15, 2])  # a 2-point blob is below min_size: merged into a neighbour
     c2 = choose_k(x2, k_max=6, min_size=5, seed=0)
     assert c2.k == 2 and np.bincount(c2.labels).min() >= 5
+
+
+def test_kmeans_does_not_depend_on_the_thread_count() -> None:
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+    x, _ = _blobs([700, 600, 500], spread=1.0)  # several 256-point chunks: threads would sum them in any order
+    with threadpool_limits(limits=1):
+        a = kmeans(x, 3, seed=0)
+    with threadpool_limits(limits=2):
+        b = kmeans(x, 3, seed=0)
+    assert np.array_equal(a.labels, b.labels) and np.array_equal(a.centroids, b.centroids) and a.inertia == b.inertia
 
 
 # --- the taxonomy of a trained model ----------------------------------------------------------
@@ -121,9 +135,9 @@ def planted_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_taxonomy_is_deterministic_and_versioned(planted_run: Path) -> None:
     from server.taxonomy import build_taxonomy, render_tree, taxonomy_fingerprint
 
-    first = build_taxonomy(planted_run)
+    first = build_taxonomy(RunDir.of(planted_run))
     text = (planted_run / "taxonomy.json").read_text()
-    second = build_taxonomy(planted_run)
+    second = build_taxonomy(RunDir.of(planted_run))
     assert (planted_run / "taxonomy.json").read_text() == text
     assert first == second
     manifest = json.loads((planted_run / "model" / "manifest.json").read_text())
@@ -134,12 +148,11 @@ def test_taxonomy_is_deterministic_and_versioned(planted_run: Path) -> None:
 
 
 def test_every_item_is_in_one_interest_of_each_of_its_categories(planted_run: Path) -> None:
-    from server.export import read_run_config
     from server.taxonomy import load_taxonomy
     from shared.data.source import load_source
 
-    taxonomy = load_taxonomy(planted_run)
-    config = read_run_config(planted_run)
+    taxonomy = load_taxonomy(RunDir.of(planted_run))
+    config = RunDir.of(planted_run).read_config()
     catalog = load_source(config.data, config.run.seed).catalog
     for cat in taxonomy["categories"]:
         members = sorted(i for it in cat["interests"] for i in it["items"])
@@ -152,7 +165,7 @@ def test_every_item_is_in_one_interest_of_each_of_its_categories(planted_run: Pa
 def test_l2_clusters_recover_planted_sub_interests(planted_run: Path) -> None:
     from simulation.layer_eval import planted_ami
 
-    ami = planted_ami(planted_run)
+    ami = planted_ami(RunDir.of(planted_run))
     assert ami["ami"] > 0.8
     assert ami["ami_within_category"] > 0.6
 
@@ -160,7 +173,7 @@ def test_l2_clusters_recover_planted_sub_interests(planted_run: Path) -> None:
 def test_layer_metrics_of_a_run(planted_run: Path) -> None:
     from simulation.layer_eval import evaluate_layers, format_layer_metrics
 
-    m = evaluate_layers(planted_run)
+    m = evaluate_layers(RunDir.of(planted_run))
     assert "L3 lift" in format_layer_metrics(m) and "miscalibration@10" in format_layer_metrics(m)
     # Planted users draw held-out items from the sub-interests they already show, so L3 lift
     # is measured on ML-100K (docs/benchmarks.md); here it only has to be a finite ratio.
