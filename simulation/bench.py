@@ -304,13 +304,14 @@ def frontier_svg(results: dict[str, list[JsonDict]]) -> str:
 
 def render(results: dict[str, list[JsonDict]], *, seeds: int, command: str, quick: bool) -> str:
     """Render the markdown page of the benchmark results (main table, layers, frontier)."""
+    seeds = max((len(rs) for rs in results.values()), default=seeds)  # rows kept from earlier runs count too
     lines = [
         "# Benchmarks",
         "",
         f"Produced by `{command}` on {dt.date.today().isoformat()}, machine: {_machine()}.",
         (
             "Data: MovieLens 100K, per-user 80/20 split (DESIGN.md §7), mean ± std over "
-            f"{seeds} seed(s) (the seed changes the split, initialisation and sampling)."
+            f"{seeds} seed(s) unless a row says otherwise (the seed changes the split, initialisation and sampling)."
         ),
         (
             f"Code: commit(s) {', '.join(sorted({r.get('code', 'unknown') for rs in results.values() for r in rs}))}. "
@@ -326,13 +327,14 @@ def render(results: dict[str, list[JsonDict]], *, seeds: int, command: str, quic
         if row.key not in results or row.key == "planted":
             continue
         rs = results[row.key]
+        label = row.label if len(rs) == seeds else f"{row.label} ({len(rs)} seed{'s' if len(rs) != 1 else ''})"
         eps = [r["epsilon"] for r in rs]
         eps_text = "∞ (no DP)" if not any(eps) else _fmt(eps, 2)
         rmse = _fmt([r["rmse"] for r in rs])
         if row.kind == "baseline":
             rmse = f"{rmse} (bias-only); {_fmt([r['global_mean_rmse'] for r in rs])} (global mean)"
         lines.append(
-            f"| {row.label} | {_fmt([r['ndcg@100'] for r in rs])} | {_fmt([r['recall@20'] for r in rs])} | {rmse} | "
+            f"| {label} | {_fmt([r['ndcg@100'] for r in rs])} | {_fmt([r['recall@20'] for r in rs])} | {rmse} | "
             f"{eps_text} | {_median([r['wall_s'] for r in rs])} | {_median([r.get('clients_per_s') for r in rs])} |"
         )
     if "central" in results and "fed-device" in results:

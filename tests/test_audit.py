@@ -7,14 +7,17 @@ import json
 import logging
 import math
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import stats
 
+from shared.config import StrataConfig
 from shared.data.csv_loader import load_csv
 from shared.data.synthetic import make_synthetic
 from shared.data.validate import validate_path
+from shared.run_dir import RunDir
 from simulation.audit import (
     CANARY_PREFIX,
     audit_p_value,
@@ -133,7 +136,9 @@ def test_canaries_refuse_bad_sizes_and_audited_data() -> None:
 # --- end to end -----------------------------------------------------------------------------
 
 
-def test_tiny_central_audit_end_to_end(tiny_config, tmp_path, caplog) -> None:
+def test_tiny_central_audit_end_to_end(
+    tiny_config: StrataConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # Central pipeline (run_central): Flower's simulation takes minutes to start on a loaded machine.
     cfg = tiny_config.replace({"train.epochs": 3, "privacy.mode": "local", "privacy.noise-multiplier": 1.0})
     out = tmp_path / "audit"
@@ -141,14 +146,17 @@ def test_tiny_central_audit_end_to_end(tiny_config, tmp_path, caplog) -> None:
         result = run_audit(cfg, canaries=20, out=out, seed=5, canary_items=6, pipeline="central")
     # δ = 1/N^1.1 with N ≈ 50 makes 2mδ ≈ 0.5: the audit warns that it can hardly reject anything.
     assert "2·m·δ" in caplog.text
-    saved = json.loads((out / "audit.json").read_text())
+    run = RunDir.of(out / "run")  # the audit's run; its audit.json sits next to it
+    saved = json.loads(run.audit_path.read_text())
+    assert run.read_audit() == saved
     assert saved == json.loads(json.dumps(result))
     for key in ("m", "r", "correct", "epsilon_lower_bound", "confidence", "reported_epsilon", "passed", "verdict", "delta"):
         assert key in saved, key
     assert saved["m"] == 20 and len(saved["canaries"]) == 20
     assert 0 <= saved["correct"] <= saved["r"] <= 20
     assert saved["epsilon_lower_bound"] >= 0.0
-    summary = json.loads((out / "run" / "summary.json").read_text())
+    summary = run.read_summary()
+    assert summary is not None
     assert saved["reported_epsilon"] == pytest.approx(summary["epsilon"]) and summary["epsilon"] > 0
     assert saved["passed"] == (saved["epsilon_lower_bound"] <= saved["reported_epsilon"])
     assert saved["canaries_included"] == sum(c["included"] for c in saved["canaries"])

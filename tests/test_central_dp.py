@@ -24,6 +24,7 @@ from server.central_dp import (
 )
 from server.dp_strategy import CentralDPStrategy
 from server.federation import build_federation, run_federation
+from server.privacy_report import write_privacy_report
 from server.server_optimizer import ServerOptimizer
 from server.strategy import FedAvgStrategy
 from shared.config import StrataConfig
@@ -105,7 +106,7 @@ def test_noise_on_the_mean_has_std_z_s_over_q_n(with_clients: bool) -> None:
     msgs = list(strategy.configure_train(1, ArrayRecord(current), ConfigRecord({"run-id": "r1"}), nodes))
     replies = [_reply(m, {"w": torch.zeros(size)}, 1) for m in msgs]  # zero updates in
     arrays, metrics = strategy.aggregate_train(1, replies)
-    assert arrays is not None, "a central-DP round always releases"
+    assert arrays is not None and metrics is not None, "a central-DP round always releases"
     out32 = arrays.to_torch_state_dict()["w"]
     assert out32.dtype == torch.float32  # noise is drawn in float64, the model stays float32
     out = out32.double()
@@ -131,9 +132,11 @@ def test_noise_differs_run_to_run() -> None:
 def test_server_rejects_a_sum_above_users_times_clip() -> None:
     central = _central(z=0.1, clip=1.0, q=1.0, n_users=2)
     strategy = _strategy(central, 1.0)
-    msgs = list(strategy.configure_train(1, ArrayRecord(OrderedDict(w=torch.zeros(2))), ConfigRecord({"run-id": "r"}), Nodes([1, 2])))
+    current = ArrayRecord(OrderedDict(w=torch.zeros(2)))
+    msgs = list(strategy.configure_train(1, current, ConfigRecord({"run-id": "r"}), Nodes([1, 2])))
     ok, too_big = torch.tensor([0.6, 0.8]), torch.tensor([3.0, 4.0])  # norms 1 and 5; each reply holds 2 users
     arrays, metrics = strategy.aggregate_train(1, [_reply(msgs[0], {"w": ok}, 2), _reply(msgs[1], {"w": too_big}, 2)])
+    assert arrays is not None and metrics is not None
     assert metrics["clients"] == 1 and metrics["failed"] == 1
     # fedavg: new = 0 + (ok + noise) / (q·N = 2), noise std on the mean 0.05; with the
     # rejected sum it would be (ok + too_big) / 2 = [1.8, 2.4].
@@ -143,7 +146,9 @@ def test_server_rejects_a_sum_above_users_times_clip() -> None:
 # ------------------------------------------------------------------------- clipping
 
 
-def test_each_user_update_is_clipped_and_the_sum_is_bounded(tiny_config: StrataConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_user_update_is_clipped_and_the_sum_is_bounded(
+    tiny_config: StrataConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
     clip = 0.05
     # Two local epochs: each user trains a model copy of their own (the one-at-a-time path).
     cfg = tiny_config.replace(
@@ -155,7 +160,7 @@ def test_each_user_update_is_clipped_and_the_sum_is_bounded(tiny_config: StrataC
     seen: list[tuple[float, float]] = []
     original = trainer.clip_update
 
-    def spy(update, *, max_norm):  # noqa: ANN001, ANN202
+    def spy(update: trainer.Weights, *, max_norm: float) -> tuple[trainer.Weights, float]:
         out, before = original(update, max_norm=max_norm)
         seen.append((before, update_norm(out)))
         return out, before
@@ -240,7 +245,7 @@ def test_calibration_spends_the_central_target_over_the_planned_rounds(tmp_path:
         privacy={"mode": "central", "central_target_epsilon": 3.0},
         federation={"topology": "device", "fraction_train": 0.1, "rounds": 50},
     )
-    central = build_central_dp(cfg, data_users=1000, run_id="r", ledger_path=tmp_path / "central.jsonl")
+    central = build_central_dp(cfg, data_users=1000, run_id="r", ledger_path=RunDir.of(tmp_path).central_ledger_path)
     assert central.expected_users == pytest.approx(100.0)
     entries = [central.entry(server_round=r, run_id="r") for r in range(1, 51)]
     assert 2.9 <= epsilon_of(entries, default_delta(1000)) <= 3.0
@@ -250,15 +255,13 @@ def test_calibration_spends_the_central_target_over_the_planned_rounds(tmp_path:
 
 
 def test_budget_stops_the_run_early_and_exports_the_model(tiny_config: StrataConfig) -> None:
-    from server.privacy_report import write_privacy_report
-
     cfg = tiny_config.replace(
         {"privacy.mode": "central", "privacy.central-noise-multiplier": 1.0, "federation.rounds": 5}
     )
     delta = default_delta(cfg.data.synthetic_users)
     one = epsilon_of([LedgerEntry.dp_fedavg(noise_multiplier=1.0, sample_rate=1.0, run_id="r", round=1, clip=1.0)] * 2, delta)
     cfg = cfg.replace({"privacy.central-max-epsilon": one * 1.01})  # room for 2 of the 5 rounds
-    summary = run_federation(DirectGrid(cfg), cfg)  # type: ignore[arg-type]
+    summary = run_federation(DirectGrid(cfg), cfg)
     assert summary["rounds"] == 2 and "central budget" in summary["stopped_early"]
     assert summary["central_epsilon"] <= cfg.privacy.central_max_epsilon
     run = RunDir.of(cfg.run_dir)
@@ -270,8 +273,6 @@ def test_budget_stops_the_run_early_and_exports_the_model(tiny_config: StrataCon
 
 @pytest.mark.parametrize("mode", ["central", "local+central"])
 def test_simulation_in_central_mode_verifies(tiny_config: StrataConfig, mode: str) -> None:
-    from server.privacy_report import write_privacy_report
-
     cfg = tiny_config.replace({"privacy.mode": mode, "privacy.update-clip": 0.5, "privacy.central-noise-multiplier": 0.8})
     summary = simulate(cfg)
     run = RunDir.of(cfg.run_dir)

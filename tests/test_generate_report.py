@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,7 +66,8 @@ def test_conditioning_on_an_interest_raises_its_share(trained_run: RunDir, tmp_p
     from simulation.generate import generate_profiles
 
     ids = [i["id"] for c in load_taxonomy(trained_run)["categories"] for i in c["interests"]]
-    short = {"length_median": 8.0, "length_sigma": 0.3}  # 60 items: default-length profiles would hold most of them
+    # 60 items: default-length profiles would hold most of them
+    short: dict[str, Any] = {"length_median": 8.0, "length_sigma": 0.3}
     generate_profiles(trained_run.path, n=800, out=tmp_path / "plain.csv", seed=1, **short)
     plain = json.loads((tmp_path / "plain_report.json").read_text())["interests"]
     lifts = []

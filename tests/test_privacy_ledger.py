@@ -84,8 +84,9 @@ def test_calibration_counts_what_was_already_spent() -> None:
 def _train(store: DeviceStore, config: StrataConfig, *, server_round: int, run_id: str, ledger: Ledger) -> TrainRes:
     """One round of `store`'s client from fresh weights, spending from `ledger`."""
     weights = parameters_of(build_model(store.n_items, config.model, store.features, 0))
-    ins = TrainIns(arrays=ArrayRecord(weights), server_round=server_round, run_id=run_id)  # type: ignore[arg-type]
-    return train_round(store, config, ins, ClientBudget.from_config(config.privacy, ledger=ledger, population=store.total_users))
+    ins = TrainIns(arrays=ArrayRecord(weights), server_round=server_round, run_id=run_id)
+    budget = ClientBudget.from_config(config.privacy, ledger=ledger, population=store.total_users)
+    return train_round(store, config, ins, budget)
 
 
 def test_three_rounds_with_fresh_engines_compose(tiny_config: StrataConfig, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from client.release import contribute
 from client.rounds import noise_multiplier_for
 from client.store import DeviceStore, simulation_store
 from client.trainer import local_plan, parameters_of
+from server.privacy_report import write_privacy_report
 from server.release import collect_release
 from shared.config import StrataConfig
 from shared.data.matrices import train_tensors
@@ -37,7 +38,8 @@ from simulation.simulate import simulate
 
 
 def _budget(config: StrataConfig, store: DeviceStore, ledger: Ledger | None = None) -> ClientBudget:
-    return ClientBudget.from_config(config.privacy, ledger=ledger if ledger is not None else Ledger(), population=store.total_users)
+    ledger = ledger if ledger is not None else Ledger()
+    return ClientBudget.from_config(config.privacy, ledger=ledger, population=store.total_users)
 
 
 def _popularity(server_round: int = 0) -> ReleaseIns:
@@ -98,7 +100,7 @@ def test_central_mode_server_adds_the_noise_and_records_it(tiny_config: StrataCo
     grid = DirectGrid(cfg)
     server_ledger = Ledger()
     n_items = cfg.data.synthetic_items
-    release = collect_release(grid, cfg, "popularity", run_id="r", dim=n_items, server_ledger=server_ledger, timeout=60)  # type: ignore[arg-type]
+    release = collect_release(grid, cfg, "popularity", run_id="r", dim=n_items, server_ledger=server_ledger, timeout=60)
     exact = sum(
         popularity_rows(train_tensors(simulation_store(cfg, i).users, n_items, 4.0).positives.numpy()).sum(axis=0)
         for i in range(grid.n)
@@ -145,8 +147,6 @@ def test_calibration_counts_the_planned_releases(tiny_config: StrataConfig) -> N
 
 @pytest.mark.parametrize("mode", ["local", "central"])
 def test_simulation_with_prior_and_census_verifies(tiny_config: StrataConfig, mode: str) -> None:
-    from server.privacy_report import write_privacy_report
-
     cfg = tiny_config.replace(
         {
             "privacy.mode": mode,
@@ -180,7 +180,7 @@ def test_census_contribution_is_bounded_and_noised(tiny_config: StrataConfig) ->
     rng = np.random.default_rng(0)
     interests = np.zeros((store.n_items, 6))
     interests[np.arange(store.n_items), rng.integers(0, 6, store.n_items)] = 1.0
-    census = ReleaseIns(kind="census", server_round=3, run_id="r", arrays=ArrayRecord(weights), interests=interests)  # type: ignore[arg-type]
+    census = ReleaseIns(kind="census", server_round=3, run_id="r", arrays=ArrayRecord(weights), interests=interests)
     off = cfg.replace({"privacy.mode": "off"})
     exact = contribute(store, off, census, _budget(off, store)).total
     assert exact.sum() <= 3 * store.n_users  # each user holds at most 3 interests

@@ -30,7 +30,8 @@ def _round(
     current: dict[str, torch.Tensor],
     client_weights: list[tuple[dict[str, torch.Tensor] | None, int]],
 ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-    msgs = list(strategy.configure_train(1, ArrayRecord(OrderedDict(current)), ConfigRecord({"run-id": "t"}), Nodes([1, 2, 3])))
+    arrays = ArrayRecord(OrderedDict(current))
+    msgs = list(strategy.configure_train(1, arrays, ConfigRecord({"run-id": "t"}), Nodes([1, 2, 3])))
     assert [m.metadata.dst_node_id for m in msgs] == [1, 2, 3]
     replies = [_reply(m, w, u) for m, (w, u) in zip(msgs, client_weights, strict=True)]
     return strategy.aggregate_train(1, replies)
@@ -62,7 +63,8 @@ def test_nan_update_is_rejected_not_averaged() -> None:
 
 
 def test_round_with_too_few_replies_is_skipped() -> None:
-    arrays, metrics = _round(_strategy(min_train_clients=2), {"w": torch.zeros(1)}, [({"w": torch.ones(1)}, 1), (None, 1), (None, 1)])
+    replies: list[tuple[dict[str, torch.Tensor] | None, int]] = [({"w": torch.ones(1)}, 1), (None, 1), (None, 1)]
+    arrays, metrics = _round(_strategy(min_train_clients=2), {"w": torch.zeros(1)}, replies)
     assert arrays is None and metrics is not None and metrics["clients"] == 1
 
 
@@ -89,8 +91,9 @@ def test_server_waits_for_clients_before_round_one() -> None:
     """Flower starts the ServerApp while SuperNodes still register: round 1 must wait for them."""
     from server.federation import _wait_for_clients
 
-    class _Registering:
+    class _Registering(Nodes):
         def __init__(self) -> None:
+            super().__init__([])
             self.calls = 0
 
         def get_node_ids(self) -> list[int]:
@@ -98,7 +101,7 @@ def test_server_waits_for_clients_before_round_one() -> None:
             return list(range(min(self.calls, 4)))
 
     grid = _Registering()
-    assert _wait_for_clients(grid, 4, timeout_s=5) == 4  # type: ignore[arg-type]
+    assert _wait_for_clients(grid, 4, timeout_s=5) == 4
     assert grid.calls >= 4
     with pytest.raises(RuntimeError, match="min-available-clients"):
-        _wait_for_clients(Nodes([1]), 3, timeout_s=0.3)  # type: ignore[arg-type]
+        _wait_for_clients(Nodes([1]), 3, timeout_s=0.3)
