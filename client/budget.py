@@ -7,35 +7,43 @@ device spends goes through here, so the trainer only trains.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from functools import lru_cache
 
 from shared.config import PrivacyConfig
-from shared.privacy.accounting import calibrate_noise_multiplier, default_delta, epsilon_of
+from shared.privacy.accounting import calibrate_noise_multiplier, check_delta, epsilon_of
 from shared.privacy.ledger import Ledger, LedgerEntry
 
 
 class ClientBudget:
     """What a device has spent and may still spend, over every run in its ledger."""
 
-    def __init__(self, *, ledger: Ledger, delta: float, accountant: str = "pld", max_epsilon: float = 0.0) -> None:
-        if not 0 < delta < 1:
-            raise ValueError(f"delta must be in (0, 1), got {delta}.")
+    def __init__(
+        self, *, ledger: Ledger, delta: float, population: int, accountant: str = "pld", max_epsilon: float = 0.0
+    ) -> None:
+        check_delta(delta, population)
         if max_epsilon < 0:
             raise ValueError("max-epsilon must be >= 0 (0: no limit).")
         self.ledger = ledger
         self.delta = delta
+        self.population = population
         self.accountant = accountant
         self.max_epsilon = max_epsilon
 
     @classmethod
-    def from_config(cls, privacy: PrivacyConfig, *, ledger: Ledger, population: int) -> ClientBudget:
-        """Build the budget `privacy` sets; δ defaults to that of a population of `population` users."""
+    def from_config(cls, privacy: PrivacyConfig, *, ledger: Ledger, max_epsilon: float | None = None) -> ClientBudget:
+        """Build the budget `privacy` sets: δ and N from the public population, never from the device's data.
+
+        `max_epsilon` (the device policy's cap, already tightened by the run) replaces the run's own.
+        """
+        cap = privacy.max_epsilon if max_epsilon is None else max_epsilon
         return cls(
             ledger=ledger,
-            delta=privacy.delta or default_delta(population),
+            delta=privacy.resolved_delta,
+            population=privacy.population,
             accountant=privacy.accountant,
-            max_epsilon=privacy.max_epsilon,
+            max_epsilon=0.0 if math.isinf(cap) else cap,
         )
 
     def spent(self) -> float:
@@ -54,7 +62,10 @@ class ClientBudget:
         """Why `entry` is refused, in a sentence ("" when it is not)."""
         if not self.would_exceed(entry):
             return ""
-        return f"budget: this round would bring ε to {self.epsilon_after(entry):.3f} > max-epsilon {self.max_epsilon}"
+        return (
+            f"budget: the {entry.mechanism} release of round {entry.round} would bring ε to "
+            f"{self.epsilon_after(entry):.3f} > max-epsilon {self.max_epsilon}"
+        )
 
     def record(self, entry: LedgerEntry) -> None:
         """Append `entry` to the ledger (durably, when the ledger is file-backed)."""
@@ -72,13 +83,14 @@ class ClientBudget:
         """σ such that `steps` DP-SGD steps at `sample_rate`, with what earlier runs spent and
         this run's `planned` releases, bring the device's total ε to `target_epsilon`."""
         prior = (*(e for e in self.ledger.entries if e.run_id != run_id), *planned)
-        return _calibrated(target_epsilon, self.delta, sample_rate, steps, self.accountant, prior)
+        return _calibrated(target_epsilon, self.delta, self.population, sample_rate, steps, self.accountant, prior)
 
 
 @lru_cache(maxsize=1024)
 def _calibrated(
-    target: float, delta: float, q: float, steps: int, accountant: str, prior: tuple[LedgerEntry, ...]
+    target: float, delta: float, population: int, q: float, steps: int, accountant: str, prior: tuple[LedgerEntry, ...]
 ) -> float:
     return calibrate_noise_multiplier(
-        target_epsilon=target, delta=delta, sample_rate=q, steps=steps, accountant=accountant, prior=prior
+        target_epsilon=target, delta=delta, population=population, sample_rate=q, steps=steps,
+        accountant=accountant, prior=prior,
     )

@@ -19,6 +19,7 @@ from shared.protocol import EvaluateIns, ReleaseIns, TrainIns
 from shared.run_dir import RunDir, client_ledger_name
 
 from .budget import ClientBudget
+from .policy import Policy, effective_max_epsilon, policy_for
 from .ledger_store import open_ledger, save_to_state
 from .release import contribute
 from .rounds import evaluate_round, train_round
@@ -34,9 +35,10 @@ def _ledger_path(config: StrataConfig, context: Context, client_id: str) -> Path
     return ledger_dir / client_ledger_name(client_id)
 
 
-def _budget(config: StrataConfig, context: Context, store: DeviceStore) -> tuple[ClientBudget, Ledger]:
+def _budget(config: StrataConfig, context: Context, store: DeviceStore, policy: Policy) -> tuple[ClientBudget, Ledger]:
     ledger = open_ledger(context, _ledger_path(config, context, store.client_id))
-    return ClientBudget.from_config(config.privacy, ledger=ledger, population=store.total_users), ledger
+    cap = effective_max_epsilon(policy, config)
+    return ClientBudget.from_config(config.privacy, ledger=ledger, max_epsilon=cap), ledger
 
 
 def build_client_app(config: StrataConfig | None = None) -> ClientApp:
@@ -51,8 +53,9 @@ def build_client_app(config: StrataConfig | None = None) -> ClientApp:
     def train(msg: Message, context: Context) -> Message:
         c = cfg(context)
         store = store_for(c, dict(context.node_config))
-        budget, ledger = _budget(c, context, store)
-        reply = train_round(store, c, TrainIns.from_record(msg.content), budget)
+        policy = policy_for(c, dict(context.node_config))
+        budget, ledger = _budget(c, context, store, policy)
+        reply = train_round(store, c, TrainIns.from_record(msg.content), budget, policy)
         save_to_state(context, ledger)
         return Message(content=reply.to_record(), reply_to=msg)
 
@@ -60,7 +63,7 @@ def build_client_app(config: StrataConfig | None = None) -> ClientApp:
     def evaluate(msg: Message, context: Context) -> Message:
         c = cfg(context)
         store = store_for(c, dict(context.node_config))
-        reply = evaluate_round(store, c, EvaluateIns.from_record(msg.content))
+        reply = evaluate_round(store, c, EvaluateIns.from_record(msg.content), policy_for(c, dict(context.node_config)))
         return Message(content=reply.to_record(), reply_to=msg)
 
     @app.query()
@@ -68,8 +71,9 @@ def build_client_app(config: StrataConfig | None = None) -> ClientApp:
         """Contribute the client's part of a one-shot release (popularity prior, interest census)."""
         c = cfg(context)
         store = store_for(c, dict(context.node_config))
-        budget, ledger = _budget(c, context, store)
-        reply = contribute(store, c, ReleaseIns.from_record(msg.content), budget)
+        policy = policy_for(c, dict(context.node_config))
+        budget, ledger = _budget(c, context, store, policy)
+        reply = contribute(store, c, ReleaseIns.from_record(msg.content), budget, policy)
         save_to_state(context, ledger)
         return Message(content=reply.to_record(), reply_to=msg)
 

@@ -6,6 +6,8 @@ own ledger before replying, so its users' guarantee never depends on the server.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from shared.config import StrataConfig
@@ -24,14 +26,23 @@ from shared.privacy.release import (
 from shared.protocol import ReleaseIns, ReleaseRes
 
 from .budget import ClientBudget
+from .policy import PERMISSIVE, Policy, release_refusal
 from .profiles import interest_shares
 from .store import DeviceStore
 from .trainer import model_for
 
+log = logging.getLogger(__name__)
 
-def contribute(store: DeviceStore, config: StrataConfig, ins: ReleaseIns, budget: ClientBudget) -> ReleaseRes:
+
+def contribute(
+    store: DeviceStore, config: StrataConfig, ins: ReleaseIns, budget: ClientBudget, policy: Policy = PERMISSIVE
+) -> ReleaseRes:
     """Return the client's sum for a release of `ins.kind` (noised and recorded here under local
     privacy), and its ε afterwards."""
+    reason = release_refusal(policy, config, ins.kind)
+    if reason:
+        log.warning("client %s refused the %s release: %s", store.client_id, ins.kind, reason)
+        return ReleaseRes(total=None, num_users=store.n_users, epsilon=budget.spent())
     pos = train_tensors(store.users, store.n_items, config.data.positive_threshold).positives
     if ins.kind == POPULARITY:
         rows = popularity_rows(pos.numpy())
@@ -51,14 +62,13 @@ def contribute(store: DeviceStore, config: StrataConfig, ins: ReleaseIns, budget
     p = config.privacy
     if noise_holder(p.mode) == "client":
         z = p.release_noise_multiplier
-        budget.record(
-            release_entry(
-                noise_multiplier=z,
-                bound=bound,
-                run_id=ins.run_id,
-                server_round=ins.server_round,
-                holder=store.client_id,
-            )
+        entry = release_entry(
+            noise_multiplier=z, bound=bound, run_id=ins.run_id, server_round=ins.server_round, holder=store.client_id
         )
+        reason = budget.refusal(entry)
+        if reason:  # the cap binds one-shot releases as it binds rounds
+            log.warning("client %s refused the %s release: %s", store.client_id, ins.kind, reason)
+            return ReleaseRes(total=None, num_users=store.n_users, epsilon=budget.spent())
+        budget.record(entry)
         total = total + gaussian_noise(total.shape[0], z * bound)
     return ReleaseRes(total=total, num_users=store.n_users, epsilon=budget.spent())

@@ -14,6 +14,7 @@ from shared.protocol import EvaluateIns, EvaluateRes, TrainIns, TrainRes
 from shared.training import DPSettings
 
 from .budget import ClientBudget
+from .policy import PERMISSIVE, Policy, evaluation_refusal, refusal
 from .store import DeviceStore
 from .trainer import evaluate_locally, local_plan, train_locally
 
@@ -21,30 +22,48 @@ log = logging.getLogger(__name__)
 
 
 def noise_multiplier_for(config: StrataConfig, store: DeviceStore, budget: ClientBudget, run_id: str) -> float:
-    """σ given directly, or calibrated so that this run's planned rounds bring the device's
-    total ε (earlier runs in its ledger and this run's releases included) to `target-epsilon`."""
+    """Return σ given directly, or calibrated so that the device's total ε (earlier runs in its
+    ledger and this run's releases included) reaches `target-epsilon` in the worst case.
+
+    The worst case is a device that takes part in every one of the configured rounds: under
+    any sampling a device may be drawn every round, so the target holds however often it is.
+    """
     p = config.privacy
     if p.target_epsilon <= 0:
         return p.noise_multiplier
-    q, steps_per_round = local_plan(config, store)
-    planned = max(1, round(config.federation.rounds * config.federation.fraction_train))
+    q, steps_per_round = local_plan(config)
     return budget.calibrated_sigma(
         target_epsilon=p.target_epsilon,
         sample_rate=q,
-        steps=steps_per_round * planned,
+        steps=steps_per_round * config.federation.rounds,
         run_id=run_id,
         planned=planned_releases(config, run_id=run_id, holder=store.client_id, server=False),
     )
 
 
-def train_round(store: DeviceStore, config: StrataConfig, ins: TrainIns, budget: ClientBudget) -> TrainRes:
-    """Train one round (refusing when the budget would be exceeded); record its DP-SGD release."""
+def _refused(store: DeviceStore, budget: ClientBudget, reason: str) -> TrainRes:
+    log.warning("client %s refused to train: %s", store.client_id, reason)
+    return TrainRes(weights=None, num_users=store.n_users, num_examples=0, train_loss=0.0, epsilon=budget.spent())
+
+
+def train_round(
+    store: DeviceStore, config: StrataConfig, ins: TrainIns, budget: ClientBudget, policy: Policy = PERMISSIVE
+) -> TrainRes:
+    """Train one round, refusing what the device's policy or budget forbids; record its DP-SGD release."""
     p = config.privacy
     dp: DPSettings | None = None
+    reason = refusal(policy, config)
+    if reason:
+        return _refused(store, budget, reason)
     if p.local_dp:
         sigma = noise_multiplier_for(config, store, budget, ins.run_id)
-        dp = DPSettings(noise_multiplier=sigma, max_grad_norm=p.max_grad_norm, ghost_clipping=p.ghost_clipping)
-        q, steps = local_plan(config, store)
+        reason = refusal(policy, config, noise_multiplier=sigma)
+        if reason:
+            return _refused(store, budget, reason)
+        q, steps = local_plan(config)
+        dp = DPSettings(
+            noise_multiplier=sigma, max_grad_norm=p.max_grad_norm, sample_rate=q, ghost_clipping=p.ghost_clipping
+        )
         planned = LedgerEntry.dp_sgd(
             noise_multiplier=sigma,
             sample_rate=q,
@@ -56,10 +75,7 @@ def train_round(store: DeviceStore, config: StrataConfig, ins: TrainIns, budget:
         )
         reason = budget.refusal(planned)
         if reason:
-            log.warning("client %s refused to train: %s", store.client_id, reason)
-            return TrainRes(
-                weights=None, num_users=store.n_users, num_examples=0, train_loss=0.0, epsilon=budget.spent()
-            )
+            return _refused(store, budget, reason)
     outcome = train_locally(store, config, ins.weights(), server_round=ins.server_round, dp=dp)
     if dp is not None and outcome.steps > 0:
         budget.record(
@@ -82,6 +98,13 @@ def train_round(store: DeviceStore, config: StrataConfig, ins: TrainIns, budget:
     )
 
 
-def evaluate_round(store: DeviceStore, config: StrataConfig, ins: EvaluateIns) -> EvaluateRes:
-    """Return evaluation sums and counts of the global weights on the device's held-out ratings."""
+def evaluate_round(
+    store: DeviceStore, config: StrataConfig, ins: EvaluateIns, policy: Policy = PERMISSIVE
+) -> EvaluateRes:
+    """Return evaluation sums and counts of the global weights on the device's held-out ratings,
+    unless the device's policy refuses evaluation."""
+    reason = evaluation_refusal(policy)
+    if reason:
+        log.warning("client %s refused to evaluate: %s", store.client_id, reason)
+        return EvaluateRes(sums=None, num_users=store.n_users)
     return EvaluateRes(sums=evaluate_locally(store, config, ins.weights()), num_users=store.n_users)

@@ -32,8 +32,6 @@ class DeviceStore:
     users: list[UserRatings]
     n_items: int
     features: torch.Tensor
-    total_users: int
-    """Users in the whole federation where known (simulation), else this device's count."""
 
     @property
     def n_users(self) -> int:
@@ -76,7 +74,7 @@ def simulation_store(config: StrataConfig, partition_id: int) -> DeviceStore:
             f"{len(parts)} clients. Run with num-supernodes={len(parts)}."
         )
     users = split_configured(data, config.data, config.run.seed, parts[partition_id])
-    return DeviceStore(str(partition_id), users, data.n_items, feats, data.n_users)
+    return DeviceStore(str(partition_id), users, data.n_items, feats)
 
 
 def deployed_store(config: StrataConfig, node_config: JsonDict) -> DeviceStore:
@@ -88,7 +86,7 @@ def deployed_store(config: StrataConfig, node_config: JsonDict) -> DeviceStore:
     users = split_configured(data, config.data, config.run.seed)
     feats = model_features(data.catalog, config)
     client_id = str(node_config.get("client-id", Path(str(node_config["data-path"])).stem))
-    return DeviceStore(client_id, users, data.n_items, feats, data.n_users)
+    return DeviceStore(client_id, users, data.n_items, feats)
 
 
 def store_for(config: StrataConfig, node_config: JsonDict) -> DeviceStore:

@@ -27,7 +27,7 @@ from shared.training import (
     TrainStats,
     kl_weight,
     make_optimizer,
-    poisson_plan,
+    public_plan,
     train_users,
     update_norm,
 )
@@ -67,11 +67,25 @@ def parameters_of(model: torch.nn.Module) -> Weights:
     return OrderedDict((k, v.detach().clone()) for k, v in model.named_parameters())
 
 
-def local_plan(config: StrataConfig, store: DeviceStore) -> tuple[float, int]:
-    """(sample rate, steps per round) of the client's DP-SGD: over all its users, or over
-    each user alone under central DP (one model copy per user)."""
-    n = min(store.n_users, 1) if config.privacy.central_dp else store.n_users
-    q, steps_per_epoch = poisson_plan(n, config.train.batch_size)
+def expected_users_per_client(config: StrataConfig) -> float:
+    """Return the public expected number of users one DP-SGD run covers.
+
+    One in the `device` topology and for each user's own copy under central DP; N / num-hubs
+    in a hub, N the public population. Never the device's private count.
+    """
+    if config.privacy.central_dp or config.federation.topology == "device":
+        return 1.0
+    if config.privacy.population <= 0:
+        raise ValueError(
+            "privacy.population (the public number of users N) is not set: a hub's DP-SGD plan assumes "
+            "N / num-hubs users. Set it in the config; `strata simulate` sets it from the data set."
+        )
+    return config.privacy.population / config.federation.num_hubs
+
+
+def local_plan(config: StrataConfig) -> tuple[float, int]:
+    """Return (sample rate, steps per round) of the client's DP-SGD, from public quantities only."""
+    q, steps_per_epoch = public_plan(expected_users_per_client(config), config.train.batch_size)
     return q, config.train.local_epochs * steps_per_epoch
 
 
@@ -180,7 +194,9 @@ def _clipped_step_sum(
     start = parameters_of(model)
     data = train_tensors(store.users, store.n_items, config.data.positive_threshold)
     n, lr = data.n_users, config.train.local_lr
-    clip = DPSettings(noise_multiplier=0.0, max_grad_norm=config.privacy.update_clip / lr, ghost_clipping=True)
+    clip = DPSettings(
+        noise_multiplier=0.0, max_grad_norm=config.privacy.update_clip / lr, sample_rate=1.0, ghost_clipping=True
+    )
     seed = make_seed(config.run.seed, LOCAL_TRAINING, store.client_id, server_round)
     with torch.random.fork_rng():
         torch.manual_seed(seed)

@@ -33,7 +33,6 @@ import torch
 from shared.config import StrataConfig
 from shared.privacy.accounting import (
     calibrate_noise_multiplier,
-    default_delta,
     epsilon_of,
 )
 from shared.privacy.ledger import SERVER, Ledger, LedgerEntry
@@ -135,9 +134,10 @@ class CentralDP:
         return epsilon_of([*self.ledger.entries, planned], self.delta, self.accountant)
 
 
-def build_central_dp(config: StrataConfig, *, data_users: int, run_id: str, ledger_path: Path) -> CentralDP:
+def build_central_dp(config: StrataConfig, *, run_id: str, ledger_path: Path) -> CentralDP:
     """Build the server's mechanism for `config`: z given or calibrated over the planned rounds
-    (entries of earlier runs in the ledger and this run's releases count), expected count q · N_users."""
+    (entries of earlier runs in the ledger and this run's releases count), expected count q · N
+    with N the configured public population (never a count read from data)."""
     p, fed = config.privacy, config.federation
     ledger = Ledger.open(ledger_path)
     prior = [e for e in ledger.entries if e.run_id != run_id]
@@ -149,12 +149,13 @@ def build_central_dp(config: StrataConfig, *, data_users: int, run_id: str, ledg
             ledger_path,
             len(prior),
         )
-    delta = p.delta or default_delta(data_users)
+    delta = p.resolved_delta
     rate = accounted_sample_rate(config)
     if p.central_target_epsilon > 0:
         z = calibrate_noise_multiplier(
             target_epsilon=p.central_target_epsilon,
             delta=delta,
+            population=p.population,
             sample_rate=rate,
             steps=fed.rounds,
             accountant=p.accountant,
@@ -162,7 +163,7 @@ def build_central_dp(config: StrataConfig, *, data_users: int, run_id: str, ledg
         )
     else:
         z = p.central_noise_multiplier
-    n_users = p.expected_users or data_users
+    n_users = p.expected_users or p.population
     central = CentralDP(
         clip=p.update_clip,
         noise_multiplier=z,

@@ -14,10 +14,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from shared.config import StrataConfig
-from shared.data.source import fingerprint, load_source
+from shared.data.source import load_source
 from shared.features import model_features
 from shared.model import build_model
-from shared.privacy.accounting import default_delta
 from shared.protocol import RUN_ID
 from shared.run_dir import JsonDict, RunDir
 from shared.seeds import SAMPLING, make_rng
@@ -45,7 +44,7 @@ class Federation:
         return self.strategy.client_epsilon
 
 
-def build_federation(config: StrataConfig, *, run: RunDir, run_id: str, population: int) -> Federation:
+def build_federation(config: StrataConfig, *, run: RunDir, run_id: str) -> Federation:
     """FedAvg/FedAdam from the config, wrapped in DP-FedAvg under central privacy."""
     fed = config.federation
     inner = FedAvgStrategy(
@@ -58,7 +57,7 @@ def build_federation(config: StrataConfig, *, run: RunDir, run_id: str, populati
     )
     if not config.privacy.central_dp:
         return Federation(inner, None)
-    central = build_central_dp(config, data_users=population, run_id=run_id, ledger_path=run.central_ledger_path)
+    central = build_central_dp(config, run_id=run_id, ledger_path=run.central_ledger_path)
     return Federation(CentralDPStrategy(inner, central), central)
 
 
@@ -74,13 +73,18 @@ def run_federation(grid: Grid, config: StrataConfig, *, timeout: float = 3600.0)
     ckpt = load_checkpoint(run.checkpoint_path) if run.checkpoint_path.exists() else None
     if ckpt is not None:
         _check_resumable(run, config)
+        if ckpt.round >= config.federation.rounds and run.read_summary() is not None:
+            raise ValueError(
+                f"{run} holds a finished run ({ckpt.round} of {config.federation.rounds} rounds): resuming it would "
+                "release its census again and spend budget twice. Use a new --out, or more rounds to continue it."
+            )
     run.write_config(config)
     # The server uses only the public catalog (item index and features), never ratings.
     data = load_source(config.data, config.run.seed)
     model = build_model(data.n_items, config.model, model_features(data.catalog, config), seed=config.run.seed)
     weights = {k: v.detach().clone() for k, v in model.named_parameters()}
     run_id = ckpt.run_id if ckpt is not None else uuid.uuid4().hex[:12]
-    federation = build_federation(config, run=run, run_id=run_id, population=data.n_users)
+    federation = build_federation(config, run=run, run_id=run_id)
     strategy, central = federation.strategy, federation.central
     server_ledger = central.ledger if central is not None else None
     start_round = 1
@@ -129,7 +133,7 @@ def run_federation(grid: Grid, config: StrataConfig, *, timeout: float = 3600.0)
         last_round = rnd
     elapsed = time.perf_counter() - started
     final = arrays.to_torch_state_dict()
-    manifest = run.write_model(final, config, data.catalog, data_fingerprint=fingerprint(data), rounds=last_round)
+    manifest = run.write_model(final, config, data.catalog, rounds=last_round)
     if fed.census:
         _, epsilons = interest_census(
             grid,
@@ -141,7 +145,7 @@ def run_federation(grid: Grid, config: StrataConfig, *, timeout: float = 3600.0)
             run_id=run_id,
             server_ledger=server_ledger,
             timeout=timeout,
-            delta=config.privacy.delta or default_delta(data.n_users),
+            delta=config.privacy.resolved_delta if config.privacy.mode != "off" else 0.0,
         )
         federation.client_epsilon.update(epsilons)
     summary: JsonDict = {

@@ -48,6 +48,8 @@ class Release:
     clients: int
     users: int
     failed: int
+    refused: int = 0
+    """Clients whose budget (max-epsilon) refused the release; their users are missing."""
     client_epsilon: dict[int, float] = field(default_factory=dict)
     entry: LedgerEntry | None = None
     """The server's ledger entry when the server added the noise."""
@@ -64,9 +66,34 @@ def collect_release(
     timeout: float,
     arrays: ArrayRecord | None = None,
     interests: np.ndarray | None = None,
-) -> Release:
-    """Run one release of `kind` over every connected client; see the module docstring."""
+) -> Release | None:
+    """Run one release of `kind` over every connected client; see the module docstring.
+
+    None when the server adds the noise and the release would take the central ε above
+    `privacy.central-max-epsilon`: then no client is asked and nothing is released.
+    """
     server_round = release_round(kind, config)
+    p = config.privacy
+    server_entry = release_entry(
+        noise_multiplier=p.release_noise_multiplier,
+        bound=release_bound(kind),
+        run_id=run_id,
+        server_round=server_round,
+        holder=SERVER,
+    )
+    if noise_holder(p.mode) == "server":
+        if server_ledger is None:
+            raise ValueError("a central-privacy release needs the server's ledger.")
+        if p.central_max_epsilon > 0:
+            after = epsilon_of([*server_ledger.entries, server_entry], p.resolved_delta, p.accountant)
+            if after > p.central_max_epsilon:
+                log.warning(
+                    "%s release skipped: it would bring the central ε to %.3f > privacy.central-max-epsilon %g",
+                    kind,
+                    after,
+                    p.central_max_epsilon,
+                )
+                return None
     ins = ReleaseIns(kind=kind, server_round=server_round, run_id=run_id, arrays=arrays, interests=interests)
     content = ins.to_record()
     nodes = sorted(grid.get_node_ids())
@@ -85,7 +112,11 @@ def collect_release(
             out.failed += 1
             log.warning("%s release: malformed reply from client %d: %s", kind, node, exc)
             continue
+        out.client_epsilon[node] = reply.epsilon
         part = reply.total
+        if part is None:
+            out.refused += 1
+            continue
         if part.shape != (dim,) or not np.all(np.isfinite(part)):
             out.failed += 1
             log.warning(
@@ -99,22 +130,18 @@ def collect_release(
         total += part
         out.clients += 1
         out.users += reply.num_users
-        out.client_epsilon[node] = reply.epsilon
-    if noise_holder(config.privacy.mode) == "server":
-        if server_ledger is None:
-            raise ValueError("a central-privacy release needs the server's ledger.")
-        z = config.privacy.release_noise_multiplier
-        out.entry = release_entry(
-            noise_multiplier=z, bound=release_bound(kind), run_id=run_id, server_round=server_round, holder=SERVER
-        )
+    if noise_holder(p.mode) == "server":
+        assert server_ledger is not None
+        out.entry = server_entry
         server_ledger.append(out.entry)
-        out.total = total + gaussian_noise(dim, z * release_bound(kind))
+        out.total = total + gaussian_noise(dim, p.release_noise_multiplier * release_bound(kind))
     log.info(
-        "%s release: %d clients (%d users, %d failed), noise added by %s",
+        "%s release: %d clients (%d users, %d failed, %d refused), noise added by %s",
         kind,
         out.clients,
         out.users,
         out.failed,
+        out.refused,
         noise_holder(config.privacy.mode) or "nobody (privacy off)",
     )
     return out
@@ -123,11 +150,13 @@ def collect_release(
 def popularity_prior(
     grid: Grid, config: StrataConfig, model: StrataModel, *, run_id: str, server_ledger: Ledger | None, timeout: float
 ) -> tuple[dict[str, torch.Tensor], dict[int, float]]:
-    """Weights whose decoder item bias comes from a (DP) popularity release (round 0), and the
-    clients' ε after it."""
+    """Return weights whose decoder item bias comes from a (DP) popularity release (round 0), and
+    the clients' ε after it; the model's own initial weights when the release was refused."""
     release = collect_release(
         grid, config, POPULARITY, run_id=run_id, dim=model.n_items, server_ledger=server_ledger, timeout=timeout
     )
+    if release is None:
+        return {k: v.detach().clone() for k, v in model.named_parameters()}, {}
     model.start_from_popularity(torch.from_numpy(bias_from_popularity(release.total)))
     return {k: v.detach().clone() for k, v in model.named_parameters()}, release.client_epsilon
 
@@ -144,9 +173,10 @@ def interest_census(
     server_ledger: Ledger | None,
     delta: float,
     timeout: float,
-) -> tuple[JsonDict, dict[int, float]]:
+) -> tuple[JsonDict | None, dict[int, float]]:
     """Build the taxonomy of the final model, release the DP interest census and write both
-    (`taxonomy.json`, `census.json`); return the census and the clients' ε after it."""
+    (`taxonomy.json`, `census.json`); return the census (None when the server's budget refused
+    it) and the clients' ε after it."""
     run = RunDir.of(config.run_dir)
     model.load_state_dict(final, strict=False)
     taxonomy = taxonomy_from_model(
@@ -165,6 +195,8 @@ def interest_census(
         arrays=ArrayRecord(final),
         interests=index.l2,
     )
+    if release is None:
+        return None, {}
     census = census_record(taxonomy, release, config, delta)
     run.write_census(census)
     eps = "no DP" if census["epsilon"] is None else f"census ε {census['epsilon']:.3f}"
@@ -197,4 +229,5 @@ def census_record(taxonomy: JsonDict, release: Release, config: StrataConfig, de
         "taxonomy_fingerprint": taxonomy["fingerprint"],
         "clients": release.clients,
         "failed_clients": release.failed,  # their users are missing from the counts
+        "refused_clients": release.refused,  # their budget refused: their users are missing too
     }

@@ -17,9 +17,12 @@ One self-contained page (inline CSS and SVG, no scripts; every text is HTML-esca
   noisy number of users holding it (may be negative or fractional after noise; drawn clipped
   at 0), and (ε, δ) the census's own DP guarantee (ε null: released without noise, privacy
   off). `server/release.py` writes it when `federation.census` is on.
-- **Example user**: one user's layered profile and top-10 layered recommendations, chosen and
-  computed by the caller (`strata report` asks `simulation.recommend`), i.e. what that
-  user's device computes from its own ratings, the model and the taxonomy.
+- **Example user**: one user's layered profile and top-10 layered recommendations, computed
+  as a device does (`client.recommend.recommend`) and chosen by the caller. `strata report`
+  shows a *synthetic* user sampled from the model (`simulation.generate.synthetic_example`,
+  labelled `SYNTHETIC_EXAMPLE_LABEL`): no real user's data is on the page. A real user only
+  with `strata report RUN --example-user ID`; the section is then marked
+  `REAL_EXAMPLE_WARNING`, as is any example not flagged `"synthetic": true`.
 """
 
 from __future__ import annotations
@@ -39,12 +42,17 @@ from .taxonomy import load_taxonomy
 
 log = logging.getLogger(__name__)
 
+SYNTHETIC_EXAMPLE_LABEL = "synthetic example user (sampled from the model; no real user's data)"
+"""The example section's label for a synthetic user (`example["synthetic"]` is True)."""
+REAL_EXAMPLE_WARNING = "real user — NOT private: this page shows one user's exact data"
+"""The example section's mark for any other example: a real user's exact profile and list."""
 
 _EXTRA_CSS = """
 .cards{display:flex;gap:1em;flex-wrap:wrap;margin:.8em 0}
 .card{border:1px solid #ccc;border-radius:6px;padding:.5em 1em;min-width:9em;background:#fafafa}
 .card .v{font-size:1.5em;font-weight:600}.card .k{color:#555;font-size:.85em}
 .note{border-left:4px solid #1f77b4;background:#f2f7fc;padding:.5em 1em}
+.warning{border-left:4px solid #c62828;background:#fdecea;padding:.5em 1em}
 .placeholder{border:2px dashed #bbb;color:#555;padding:1em;border-radius:6px;background:#fafafa}
 tr.l1 td{background:#f4f4f4;font-weight:600} td.id{white-space:nowrap}
 """
@@ -54,7 +62,9 @@ def write_run_report(run: RunDir, *, example: JsonDict | None = None, example_er
     """Write the run's `report.html`; return its path.
 
     `example` is one user's layered recommendations (`client.recommend.recommend`) chosen by
-    the caller, or None with `example_error` saying why there is none.
+    the caller, or None with `example_error` saying why there is none. It is labelled
+    synthetic only when `example["synthetic"]` is True; anything else is marked as a real
+    user's exact, non-private data.
     """
     config = run.read_config()
     taxonomy, taxonomy_error = _taxonomy(run)
@@ -291,18 +301,31 @@ def _census_section(census: JsonDict | None, error: str | None) -> list[str]:
 
 
 def _example_section(example: JsonDict | None, error: str | None) -> list[str]:
-    parts = ["<h2 id='example-user'>Example user: layered profile and recommendations</h2>"]
+    title = "Example user: layered profile and recommendations"
     if example is None:
-        parts.append(f"<div class='placeholder'>No example user: {_e(error or 'unknown reason')}</div>")
-        return parts
+        why = _e(error or "unknown reason")
+        return [f"<h2 id='example-user'>{title}</h2>", f"<div class='placeholder'>No example user: {why}</div>"]
     p, h = example["profile"], example["history"]
-    parts.append(
-        f"<p class='note'>User <b>{_e(example['user'])}</b> (the first user id of the data set). Computed locally, as "
-        "on that user's device: from this user's own train ratings, the model and the taxonomy only; on a real "
-        f"deployment none of it leaves the device. {h['train_ratings']} train ratings, "
-        f"{h['train_positives']} positives; the "
-        f"model's prediction weighs {100 * p['blend']['model_weight']:.0f}% in the blended shares.</p>"
-    )
+    user = _e(example["user"])
+    blend = _e(f"the model's prediction weighs {100 * p['blend']['model_weight']:.0f}% in the blended shares.")
+    if example.get("synthetic") is True:
+        label = _e(SYNTHETIC_EXAMPLE_LABEL)
+        note = (
+            f"<p class='note'>User <b>{user}</b> is not a person: a profile of {h['train_ratings']} ratings "
+            f"({h['train_positives']} positives) sampled from the model alone (the sampling of "
+            "<code>strata generate</code>), then profiled and recommended exactly as a device does with its own "
+            f"ratings. Like the model, it holds the run's guarantee; {blend}</p>"
+        )
+    else:
+        label = _e(REAL_EXAMPLE_WARNING)
+        note = (
+            f"<p class='warning'><b>{label}.</b> User <b>{user}</b>, chosen with "
+            "<code>strata report --example-user</code>: the profile and list below are computed from this user's "
+            "own train ratings (as on the user's device, where none of it would leave the device) and are not "
+            f"covered by the run's DP guarantee. Do not publish this page. {h['train_ratings']} train ratings, "
+            f"{h['train_positives']} positives; {blend}</p>"
+        )
+    parts = [f"<h2 id='example-user'>{title} — {label}</h2>", note]
     parts.append("<h3>L1 core interests (blended share; population prior in brackets)</h3>")
     l1 = [e for e in p["l1"] if e["share"] > 0.005][:10]
     parts.append(

@@ -240,6 +240,9 @@ class FedAvgStrategy(Strategy):
             except ProtocolError as exc:
                 log.warning("round %d: malformed evaluation reply from node %d: %s", server_round, node, exc)
                 continue
+            if reply.sums is None:
+                log.info("round %d: node %d's policy refused to evaluate", server_round, node)
+                continue
             total = total + reply.sums
             answered += 1
         if not answered:

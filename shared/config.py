@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
+from .privacy.accounting import check_delta, default_delta
+
 Scalar = bool | int | float | str
 
 
@@ -122,7 +124,12 @@ class PrivacyConfig:
     max_grad_norm: float = 1.0
     """Per-user clipping bound C."""
     delta: float = 0.0
-    """δ of the reported (ε, δ); 0 means 1 / N_users^1.1."""
+    """δ of the reported (ε, δ); 0 means 1 / (100 · population). Must be below 1 / population."""
+    population: int = 0
+    """N: the public number of users of the federation, fixed before any data is seen. δ
+    defaults to 1/(100·N), the central divisor is q·N and the local DP-SGD plan assumes
+    N / num-hubs users per hub. Required in deployment; `strata simulate` and `strata central`
+    set it from the data set when 0 (a simulated population is public by construction)."""
     max_epsilon: float = 0.0
     """A client refuses to train when its next round would exceed this ε (0: no limit)."""
     accountant: Literal["pld", "rdp"] = "pld"
@@ -146,7 +153,17 @@ class PrivacyConfig:
     per-user L2 bound, added by each client under local privacy, by the server under central."""
     expected_users: int = 0
     """Central DP: the public N_users of the expected count q·N_users the noisy sum is
-    divided by; 0 takes it from the data source."""
+    divided by; 0 means `population`. Never read from data."""
+
+    @property
+    def resolved_delta(self) -> float:
+        """δ of every guarantee: `delta`, or 1/(100·N) for the public population N."""
+        if self.population <= 0:
+            raise ValueError(
+                "privacy.population (the public number of users N) is not set: δ and the DP plan depend on it. "
+                "Set it in the config; `strata simulate` and `strata central` set it from the data set."
+            )
+        return self.delta or default_delta(self.population)
 
     @property
     def local_dp(self) -> bool:
@@ -177,7 +194,11 @@ class PrivacyConfig:
         if self.release_noise_multiplier <= 0:
             raise ValueError("privacy.release-noise-multiplier must be positive.")
         if self.expected_users < 0:
-            raise ValueError("privacy.expected-users must be >= 0 (0: take N_users from the data).")
+            raise ValueError("privacy.expected-users must be >= 0 (0: privacy.population).")
+        if self.population < 0:
+            raise ValueError("privacy.population must be >= 0 (0: set from the data set in simulation).")
+        if self.population > 0 and self.delta > 0:
+            check_delta(self.delta, self.population)
         if self.max_grad_norm <= 0:
             raise ValueError("privacy.max-grad-norm (the clipping norm) should be a positive value.")
         if self.noise_multiplier < 0 or self.target_epsilon < 0 or self.max_epsilon < 0:
@@ -240,6 +261,45 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class DevicePolicyConfig:
+    """A device's own privacy policy (`client/policy.py`): bounds it puts on every instruction.
+
+    In simulation this `[device-policy]` section is applied to every virtual device when
+    `apply` is true; a deployed device reads the same keys from the TOML file named by its
+    node config `privacy-policy` (and uses the strict defaults below without one).
+    """
+
+    apply: bool = False
+    """Simulation: hold every virtual device to this policy (false: devices accept the run's settings)."""
+    trust: Literal["none", "aggregator", "any"] = "none"
+    """Who may add the noise: `none` (only the device: local DP required), `aggregator` (central DP
+    allowed, updates still clipped on the device), `any` (no DP required; research only)."""
+    max_epsilon: float = 10.0
+    """Lifetime ε per user; the run's privacy.max-epsilon can only lower it."""
+    max_delta: float = 1e-5
+    """Largest δ the device accepts."""
+    max_clip: float = 1.0
+    """Largest per-user clipping bound (max-grad-norm, update-clip)."""
+    min_noise_multiplier: float = 0.5
+    """Smallest σ of DP-SGD and z of a release the device runs."""
+    allow_evaluation: bool = False
+    """Answer evaluation requests (exact sums and counts of held-out ratings: not a DP release)."""
+    allowed_releases: str = "popularity,census"
+    """Comma-separated one-shot releases the device takes part in."""
+
+    def __post_init__(self) -> None:
+        if not self.max_epsilon > 0 or not 0 < self.max_delta < 1 or not self.max_clip > 0:
+            raise ValueError("device-policy: max-epsilon and max-clip must be positive, max-delta in (0, 1).")
+        if self.min_noise_multiplier < 0:
+            raise ValueError("device-policy: min-noise-multiplier must be >= 0.")
+
+    @property
+    def releases(self) -> tuple[str, ...]:
+        """The allowed releases as a tuple."""
+        return tuple(r.strip() for r in self.allowed_releases.split(",") if r.strip())
+
+
+@dataclass(frozen=True)
 class StrataConfig:
     """The whole configuration of one run, one section per concern."""
 
@@ -249,6 +309,7 @@ class StrataConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    device_policy: DevicePolicyConfig = field(default_factory=DevicePolicyConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -260,7 +321,7 @@ class StrataConfig:
         flat: dict[str, Scalar] = {}
         for sec in fields(self):
             for f in fields(getattr(self, sec.name)):
-                flat[f"{sec.name}.{_dash(f.name)}"] = getattr(getattr(self, sec.name), f.name)
+                flat[f"{_dash(sec.name)}.{_dash(f.name)}"] = getattr(getattr(self, sec.name), f.name)
         return flat
 
     def to_nested(self) -> dict[str, dict[str, Scalar]]:
@@ -314,9 +375,11 @@ def from_flat(flat: dict[str, Any]) -> StrataConfig:
     for key, value in flat.items():
         if "." not in key:
             raise ValueError(f"Unknown config key {key!r}: expected 'section.key'.")
-        sec, name = key.split(".", 1)
+        dashed, name = key.split(".", 1)
+        sec = dashed.replace("-", "_")
         if sec not in known:
-            raise ValueError(f"Unknown config section {sec!r} in {key!r}; sections: {', '.join(known)}.")
+            sections_list = ", ".join(_dash(k) for k in known)
+            raise ValueError(f"Unknown config section {dashed!r} in {key!r}; sections: {sections_list}.")
         cls = get_type_hints(StrataConfig)[sec]
         hints = get_type_hints(cls)
         attr = name.replace("-", "_")
@@ -373,6 +436,7 @@ def config_from_run_config(run_config: dict[str, Any]) -> StrataConfig:
 
 __all__ = [
     "DataConfig",
+    "DevicePolicyConfig",
     "FederationConfig",
     "ModelConfig",
     "PrivacyConfig",

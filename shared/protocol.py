@@ -217,24 +217,34 @@ _SUM_FIELDS = tuple(f.name for f in fields(MetricSums))
 
 @dataclass(frozen=True, kw_only=True)
 class EvaluateRes:
-    """A device's evaluation sums and counts (they add up to the population's figures)."""
+    """A device's evaluation sums and counts (they add up to the population's figures), unless its
+    policy refused to evaluate."""
 
-    sums: MetricSums
+    sums: MetricSums | None
+    """None when the device's policy does not allow evaluation."""
     num_users: int
 
     SCHEMA: ClassVar[dict[str, dict[str, str]]] = {
-        METRICS: {**dict.fromkeys(_SUM_FIELDS, "float"), NUM_USERS: "int"},
+        METRICS: {**dict.fromkeys(_SUM_FIELDS, "float"), NUM_USERS: "int", REFUSED: "int"},
     }
 
+    @property
+    def refused(self) -> bool:
+        """Whether the device refused to evaluate."""
+        return self.sums is None
+
     def to_record(self) -> RecordDict:
-        """Encode as a Flower `RecordDict`."""
-        return RecordDict({METRICS: MetricRecord({**self.sums.to_dict(), NUM_USERS: self.num_users})})
+        """Encode as a Flower `RecordDict` (a refusal carries no sums)."""
+        sums = self.sums.to_dict() if self.sums is not None else {}
+        return RecordDict({METRICS: MetricRecord({**sums, NUM_USERS: self.num_users, REFUSED: int(self.sums is None)})})
 
     @classmethod
     def from_record(cls, content: RecordDict) -> EvaluateRes:
         """Decode a received `RecordDict`; raise `ProtocolError` naming a missing or ill-typed key."""
         metrics = _record(content, METRICS, MetricRecord)
         assert isinstance(metrics, MetricRecord)
+        if _int(metrics, REFUSED, METRICS):
+            return cls(sums=None, num_users=_int(metrics, NUM_USERS, METRICS))
         sums = MetricSums.from_dict({k: _float(metrics, k, METRICS) for k in _SUM_FIELDS})
         return cls(sums=sums, num_users=_int(metrics, NUM_USERS, METRICS))
 
@@ -290,36 +300,45 @@ class ReleaseIns:
 
 @dataclass(frozen=True, kw_only=True)
 class ReleaseRes:
-    """A device's part of a release: its users' (noised) sum."""
+    """A device's part of a release: its users' (noised) sum, unless its budget refused it."""
 
-    total: np.ndarray
+    total: np.ndarray | None
+    """The sum; None when the release would take the device above its max-epsilon."""
     num_users: int
     epsilon: float
 
     SCHEMA: ClassVar[dict[str, dict[str, str]]] = {
         RELEASE: {SUM: "array"},
-        METRICS: {NUM_USERS: "int", EPSILON: "float"},
+        METRICS: {NUM_USERS: "int", EPSILON: "float", REFUSED: "int"},
     }
 
+    @property
+    def refused(self) -> bool:
+        """Whether the device refused to contribute."""
+        return self.total is None
+
     def to_record(self) -> RecordDict:
-        """Encode as a Flower `RecordDict`."""
-        return RecordDict(
-            {
-                RELEASE: ArrayRecord({SUM: Array(np.asarray(self.total))}),
-                METRICS: MetricRecord({NUM_USERS: self.num_users, EPSILON: self.epsilon}),
-            }
-        )
+        """Encode as a Flower `RecordDict` (no release record when refused)."""
+        metrics = MetricRecord({NUM_USERS: self.num_users, EPSILON: self.epsilon, REFUSED: int(self.total is None)})
+        content = RecordDict({METRICS: metrics})
+        if self.total is not None:
+            content[RELEASE] = ArrayRecord({SUM: Array(np.asarray(self.total))})
+        return content
 
     @classmethod
     def from_record(cls, content: RecordDict) -> ReleaseRes:
         """Decode a received `RecordDict`; raise `ProtocolError` naming a missing or ill-typed key."""
-        release = _record(content, RELEASE, ArrayRecord)
         metrics = _record(content, METRICS, MetricRecord)
-        assert isinstance(release, ArrayRecord) and isinstance(metrics, MetricRecord)
-        if SUM not in release:
-            raise ProtocolError(f"message record {RELEASE!r} has no {SUM!r} array.")
+        assert isinstance(metrics, MetricRecord)
+        total = None
+        if not _int(metrics, REFUSED, METRICS):
+            release = _record(content, RELEASE, ArrayRecord)
+            assert isinstance(release, ArrayRecord)
+            if SUM not in release:
+                raise ProtocolError(f"message record {RELEASE!r} has no {SUM!r} array.")
+            total = release[SUM].numpy()
         return cls(
-            total=release[SUM].numpy(),
+            total=total,
             num_users=_int(metrics, NUM_USERS, METRICS),
             epsilon=_float(metrics, EPSILON, METRICS),
         )

@@ -7,7 +7,7 @@ README's "Run directory" section documents the layout::
     summary.json              the run's final summary
     checkpoints/latest.pt     the server's checkpoint of the last finished round
     model/weights.pt          the final weights
-    model/manifest.json       architecture, item index, fingerprints, config
+    model/manifest.json       architecture, item index, catalog and weights fingerprints, config
     ledgers/client-<id>.jsonl each client's privacy ledger (in simulation)
     ledgers/central.jsonl     the server's (or the central reference's) ledger
     taxonomy.json             the interest taxonomy of the final model
@@ -32,7 +32,7 @@ import tomli_w
 import torch
 
 from .config import StrataConfig, from_flat
-from .data.source import load_source
+from .data.source import catalog_fingerprint, load_source
 from .data.types import Catalog
 from .features import model_features
 from .model import StrataModel, build_model
@@ -253,17 +253,19 @@ class RunDir:
         config: StrataConfig,
         catalog: Catalog,
         *,
-        data_fingerprint: str,
         rounds: int,
     ) -> JsonDict:
-        """Write `model/weights.pt` and `model/manifest.json`; return the manifest."""
+        """Write `model/weights.pt` and `model/manifest.json`; return the manifest.
+
+        The manifest fingerprints public things only: the catalog and the weights, never the ratings.
+        """
         self.model_dir.mkdir(parents=True, exist_ok=True)
         torch.save(weights, self.weights_path)
         manifest: JsonDict = {
             "format": MODEL_FORMAT,
             "architecture": {"class": "StrataModel", "n_items": catalog.n_items, **config.to_nested()["model"]},
             "item_index": list(catalog.item_ids),
-            "data_fingerprint": data_fingerprint,
+            "catalog_fingerprint": catalog_fingerprint(catalog),
             "weights_fingerprint": weights_fingerprint(weights),
             "rounds": rounds,
             "config": config.to_nested(),

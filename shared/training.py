@@ -28,11 +28,17 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DPSettings:
-    """Parameters of one DP-SGD release."""
+    """Parameters of one DP-SGD release; every one of them is public (config and public plan)."""
 
     noise_multiplier: float
     max_grad_norm: float
+    sample_rate: float = 1.0
+    """q of the Poisson sampling of users, from `public_plan` (never from the private count)."""
     ghost_clipping: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 < self.sample_rate <= 1:
+            raise ValueError(f"the DP-SGD sample rate must be in (0, 1], got {self.sample_rate}.")
 
 
 @dataclass(frozen=True)
@@ -58,12 +64,19 @@ def kl_weight(step: int, model: ModelConfig) -> float:
     return min(model.beta_max, model.beta_max * step / max(model.anneal_steps, 1))
 
 
-def poisson_plan(n_users: int, batch_size: int) -> tuple[float, int]:
-    """(sample rate, steps per epoch) of DP-SGD over `n_users`, exactly as Opacus samples them."""
-    if n_users <= 0:
-        return 0.0, 0
-    steps = -(-n_users // batch_size)
-    return 1.0 / steps, steps
+def public_plan(expected_users: float, batch_size: int) -> tuple[float, int]:
+    """Return (sample rate, steps per epoch) of DP-SGD from public quantities only.
+
+    q = min(1, B / n̄), n̄ the public expected number of users (never the private count), and
+    ⌊1/q⌋ steps per epoch, as Opacus' Poisson loader takes them. Adding or removing a user
+    changes neither, so the mechanism is the same on adjacent data sets.
+    """
+    if expected_users <= 0:
+        raise ValueError(f"the public expected number of users must be positive, got {expected_users}.")
+    if batch_size < 1:
+        raise ValueError(f"the expected batch size must be at least 1, got {batch_size}.")
+    q = min(1.0, batch_size / expected_users)
+    return q, max(1, int(1.0 / q))
 
 
 def make_optimizer(model: torch.nn.Module, kind: str, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
@@ -90,8 +103,8 @@ def train_users(
     """Train `model` in place for `epochs` passes over the users in `data`.
 
     `beta` is the KL weight, fixed or one value per step (annealing). Without DP the
-    batches are shuffled fixed-size; with DP they are Poisson samples with the rate of
-    `poisson_plan`, 1 / ceil(n_users / batch_size), for that many steps per epoch.
+    batches are shuffled fixed-size; with DP they are Poisson samples at the public rate
+    `dp.sample_rate` (`public_plan`), ⌊1/q⌋ steps per epoch.
     """
     n = data.n_users
     if n == 0:
@@ -111,7 +124,7 @@ def train_users(
     # generators seeded by the OS, never from the (public) run seed.
     sampling_rng = torch.Generator().manual_seed(secrets.randbits(63))
     noise_rng = torch.Generator().manual_seed(secrets.randbits(63))
-    poisson_loader = DPDataLoader.from_data_loader(loader, generator=sampling_rng)
+    poisson_loader = DPDataLoader(dataset, sample_rate=dp.sample_rate, generator=sampling_rng)
     with warnings.catch_warnings():
         # Secure mode is not needed: sampling and noise use the OS-seeded generators above.
         warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
@@ -180,10 +193,21 @@ def _dp_loop(
     epochs: int,
     beta: float | list[float],
 ) -> tuple[int, float]:
-    with warnings.catch_warnings():
-        # Opacus' ghost clipping runs backward hooks on layers whose inputs need no grad.
-        warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        return _dp_steps(model, loader, optimizer, dp_criterion, criterion, epochs, beta)
+    # An empty Poisson sample is secret: Opacus' "First batch is empty" warning would log it.
+    opacus_loader_log = logging.getLogger("opacus.data_loader")
+    opacus_loader_log.addFilter(_drop_empty_batch_warning)
+    try:
+        with warnings.catch_warnings():
+            # Opacus' ghost clipping runs backward hooks on layers whose inputs need no grad.
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            return _dp_steps(model, loader, optimizer, dp_criterion, criterion, epochs, beta)
+    finally:
+        opacus_loader_log.removeFilter(_drop_empty_batch_warning)
+
+
+def _drop_empty_batch_warning(record: logging.LogRecord) -> bool:
+    """Drop (return False for) Opacus' log warning that a Poisson sample came out empty."""
+    return "batch is empty" not in record.getMessage()
 
 
 def _dp_steps(
@@ -201,11 +225,7 @@ def _dp_steps(
             criterion.beta = _beta_at(beta, steps)
             optimizer.zero_grad(set_to_none=True)
             if len(x) == 0:
-                # An empty Poisson batch still releases noise: step on zero gradients.
-                for p in model.parameters():
-                    p.grad_sample = None  # type: ignore[attr-defined]  # an attribute Opacus adds to parameters
-                    p.grad = torch.zeros_like(p)
-                optimizer.step()
+                _empty_step(model, optimizer)
                 steps += 1
                 continue
             out = model(x, r, m)
@@ -216,3 +236,22 @@ def _dp_steps(
             total += float(loss.item()) * len(x)
             count += len(x)
     return steps, total / max(count, 1)
+
+
+def _empty_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Take one DP step on zero gradients: an empty Poisson batch still releases noise.
+
+    Both Opacus optimizers add N(0, σ²C²) to the summed clipped gradient. Ghost clipping's
+    optimizer sums `p.grad`; the hooks-mode optimizer clips and sums the per-sample gradients
+    `p.grad_sample` and raises on None ("Per sample gradient is not initialized"), so each
+    parameter also gets an empty (0, *shape) per-sample gradient: the sum of none is zeros.
+    It is cleared after the step; ghost clipping would otherwise stack the next batch's
+    per-sample gradients onto it.
+    """
+    params = list(model.parameters())
+    for p in params:
+        p.grad_sample = p.new_zeros((0, *p.shape))  # type: ignore[attr-defined]  # an attribute Opacus adds
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    for p in params:
+        p.grad_sample = None  # type: ignore[attr-defined]

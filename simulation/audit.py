@@ -368,7 +368,7 @@ def run_audit(
         "run_dir": str(run_dir),
         "data": {"source": config.data.source, "real_users": base.n_users, "training_users": n_users,
                  "ratings_csv": str(ratings_csv), "catalog_csv": str(catalog_csv)},
-        "data_fingerprint": manifest["data_fingerprint"],
+        "catalog_fingerprint": manifest["catalog_fingerprint"],
         "seed": seed,
         "wall_s": round(time.perf_counter() - started, 2),
         "canaries": [

@@ -298,7 +298,7 @@ def frontier_svg(results: dict[str, list[JsonDict]]) -> str:
             v = statistics.mean(x["ndcg@100"] for x in results[key])
             series.append((label, [(min(xs), v), (max(xs), v)], key == "popularity"))
     # ε = ∞ (privacy off) has no place on the axis: the no-DP rows are the reference lines.
-    svg = line_chart(series, x_label="user-level ε (δ = 1/N^1.1)", y_label="NDCG@100 (mean of seeds)")
+    svg = line_chart(series, x_label="user-level ε (δ = 1/(100·N))", y_label="NDCG@100 (mean of seeds)")
     return svg.replace("<svg ", '<svg xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" ', 1)
 
 
@@ -363,7 +363,7 @@ def _frontier_section(results: dict[str, list[JsonDict]]) -> list[str]:
         "",
         "## Privacy–utility frontier",
         "",
-        "User-level (ε, δ = 1/N^1.1) after the popularity release and all 100 rounds, both modes on 4 hubs",
+        "User-level (ε, δ = 1/(100·N)) after the popularity release and all 100 rounds, both modes on 4 hubs",
         "(`configs/frontier-local.toml`, `configs/frontier-central.toml`; compact model over public genre, decade and",
         "MiniLM title features, DP popularity prior). ε is the PLD accountant's over the ledgers; ∞ is the same",
         "configuration with privacy off (exact popularity prior).",

@@ -13,14 +13,13 @@ from tqdm import tqdm
 
 from shared.config import StrataConfig
 from shared.data.matrices import UserTensors, train_tensors
-from shared.data.source import fingerprint, load_source
+from shared.data.source import load_source
 from shared.data.split import UserRatings, split_configured
 from shared.features import model_features
 from shared.metrics import evaluate_model
 from shared.model import StrataModel, build_model
 from shared.privacy.accounting import (
     calibrate_noise_multiplier,
-    default_delta,
     epsilon_of,
 )
 from shared.privacy.ledger import Ledger, LedgerEntry
@@ -31,13 +30,16 @@ from shared.privacy.release import (
     release_entry,
 )
 from shared.run_dir import JsonDict, RunDir
-from shared.training import DPSettings, kl_weight, make_optimizer, poisson_plan, train_users
+from shared.training import DPSettings, kl_weight, make_optimizer, public_plan, train_users
+
+from .population import with_public_population
 
 log = logging.getLogger(__name__)
 
 
 def run_central(config: StrataConfig, *, eval_every: int = 5) -> JsonDict:
     """Train centrally for `train.epochs`; write the run directory; return the summary."""
+    config = with_public_population(config)
     run = RunDir.of(config.run_dir)
     run.write_config(config)
     data = load_source(config.data, config.run.seed)
@@ -48,22 +50,23 @@ def run_central(config: StrataConfig, *, eval_every: int = 5) -> JsonDict:
     optimizer = make_optimizer(model, "adam", config.train.lr, config.train.weight_decay)
     gen = torch.Generator().manual_seed(config.run.seed)
     p, t = config.privacy, config.train
-    delta = p.delta or default_delta(data.n_users)
-    q, steps_per_epoch = poisson_plan(data.n_users, t.batch_size)
+    delta = p.resolved_delta
+    q, steps_per_epoch = public_plan(p.population, t.batch_size)
     dp = None
-    ledger = Ledger(path=run.central_ledger_path)
-    if ledger.path is not None and ledger.path.exists():
-        ledger.path.unlink()
+    ledger, run_id = _open_ledger(run)
     if config.model.popularity_prior:
-        _popularity_prior(model, tensors, config, ledger)
+        _popularity_prior(model, tensors, config, ledger, run_id)
     if p.local_dp:  # DP-SGD over all users: the central twin of the clients' local DP
         sigma = p.noise_multiplier
         if p.target_epsilon > 0:
             sigma = calibrate_noise_multiplier(
-                target_epsilon=p.target_epsilon, delta=delta, sample_rate=q, steps=t.epochs * steps_per_epoch,
+                target_epsilon=p.target_epsilon, delta=delta, population=p.population, sample_rate=q,
+                steps=t.epochs * steps_per_epoch,
                 prior=ledger.entries,
             )
-        dp = DPSettings(noise_multiplier=sigma, max_grad_norm=p.max_grad_norm, ghost_clipping=p.ghost_clipping)
+        dp = DPSettings(
+            noise_multiplier=sigma, max_grad_norm=p.max_grad_norm, sample_rate=q, ghost_clipping=p.ghost_clipping
+        )
         log.info("central DP-SGD: σ=%.4f, q=%.4f, %d steps, δ=%.3g", sigma, q, t.epochs * steps_per_epoch, delta)
     run.clear_metrics()
     started = time.perf_counter()
@@ -72,15 +75,16 @@ def run_central(config: StrataConfig, *, eval_every: int = 5) -> JsonDict:
         # fork so a non-DP central run is reproducible (DP noise and sampling stay secret).
         torch.manual_seed(config.run.seed)
         epsilon, last = _train_epochs(
-            model, tensors, users, data.n_items, config, optimizer, gen, dp, ledger, delta,
+            model, tensors, users, data.n_items, config, optimizer, gen, dp, ledger, run_id, delta,
             steps_per_epoch, run, eval_every,
         )
     elapsed = time.perf_counter() - started
     weights = {k: v.detach().clone() for k, v in model.named_parameters()}
-    manifest = run.write_model(weights, config, data.catalog, data_fingerprint=fingerprint(data), rounds=t.epochs)
+    manifest = run.write_model(weights, config, data.catalog, rounds=t.epochs)
     summary: JsonDict = {
         "run_dir": str(run),
         "mode": "central",
+        "run_id": run_id,
         "epochs": t.epochs,
         "wall_s": round(elapsed, 2),
         "epsilon": epsilon,
@@ -92,20 +96,48 @@ def run_central(config: StrataConfig, *, eval_every: int = 5) -> JsonDict:
     return summary
 
 
-def _popularity_prior(model: StrataModel, tensors: UserTensors, config: StrataConfig, ledger: Ledger) -> None:
+def _open_ledger(run: RunDir) -> tuple[Ledger, str]:
+    """Open the run directory's central ledger, keeping earlier runs' entries, and name this run.
+
+    Re-using a run directory trains on the same users again, so their budget is already partly
+    spent: the ledger is appended to, never reset (as the clients' ledgers of `strata simulate`),
+    and this run's ε and its calibration compose with the earlier entries. Each run gets its own
+    run id (`central-1`, `central-2`, ...; also in `summary.json`), so the privacy report tells
+    the runs apart.
+    """
+    ledger = Ledger.open(run.central_ledger_path)
+    earlier = {e.run_id for e in ledger.entries}
+    k = len(earlier) + 1
+    while f"central-{k}" in earlier:
+        k += 1
+    if earlier:
+        log.warning(
+            "%s already holds %d entries from %d earlier run(s): this run's ε composes with them "
+            "(the same users' data is used again). Use a new --out for an untouched budget.",
+            run.central_ledger_path,
+            len(ledger),
+            len(earlier),
+        )
+    return ledger, f"central-{k}"
+
+
+def _popularity_prior(
+    model: StrataModel, tensors: UserTensors, config: StrataConfig, ledger: Ledger, run_id: str
+) -> None:
     """Set the decoder item bias from a popularity release over all users: Gaussian noise
     (z = privacy.release-noise-multiplier, bound 1 per user) and a ledger entry under DP."""
     total = popularity_rows(tensors.positives.numpy()).sum(axis=0)
     if config.privacy.mode != "off":
         z = config.privacy.release_noise_multiplier
-        ledger.append(release_entry(noise_multiplier=z, bound=1.0, run_id="central", server_round=0, holder="central"))
+        ledger.append(release_entry(noise_multiplier=z, bound=1.0, run_id=run_id, server_round=0, holder="central"))
         total = total + gaussian_noise(total.shape[0], z)
     model.start_from_popularity(torch.from_numpy(bias_from_popularity(total)))
 
 
 def _train_epochs(
     model: StrataModel, tensors: UserTensors, users: list[UserRatings], n_items: int, config: StrataConfig,
-    optimizer: torch.optim.Optimizer, gen: torch.Generator, dp: DPSettings | None, ledger: Ledger, delta: float,
+    optimizer: torch.optim.Optimizer, gen: torch.Generator, dp: DPSettings | None, ledger: Ledger, run_id: str,
+    delta: float,
     steps_per_epoch: int, run: RunDir, eval_every: int,
 ) -> tuple[float, JsonDict]:
     """Run the epoch loop of `run_central`: train, account, evaluate, log one line per epoch."""
@@ -125,7 +157,7 @@ def _train_epochs(
                 ledger.append(
                     LedgerEntry.dp_sgd(
                         noise_multiplier=dp.noise_multiplier, sample_rate=stats.sample_rate, steps=stats.steps,
-                        max_grad_norm=dp.max_grad_norm, run_id="central", round=epoch, client="central",
+                        max_grad_norm=dp.max_grad_norm, run_id=run_id, round=epoch, client="central",
                     )
                 )
                 epsilon = epsilon_of(ledger.entries, delta, p.accountant)

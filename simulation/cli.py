@@ -15,18 +15,17 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from client.recommend import format_recommendations  # noqa: E402
 from server.privacy_report import write_privacy_report  # noqa: E402
-from server.run_report import write_run_report  # noqa: E402
+from server.run_report import REAL_EXAMPLE_WARNING, write_run_report  # noqa: E402
 from server.taxonomy import build_taxonomy, render_tree  # noqa: E402
 from shared.config import StrataConfig, load_config  # noqa: E402
 from shared.data.fetch import DATASETS  # noqa: E402
-from shared.data.source import load_source  # noqa: E402
 from shared.data.validate import validate_path  # noqa: E402
 from shared.run_dir import JsonDict, RunDir  # noqa: E402
 
 from .audit import format_audit, run_audit  # noqa: E402
 from .bench import run_bench  # noqa: E402
 from .central import run_central  # noqa: E402
-from .generate import generate_profiles  # noqa: E402
+from .generate import generate_profiles, synthetic_example  # noqa: E402
 from .layer_eval import evaluate_layers, format_layer_metrics  # noqa: E402
 from .recommend import recommend_for_user  # noqa: E402
 from .simulate import simulate  # noqa: E402
@@ -75,6 +74,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def _print_headline(summary: JsonDict) -> None:
     ev = summary.get("final_eval") or {}
     print()
+    if summary.get("already_finished"):
+        print("This run directory holds a finished run: its results are shown; nothing new was trained or released.")
     print(f"Run directory: {summary['run_dir']}")
     if ev:
         print(
@@ -165,28 +166,45 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Run `strata generate`: synthetic user profiles from a run's model."""
-    result = generate_profiles(Path(args.run), n=args.n, out=Path(args.out), interest=args.interest, seed=args.seed)
-    print(f"Synthetic users: {result['out']} (catalog {result['catalog']}); comparison: {result['report']}")
+    result = generate_profiles(
+        Path(args.run), n=args.n, out=Path(args.out), interest=args.interest, seed=args.seed,
+        compare_with_real=args.compare_to_real,
+    )
+    print(f"Synthetic users: {result['out']} (catalog {result['catalog']})")
     print(result["privacy"]["statement"])
+    comparison = result["comparison"]
+    if comparison is None:
+        print("No comparison with the real ratings was written (--compare-to-real writes one; it is not private).")
+    else:
+        print(f"Comparison with the real ratings: {comparison['path']}")
+        print(comparison["warning"])
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Run `strata report`: write a run's report.html."""
     run = RunDir.of(args.run)
-    example, why = _example_user(run)
+    example, why = _example_user(run, args.example_user)
     print(f"Run report: {write_run_report(run, example=example, example_error=why)}")
+    if example is not None and not example.get("synthetic"):
+        print(f"WARNING: {REAL_EXAMPLE_WARNING} (user {example['user']}).")
     return 0
 
 
-def _example_user(run: RunDir) -> tuple[JsonDict | None, str | None]:
-    """Layered recommendations for the data set's first user, as that user's device computes them."""
+def _example_user(run: RunDir, user_id: str | None = None) -> tuple[JsonDict | None, str | None]:
+    """Choose the report's example user: (layered profile and recommendations, None) or (None, why).
+
+    By default a synthetic user sampled from the run's model (`synthetic_example`: no real
+    user's data). Only an explicit `user_id` (`--example-user`) shows a real user, computed as
+    that user's device would from their own ratings; the result is marked not private and a
+    warning is logged. An unknown `user_id` is an error.
+    """
+    if user_id is not None:
+        log.warning("report: --example-user %s: %s.", user_id, REAL_EXAMPLE_WARNING)
+        real = recommend_for_user(run, user_id, n=EXAMPLE_N, layered=True)
+        return {**real, "synthetic": False, "label": REAL_EXAMPLE_WARNING}, None
     try:
-        config = run.read_config()
-        data = load_source(config.data, config.run.seed)
-        if not data.user_ids:
-            return None, "the data set has no users."
-        return recommend_for_user(run, data.user_ids[0], n=EXAMPLE_N, layered=True), None
+        return synthetic_example(run, n=EXAMPLE_N), None
     except (FileNotFoundError, ValueError) as exc:
         log.warning("report: no example user for %s: %s", run, exc)
         return None, str(exc)
@@ -248,16 +266,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     layers.set_defaults(func=cmd_layers)
 
-    gen = sub.add_parser("generate", help="synthetic user profiles sampled from a run's model (+ comparison report)")
+    gen = sub.add_parser("generate", help="synthetic user profiles sampled from a run's model")
     gen.add_argument("run", help="run directory")
     gen.add_argument("--n", type=int, required=True, help="number of synthetic users")
     gen.add_argument("--out", required=True, help="ratings CSV to write (catalog: <stem>_catalog.csv next to it)")
     gen.add_argument("--interest", help="condition on an L2 interest id of the taxonomy, e.g. Drama/1")
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument(
+        "--compare-to-real", action="store_true",
+        help="also write <stem>_comparison_NOT_PRIVATE.json: exact statistics of the real ratings next to the "
+        "synthetic ones (NOT private; for the operator only, never to publish)",
+    )
     gen.set_defaults(func=cmd_generate)
 
     report = sub.add_parser("report", help="report.html of a run: utility, ε, taxonomy, census, example user")
     report.add_argument("run", help="run directory")
+    report.add_argument(
+        "--example-user", metavar="ID",
+        help="show this real user's profile and recommendations instead of a synthetic one sampled from the model "
+        "(NOT private: the page then holds one user's exact data)",
+    )
     report.set_defaults(func=cmd_report)
 
     rec = sub.add_parser("recommend", help="top-N recommendations for one user, on the device's own data")

@@ -28,12 +28,15 @@ seeded generator: the profiles are post-processing of the trained model and carr
 user-level (ε, δ) guarantee unchanged. If the run trained without DP the profiles are *not*
 private (they may reveal training data); the summary says which.
 
-**Evaluation (touches real data).** `<out stem>_report.json` compares the synthetic profiles
-with the run's real ratings: category marginals (each rating spreads 1/|categories| over its
-item's categories) with total variation distance, L2 interest marginals, popularity (share of
-ratings on the top 1% / 10% of items, Gini of item counts), profile lengths and ratings. It
-reads the private data and is an evaluation for the operator, **not part of the private
-release**; the report says so in its `evaluation` field.
+**Evaluation (touches real data; only on request).** With `compare_with_real=True`
+(`strata generate --compare-to-real`), `<out stem>_comparison_NOT_PRIVATE.json` compares the
+synthetic profiles with the run's real ratings: category marginals (each rating spreads
+1/|categories| over its item's categories) with total variation distance, L2 interest
+marginals, popularity (share of ratings on the top 1% / 10% of items, Gini of item counts),
+profile lengths and ratings. These are exact statistics of the private data, **not part of
+the private release** and carrying no DP guarantee: the file says so in its name and in its
+first keys (`"private": false` and a `warning`), and the summary in `comparison`. Without the
+flag nothing derived from the real ratings is computed or written.
 """
 
 from __future__ import annotations
@@ -48,8 +51,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from client.recommend import recommend
+from server.run_report import SYNTHETIC_EXAMPLE_LABEL
 from server.taxonomy import load_taxonomy
 from shared.data.source import load_source
+from shared.data.split import UserRatings
 from shared.data.types import Catalog, RatingsData
 from shared.interests import InterestIndex
 from shared.model import StrataModel
@@ -69,7 +75,14 @@ REFINE_STEPS = 1
 """Encode–decode steps applied to each prior draw (see the module docstring, step 2)."""
 BATCH = 1024
 """Latents decoded per batch."""
-REPORT_FORMAT = "strata-generate-report/1"
+COMPARISON_FORMAT = "strata-generate-comparison/2"
+COMPARISON_SUFFIX = "_comparison_NOT_PRIVATE.json"
+"""`<out stem>` + this: the comparison with the real ratings (`compare_with_real=True` only)."""
+COMPARISON_WARNING = (
+    "NOT PRIVATE: EXACT STATISTICS OF THE REAL (PRIVATE) RATINGS, with no DP guarantee — an evaluation for the "
+    "operator only, not part of the private release; only the synthetic CSV and its catalog are the DP "
+    "(post-processed) output. Do not publish this file next to them."
+)
 
 
 @dataclass(frozen=True)
@@ -93,10 +106,13 @@ def generate_profiles(
     length_sigma: float = LENGTH_SIGMA,
     rating_scale: tuple[float, float, float] = RATING_SCALE,
     refine_steps: int = REFINE_STEPS,
+    compare_with_real: bool = False,
 ) -> JsonDict:
-    """Write `n` synthetic users to `out` (+ catalog and comparison report); return the summary.
+    """Write `n` synthetic users to `out` (+ catalog); return the summary.
 
-    See the module docstring for the method and its privacy.
+    With `compare_with_real` also write the comparison with the real ratings
+    (`<stem>_comparison_NOT_PRIVATE.json`, not private). See the module docstring for the
+    method and its privacy.
     """
     if n < 1:
         raise ValueError(f"generate: n must be at least 1, got {n}.")
@@ -114,7 +130,7 @@ def generate_profiles(
         )
     run, out = RunDir.of(run_dir), Path(out)
     model, manifest, config = run.load_model()
-    data = load_source(config.data, config.run.seed)  # the catalog is public; ratings are read only by the report
+    data = load_source(config.data, config.run.seed)  # the catalog is public; ratings only for the comparison
     catalog = data.catalog
     taxonomy = load_taxonomy(run)
     centre = None
@@ -152,20 +168,63 @@ def generate_profiles(
         },
         "privacy": privacy,
     }
-    report = compare_to_real(
-        profiles, data, taxonomy, interest=interest, positive_threshold=config.data.positive_threshold
-    )
-    report_path = out.with_name(f"{out.stem}_report.json")
-    report_path.write_text(
-        json.dumps({"format": REPORT_FORMAT, "generation": summary, **report}, indent=1, ensure_ascii=False) + "\n",
-        encoding="utf-8",
-    )
-    summary["report"] = str(report_path)
-    summary["comparison"] = report["tv"]
     log.info("wrote %d synthetic users (%d ratings) to %s and %s", n, len(profiles.items), out, catalog_path)
     log.info("privacy: %s", privacy["statement"])
-    log.info("%s", format_comparison(report))
+    if not compare_with_real:
+        summary["comparison"] = None  # nothing derived from the real ratings is computed or written
+    else:
+        report = compare_to_real(
+            profiles, data, taxonomy, interest=interest, positive_threshold=config.data.positive_threshold
+        )
+        path = out.with_name(f"{out.stem}{COMPARISON_SUFFIX}")
+        head: JsonDict = {"private": False, "warning": COMPARISON_WARNING, "format": COMPARISON_FORMAT}
+        path.write_text(
+            json.dumps({**head, "generation": summary, **report}, indent=1, ensure_ascii=False) + "\n",
+            encoding="utf-8",
+        )
+        summary["comparison"] = {"path": str(path), "private": False, "warning": COMPARISON_WARNING, "tv": report["tv"]}
+        log.warning("wrote %s: %s", path, COMPARISON_WARNING)
+        log.info("%s", format_comparison(report))
     return summary
+
+
+def synthetic_example(run: RunDir, *, n: int = 10, seed: int = 0) -> JsonDict:
+    """One synthetic user sampled from the run's model, recommended as a device would.
+
+    The profile is `sample_profiles`' (the model, the public rating scale and a seeded
+    generator only); its layered profile and top-`n` list are `client.recommend.recommend`'s
+    on that profile as the user's train ratings. No real rating is read: the result is
+    post-processing of the model, fit for a report (`strata report`'s default example user).
+    """
+    model, manifest, config = run.load_model()
+    catalog = load_source(config.data, config.run.seed).catalog  # public; the ratings are not used
+    taxonomy = load_taxonomy(run)
+    # at most n_items - n ratings, so that n items are left to recommend
+    max_length = max(MIN_LENGTH, catalog.n_items - n)
+    profiles = sample_profiles(model, n=1, generator=torch.Generator().manual_seed(seed), max_length=max_length)
+    user = UserRatings(
+        user=0,
+        train_items=profiles.items.astype(np.int64),
+        train_ratings=profiles.ratings.astype(np.float32),
+        test_items=np.zeros(0, dtype=np.int64),
+        test_ratings=np.zeros(0, dtype=np.float32),
+    )
+    index = InterestIndex.from_taxonomy(taxonomy, catalog.categories)
+    lo, hi, _ = RATING_SCALE
+    result = recommend(
+        model, index, catalog, user, n=n, layered=True,
+        positive_threshold=config.data.positive_threshold, rating_range=(lo, hi),
+    )
+    return {
+        "run": str(run),
+        "user": synthetic_user_id(0, 1),
+        "synthetic": True,
+        "label": SYNTHETIC_EXAMPLE_LABEL,
+        "seed": seed,
+        "model_fingerprint": manifest["weights_fingerprint"],
+        "taxonomy_fingerprint": taxonomy["fingerprint"],
+        **result,
+    }
 
 
 # --------------------------------------------------------------------------- sampling
@@ -187,11 +246,14 @@ def interest_latent(model: StrataModel, taxonomy: JsonDict, interest: str) -> to
     return mu[0]
 
 
-def sample_lengths(n: int, n_items: int, *, median: float, sigma: float, generator: torch.Generator) -> np.ndarray:
-    """Profile lengths from the public log-normal, clipped to [MIN_LENGTH, n_items]."""
+def sample_lengths(
+    n: int, n_items: int, *, median: float, sigma: float, generator: torch.Generator, max_length: int | None = None
+) -> np.ndarray:
+    """Profile lengths from the public log-normal, clipped to [MIN_LENGTH, min(n_items, max_length)]."""
     z = torch.randn(n, generator=generator, dtype=torch.float64).numpy()
     raw = np.rint(np.exp(math.log(median) + sigma * z))
-    return np.clip(raw, min(MIN_LENGTH, n_items), n_items).astype(np.int64)
+    hi = n_items if max_length is None else max(1, min(n_items, max_length))
+    return np.clip(raw, min(MIN_LENGTH, hi), hi).astype(np.int64)
 
 
 def sample_profiles(
@@ -204,11 +266,14 @@ def sample_profiles(
     length_sigma: float = LENGTH_SIGMA,
     rating_scale: tuple[float, float, float] = RATING_SCALE,
     refine_steps: int = REFINE_STEPS,
+    max_length: int | None = None,
 ) -> Profiles:
     """N synthetic profiles from the model alone (steps 1–5 of the module docstring)."""
     latent = int(model.config.latent_dim)
     n_items = int(model.n_items)
-    lengths = sample_lengths(n, n_items, median=length_median, sigma=length_sigma, generator=generator)
+    lengths = sample_lengths(
+        n, n_items, median=length_median, sigma=length_sigma, generator=generator, max_length=max_length
+    )
     lo, hi, step = rating_scale
     users: list[np.ndarray] = []
     items: list[np.ndarray] = []
@@ -379,8 +444,6 @@ def compare_to_real(
     l2 = {k: _item_shares(v[1], index.l2) for k, v in sides.items()}
     l1["model_prior"], l2["model_prior"] = index.prior_l1, index.prior_l2
     report: JsonDict = {
-        "evaluation": "EVALUATION THAT READS THE REAL (PRIVATE) RATINGS — for the operator only, not part of the "
-        "private release; only the synthetic CSV and its catalog are the DP (post-processed) output.",
         "stats": stats,
         "categories": {
             g: {k: round(float(v[j]), 4) for k, v in l1.items()} for j, g in enumerate(index.categories)
@@ -415,7 +478,7 @@ def format_comparison(report: JsonDict) -> str:
         ("items_covered", "items covered"), ("rating_mean", "mean rating"),
     ):
         rows.append((label, *(f"{s[k][key]:g}" for k in ("synthetic", "real", "real_positives"))))
-    lines = ["Synthetic vs real (evaluation on the real data, not part of the private release):"]
+    lines = ["Synthetic vs real — NOT PRIVATE (exact statistics of the real ratings, not part of the release):"]
     lines += [f"  {a:<24}{b:>12}{c:>12}{d:>18}" for a, b, c, d in rows]
     lines.append(
         f"  TV distance, categories: {tv['categories_vs_real']:.3f} vs real, "

@@ -13,6 +13,8 @@ from server.server_app import build_server_app
 from shared.config import StrataConfig
 from shared.run_dir import JsonDict, RunDir
 
+from .population import with_public_population
+
 log = logging.getLogger(__name__)
 
 
@@ -24,12 +26,36 @@ def backend_config(config: StrataConfig) -> dict[str, dict[str, object]]:
     }
 
 
+def finished_summary(run: RunDir, config: StrataConfig) -> JsonDict | None:
+    """Return the summary of `run` if it holds a finished run of `config`'s rounds, else None.
+
+    A finished run is never resumed: resuming would repeat its one-shot releases (the census)
+    and spend budget again. More rounds than it ran is a new request and continues it.
+    """
+    summary = run.read_summary()
+    if summary is None or not run.checkpoint_path.exists():
+        return None
+    done = int(summary.get("rounds", 0)) >= config.federation.rounds or "stopped_early" in summary
+    return summary if done else None
+
+
 def simulate(config: StrataConfig) -> JsonDict:
     """Simulate the federation of `config` and return the run summary (also in summary.json)."""
+    config = with_public_population(config)
+    run = RunDir.of(config.run_dir)
+    finished = finished_summary(run, config)
+    if finished is not None:
+        log.warning(
+            "%s already holds this finished run (%d of %d rounds): showing its results; nothing was trained or "
+            "released, no budget was spent. Use a new --out for a new run.",
+            run,
+            finished["rounds"],
+            config.federation.rounds,
+        )
+        return {**finished, "already_finished": True}
     n = num_clients(config)
     config = config.replace({"federation.min-available-clients": n})  # start only once all are registered
     log.info("simulating %d virtual clients on Flower's simulation engine", n)
-    run = RunDir.of(config.run_dir)
     ledgers = run.client_ledger_paths()
     if ledgers:
         log.warning(

@@ -91,6 +91,7 @@ def tiny_config(tmp_path: Path) -> StrataConfig:
         data=TINY_DATA,
         model=TINY_MODEL,
         train={"batch_size": 8},
+        privacy={"population": 40},
         federation={"topology": "hub", "num_hubs": 4, "rounds": 2},
     )
 

@@ -14,6 +14,7 @@ import pytest
 from scipy import stats
 
 from shared.config import StrataConfig
+from shared.data import RatingsData
 from shared.data.csv_loader import load_csv
 from shared.data.synthetic import make_synthetic
 from shared.data.validate import validate_path
@@ -30,7 +31,7 @@ from simulation.audit import (
 )
 
 
-def _small_data():
+def _small_data() -> RatingsData:
     data, _ = make_synthetic(n_users=30, n_items=40, n_categories=2, subs_per_category=2, seed=3)
     return data
 
@@ -73,7 +74,8 @@ def test_p_value_at_the_bound_is_the_significance_level() -> None:
 
 def test_bound_from_scores_guesses_top_and_bottom() -> None:
     included = np.array([True] * 50 + [False] * 50)
-    perfect = bound_from_scores(np.where(included, 1.0, 0.0) + np.linspace(0, 0.1, 100), included, delta=0.0, confidence=0.95, guesses=25)
+    scores = np.where(included, 1.0, 0.0) + np.linspace(0, 0.1, 100)
+    perfect = bound_from_scores(scores, included, delta=0.0, confidence=0.95, guesses=25)
     assert (perfect["r"], perfect["correct"]) == (50, 50)
     assert perfect["epsilon_lower_bound"] == pytest.approx(
         epsilon_lower_bound(m=100, guesses=50, correct=50, delta=0.0, confidence=0.95)
@@ -98,7 +100,7 @@ def test_coins_are_fair_and_from_os_randomness_by_default() -> None:
     assert not np.array_equal(a, b)  # OS randomness: two draws differ (fails with prob 2^-256)
 
 
-def test_canaries_are_distinct_users_and_the_csv_validates(tmp_path) -> None:
+def test_canaries_are_distinct_users_and_the_csv_validates(tmp_path: Path) -> None:
     data = _small_data()
     canaries = make_canaries(data, m=40, k=8, seed=1, coins=random.Random(0))
     assert canaries.m == 40 and len(set(canaries.user_ids)) == 40
@@ -150,7 +152,8 @@ def test_tiny_central_audit_end_to_end(
     saved = json.loads(run.audit_path.read_text())
     assert run.read_audit() == saved
     assert saved == json.loads(json.dumps(result))
-    for key in ("m", "r", "correct", "epsilon_lower_bound", "confidence", "reported_epsilon", "passed", "verdict", "delta"):
+    keys = ("m", "r", "correct", "epsilon_lower_bound", "confidence", "reported_epsilon", "passed", "verdict", "delta")
+    for key in keys:
         assert key in saved, key
     assert saved["m"] == 20 and len(saved["canaries"]) == 20
     assert 0 <= saved["correct"] <= saved["r"] <= 20

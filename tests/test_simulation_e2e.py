@@ -22,7 +22,9 @@ def test_two_rounds_four_clients_with_local_dp(tiny_config: StrataConfig) -> Non
     cfg = tiny_config.replace({"privacy.mode": "local", "privacy.noise-multiplier": 1.0})
     summary = simulate(cfg)
     run = RunDir.of(cfg.run_dir)
-    paths = (run.config_path, run.metrics_path, run.summary_path, run.checkpoint_path, run.weights_path, run.manifest_path)
+    paths = (
+        run.config_path, run.metrics_path, run.summary_path, run.checkpoint_path, run.weights_path, run.manifest_path
+    )
     for path in paths:
         assert path.exists(), path
     lines = run.read_metrics()

@@ -55,7 +55,11 @@ def test_nan_update_is_rejected_not_averaged() -> None:
     arrays, metrics = _round(
         _strategy(),
         current,
-        [({"w": torch.tensor([1.0, 1.0])}, 1), ({"w": torch.tensor([float("nan"), 0.0])}, 1), ({"w": torch.ones(3)}, 1)],
+        [
+            ({"w": torch.tensor([1.0, 1.0])}, 1),
+            ({"w": torch.tensor([float("nan"), 0.0])}, 1),
+            ({"w": torch.ones(3)}, 1),
+        ],
     )
     assert arrays is not None and metrics is not None
     assert torch.allclose(arrays.to_torch_state_dict()["w"], torch.tensor([1.0, 1.0]))
@@ -77,8 +81,14 @@ def test_fedadam_first_step_moves_each_weight_by_lr() -> None:
 def test_fraction_sampling_is_seeded() -> None:
     s1, s2 = _strategy(fraction_train=0.5), _strategy(fraction_train=0.5)
     nodes = Nodes(range(100, 120))
-    a = [m.metadata.dst_node_id for m in s1.configure_train(1, ArrayRecord(OrderedDict(w=torch.zeros(1))), ConfigRecord(), nodes)]
-    b = [m.metadata.dst_node_id for m in s2.configure_train(1, ArrayRecord(OrderedDict(w=torch.zeros(1))), ConfigRecord(), nodes)]
+    a = [
+        m.metadata.dst_node_id
+        for m in s1.configure_train(1, ArrayRecord(OrderedDict(w=torch.zeros(1))), ConfigRecord(), nodes)
+    ]
+    b = [
+        m.metadata.dst_node_id
+        for m in s2.configure_train(1, ArrayRecord(OrderedDict(w=torch.zeros(1))), ConfigRecord(), nodes)
+    ]
     assert a == b and len(a) == 10
 
 

@@ -5,17 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.data import make_synthetic
+from shared.data import RatingsData, make_synthetic
 
-PARAMS = dict(n_users=500, n_items=300, n_categories=4, subs_per_category=3, seed=7)
+PARAMS = {"n_users": 500, "n_items": 300, "n_categories": 4, "subs_per_category": 3, "seed": 7}
+Synth = tuple[RatingsData, np.ndarray]  # the data and the planted sub-interest of each item
 
 
 @pytest.fixture(scope="module")
-def synth():
+def synth() -> Synth:
     return make_synthetic(**PARAMS)
 
 
-def test_deterministic_for_a_seed(synth) -> None:
+def test_deterministic_for_a_seed(synth: Synth) -> None:
     data, planted = synth
     again, planted_again = make_synthetic(**PARAMS)
     np.testing.assert_array_equal(planted, planted_again)
@@ -26,7 +27,7 @@ def test_deterministic_for_a_seed(synth) -> None:
     assert other.n_ratings != data.n_ratings or not np.array_equal(other.items, data.items)
 
 
-def test_shapes_and_ranges(synth) -> None:
+def test_shapes_and_ranges(synth: Synth) -> None:
     data, planted = synth
     assert data.n_users == 500 and data.n_items == 300
     assert planted.shape == (300,) and set(planted.tolist()) == set(range(12))
@@ -41,7 +42,7 @@ def test_shapes_and_ranges(synth) -> None:
     assert data.report.rows_read == data.n_ratings
 
 
-def test_planted_taxonomy_in_catalog(synth) -> None:
+def test_planted_taxonomy_in_catalog(synth: Synth) -> None:
     data, planted = synth
     cat = data.catalog
     for i in range(data.n_items):
@@ -55,7 +56,7 @@ def test_planted_taxonomy_in_catalog(synth) -> None:
     assert max(spans) <= 9  # each sub-interest's items fall in one decade
 
 
-def test_in_interest_items_are_rated_higher(synth) -> None:
+def test_in_interest_items_are_rated_higher(synth: Synth) -> None:
     data, planted = synth
     # A user's sub-interests: the subs of the items they rated most often.
     in_interest = np.zeros(data.n_ratings, dtype=bool)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from shared.clustering import adjusted_mutual_information, choose_k, kmeans, silhouette
-from shared.config import load_config
+from shared.config import StrataConfig, load_config
 from shared.run_dir import RunDir
 
 # --- clustering and AMI on hand-made inputs -------------------------------------------------
@@ -89,7 +89,7 @@ def test_choose_k_finds_the_number_of_blobs_and_respects_min_size() -> None:
 
 
 def test_kmeans_does_not_depend_on_the_thread_count() -> None:
-    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+    from threadpoolctl import threadpool_limits
 
     x, _ = _blobs([700, 600, 500], spread=1.0)  # several 256-point chunks: threads would sum them in any order
     with threadpool_limits(limits=1):
@@ -102,7 +102,7 @@ def test_kmeans_does_not_depend_on_the_thread_count() -> None:
 # --- the taxonomy of a trained model ----------------------------------------------------------
 
 
-def _planted_config(out: Path):
+def _planted_config(out: Path) -> StrataConfig:
     return load_config(
         None,
         [

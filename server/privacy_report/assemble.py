@@ -118,9 +118,9 @@ class Accountants:
 
 @dataclass(frozen=True)
 class Fingerprints:
-    """The manifest's data and weights fingerprints, and each ledger file's SHA-256."""
+    """The manifest's catalog and weights fingerprints, and each ledger file's SHA-256."""
 
-    data: str | None
+    catalog: str | None
     weights: str | None
     ledgers_sha256: Mapping[str, str]
 
@@ -273,7 +273,7 @@ def assemble(files: RunFiles, replay: Replay, n_users: int | None, *, audit: Jso
         accountants=ACCOUNTANTS,
         versions=_versions(),
         fingerprints=Fingerprints(
-            data=manifest.get("data_fingerprint"),
+            catalog=manifest.get("catalog_fingerprint"),
             weights=manifest.get("weights_fingerprint"),
             ledgers_sha256=files.ledger_hashes,
         ),

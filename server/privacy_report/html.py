@@ -244,7 +244,8 @@ def render_html(report: PrivacyReport | Mapping[str, Any]) -> str:
     parts.append(
         _table(
             ["what", "sha256"],
-            [("data (ratings and item index)", fp["data"] or "absent"), ("model weights", fp["weights"] or "absent")]
+            [("catalog (item ids, titles, categories, years)", fp["catalog"] or "absent"),
+             ("model weights", fp["weights"] or "absent")]
             + [(f"{LAYOUT.ledger_dir}/{k}", v) for k, v in fp["ledgers_sha256"].items()],
             mono=(1,),
         )

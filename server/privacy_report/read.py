@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.config import StrataConfig
-from shared.data.source import fingerprint, load_source
-from shared.privacy.accounting import default_delta
+from shared.data.source import catalog_fingerprint, load_source
 from shared.privacy.ledger import LedgerEntry, LedgerError, read_entries
 from shared.run_dir import JsonDict, RunDir
 
@@ -49,10 +48,10 @@ class RunFiles:
 
 @dataclass(frozen=True)
 class DataFacts:
-    """The run's data source: N_users and its fingerprint, or why it could not be loaded."""
+    """The run's public catalog: its fingerprint, or why it could not be loaded (no count of users:
+    N is the configured public population)."""
 
-    n_users: int | None
-    fingerprint: str | None
+    catalog_fingerprint: str | None
     error: str | None
 
 
@@ -108,12 +107,12 @@ def read_run(run: RunDir, *, strict: bool) -> RunFiles:
 
 
 def data_facts(config: StrataConfig) -> DataFacts:
-    """N_users and the data fingerprint of the run's data source, or why it could not be loaded."""
+    """Return the catalog fingerprint of the run's data source, or why it could not be loaded."""
     try:
         data = load_source(config.data, config.run.seed)
     except (OSError, ValueError, RuntimeError) as exc:
-        return DataFacts(None, None, str(exc))
-    return DataFacts(int(data.n_users), fingerprint(data), None)
+        return DataFacts(None, str(exc))
+    return DataFacts(catalog_fingerprint(data.catalog), None)
 
 
 def current_run(files: RunFiles) -> str | None:
@@ -143,17 +142,19 @@ def replay_points(all_rounds: list[int]) -> list[int]:
 
 
 def replay_plan(files: RunFiles, data: DataFacts) -> Replay:
-    """δ (the config's, else 1/N_users^1.1), the current run and the rounds to replay."""
-    config = files.config
-    if config.privacy.delta:
-        delta, delta_source = config.privacy.delta, "privacy.delta in the run's config"
-    elif data.n_users is None:
+    """δ (the config's, else 1/(100·N) for the public population N), the current run and the rounds to replay."""
+    p = files.config.privacy
+    if p.population <= 0:
         raise ValueError(
-            f"cannot determine δ for {files.run}: privacy.delta is 0 (meaning 1/N_users^1.1) and the data source "
-            f"{config.data.source!r} could not be loaded ({data.error}); make the data available or set privacy.delta."
+            f"cannot determine δ for {files.run}: its config has no privacy.population (the public number of users N "
+            "that δ and the DP plan are defined by); the run was written by an older Strata: re-run it."
         )
+    if p.delta:
+        delta = p.delta
+        delta_source = f"privacy.delta in the run's config (N = {p.population}: N·δ = {p.delta * p.population:.3g})"
     else:
-        delta, delta_source = default_delta(data.n_users), f"1 / N_users^1.1 with N_users = {data.n_users}"
+        delta = p.resolved_delta
+        delta_source = f"1 / (100 · N) with the public population N = {p.population} (privacy.population)"
     current = current_run(files)
     return Replay(delta, delta_source, current, replay_points(rounds(files, current)))
 

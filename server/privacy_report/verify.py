@@ -3,7 +3,8 @@
 The checks: the ledgers parse; their entries are consistent (client names, round order, the
 configured mechanism parameters, Poisson plans); PLD and RDP agree; the ε the run logged
 (metrics and summary) equals the replay of the ledgers; every DP training reply has a ledger
-entry; the model's and the data's fingerprints match the manifest.
+entry; the model's and the catalog's fingerprints match the manifest (no artefact holds a hash
+of the ratings).
 """
 
 from __future__ import annotations
@@ -362,7 +363,7 @@ def _client_entry_shortfalls(files: RunFiles, current_run: str | None) -> list[s
 
 
 def _check_fingerprints(files: RunFiles, data: DataFacts) -> list[Check]:
-    """Check that the weights and the data, recomputed, match the manifest's fingerprints."""
+    """Check that the weights and the catalog, recomputed, match the manifest's fingerprints."""
     run, manifest = files.run, files.manifest
     if manifest is None:
         return [Check("model fingerprints", False, f"{run.manifest_path} does not exist: the run has not finished.")]
@@ -376,13 +377,17 @@ def _check_fingerprints(files: RunFiles, data: DataFacts) -> list[Check]:
             actual == manifest.get("weights_fingerprint"),
             f"sha256 of {path} = {actual[:16]}…, manifest says {str(manifest.get('weights_fingerprint'))[:16]}…",
         )
-    if data.fingerprint is None:
+    recorded = manifest.get("catalog_fingerprint")
+    if data.catalog_fingerprint is None:
         why = f"the data source could not be loaded to recompute it: {data.error}"
-        data_check = Check("data fingerprint", False, why)
+        catalog_check = Check("catalog fingerprint", False, why)
+    elif recorded is None:
+        why = f"{run.manifest_path} has no catalog_fingerprint (written before manifests fingerprinted the catalog)."
+        catalog_check = Check("catalog fingerprint", False, why)
     else:
-        data_check = Check(
-            "data fingerprint",
-            data.fingerprint == manifest.get("data_fingerprint"),
-            f"recomputed {data.fingerprint[:16]}…, manifest says {str(manifest.get('data_fingerprint'))[:16]}…",
+        catalog_check = Check(
+            "catalog fingerprint",
+            data.catalog_fingerprint == recorded,
+            f"recomputed {data.catalog_fingerprint[:16]}…, manifest says {str(recorded)[:16]}…",
         )
-    return [weights_check, data_check]
+    return [weights_check, catalog_check]

@@ -48,7 +48,7 @@ def build_privacy_report(
         len(files.clients) + bool(files.central), len(replay.points), replay.delta,
     )
     with _quiet_absl():
-        report = assemble(files, replay, data.n_users, audit=audit_result(run))
+        report = assemble(files, replay, files.config.privacy.population or None, audit=audit_result(run))
         if not verify:
             return report, True
         checks = verify_checks(

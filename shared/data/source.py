@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from functools import lru_cache
 from pathlib import Path
-
-import numpy as np
 
 from ..config import DataConfig
 from .csv_loader import load_csv
 from .fetch import fetch_ml100k
 from .movielens import load_ml100k, load_movielens
 from .synthetic import make_synthetic
-from .types import RatingsData
+from .types import Catalog, RatingsData
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +45,18 @@ def load_source(data: DataConfig, seed: int) -> RatingsData:
     )
 
 
-def fingerprint(data: RatingsData) -> str:
-    """SHA-256 over the ratings and the item index: identifies the exact data a model saw."""
-    h = hashlib.sha256()
-    for arr in (data.users, data.items, data.ratings):
-        h.update(np.ascontiguousarray(arr).tobytes())
-    h.update("\x1f".join(data.catalog.item_ids).encode())
-    return h.hexdigest()
+def catalog_fingerprint(catalog: Catalog) -> str:
+    """SHA-256 of the canonical catalog: (item id, title, categories, year) per item, in index order.
+
+    Only public item metadata goes in, never a rating. No published artefact holds a hash of
+    the ratings: anyone who knew the other users' data could test a user's membership by
+    hashing D and D − u.
+    """
+    rows = [
+        [item_id, title, list(categories), year]
+        for item_id, title, categories, year in zip(
+            catalog.item_ids, catalog.titles, catalog.categories, catalog.years, strict=True
+        )
+    ]
+    canonical = json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

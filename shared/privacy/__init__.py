@@ -1,6 +1,6 @@
 """Privacy accounting: immutable mechanism entries, the ledger, and accountants over it."""
 
-from .accounting import calibrate_noise_multiplier, default_delta, epsilon_of
+from .accounting import calibrate_noise_multiplier, check_delta, default_delta, epsilon_of
 from .ledger import Ledger, LedgerEntry, LedgerError
 
 __all__ = [
@@ -8,6 +8,7 @@ __all__ = [
     "LedgerEntry",
     "LedgerError",
     "calibrate_noise_multiplier",
+    "check_delta",
     "default_delta",
     "epsilon_of",
 ]

@@ -19,10 +19,25 @@ PLD_DISCRETIZATION = 1e-4
 """Value discretisation of the PLD accountant (smaller is tighter and slower)."""
 
 
-def default_delta(n_users: int) -> float:
-    """Return δ = 1 / N^1.1 (DESIGN.md §4)."""
-    delta: float = 1.0 / (max(n_users, 1) ** 1.1)
-    return delta
+def default_delta(population: int) -> float:
+    """Return δ = 1 / (100 · N) for a public population of N users (DESIGN.md §4).
+
+    N·δ = 0.01: with probability 0.99 no user at all falls in the δ event.
+    """
+    if population < 1:
+        raise ValueError(f"the population N must be at least 1, got {population}.")
+    return 1.0 / (100.0 * population)
+
+
+def check_delta(delta: float, population: int) -> None:
+    """Refuse a δ that cannot protect a population of N users: 0 < δ < 1/N."""
+    if population < 1:
+        raise ValueError(f"the population N must be at least 1, got {population}.")
+    if not 0 < delta < 1.0 / population:
+        raise ValueError(
+            f"δ = {delta:.3g} is not below 1/N = {1.0 / population:.3g} for N = {population} users: with δ ≥ 1/N "
+            "about one user may be exposed in full. Use δ ≤ 1/(100·N) (the default when privacy.delta = 0)."
+        )
 
 
 def _event(noise_multiplier: float, sample_rate: float, steps: int) -> dp_accounting.DpEvent:
@@ -65,6 +80,7 @@ def calibrate_noise_multiplier(
     *,
     target_epsilon: float,
     delta: float,
+    population: int,
     sample_rate: float,
     steps: int,
     accountant: str = "pld",
@@ -74,8 +90,10 @@ def calibrate_noise_multiplier(
     """Find the smallest σ (within `tolerance` relative) such that the `prior` entries plus `steps`
     subsampled Gaussian steps with σ spend at most `target_epsilon` in total.
 
-    Unlike Opacus' `make_private_with_epsilon`, what was already spent counts.
+    Unlike Opacus' `make_private_with_epsilon`, what was already spent counts. δ must be
+    below 1/`population` (`check_delta`).
     """
+    check_delta(delta, population)
     if target_epsilon <= 0:
         raise ValueError("target_epsilon must be positive.")
     if steps < 1:
