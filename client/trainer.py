@@ -21,13 +21,13 @@ from shared.config import StrataConfig
 from shared.data.matrices import UserTensors, train_tensors
 from shared.metrics import MetricSums, evaluate_model
 from shared.model import StrataModel, build_model
+from shared.privacy.plan import device_plan
 from shared.seeds import LOCAL_TRAINING, make_seed
 from shared.training import (
     DPSettings,
     TrainStats,
     kl_weight,
     make_optimizer,
-    public_plan,
     train_users,
     update_norm,
 )
@@ -67,26 +67,9 @@ def parameters_of(model: torch.nn.Module) -> Weights:
     return OrderedDict((k, v.detach().clone()) for k, v in model.named_parameters())
 
 
-def expected_users_per_client(config: StrataConfig) -> float:
-    """Return the public expected number of users one DP-SGD run covers.
-
-    One in the `device` topology and for each user's own copy under central DP; N / num-hubs
-    in a hub, N the public population. Never the device's private count.
-    """
-    if config.privacy.central_dp or config.federation.topology == "device":
-        return 1.0
-    if config.privacy.population <= 0:
-        raise ValueError(
-            "privacy.population (the public number of users N) is not set: a hub's DP-SGD plan assumes "
-            "N / num-hubs users. Set it in the config; `strata simulate` sets it from the data set."
-        )
-    return config.privacy.population / config.federation.num_hubs
-
-
 def local_plan(config: StrataConfig) -> tuple[float, int]:
     """Return (sample rate, steps per round) of the client's DP-SGD, from public quantities only."""
-    q, steps_per_epoch = public_plan(expected_users_per_client(config), config.train.batch_size)
-    return q, config.train.local_epochs * steps_per_epoch
+    return device_plan(config)
 
 
 def clip_update(update: Weights, *, max_norm: float) -> tuple[Weights, float]:

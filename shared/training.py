@@ -33,7 +33,7 @@ class DPSettings:
     noise_multiplier: float
     max_grad_norm: float
     sample_rate: float = 1.0
-    """q of the Poisson sampling of users, from `public_plan` (never from the private count)."""
+    """q of the Poisson sampling of users, from `shared.privacy.plan` (never from the private count)."""
     ghost_clipping: bool = True
 
     def __post_init__(self) -> None:
@@ -64,21 +64,6 @@ def kl_weight(step: int, model: ModelConfig) -> float:
     return min(model.beta_max, model.beta_max * step / max(model.anneal_steps, 1))
 
 
-def public_plan(expected_users: float, batch_size: int) -> tuple[float, int]:
-    """Return (sample rate, steps per epoch) of DP-SGD from public quantities only.
-
-    q = min(1, B / n̄), n̄ the public expected number of users (never the private count), and
-    ⌊1/q⌋ steps per epoch, as Opacus' Poisson loader takes them. Adding or removing a user
-    changes neither, so the mechanism is the same on adjacent data sets.
-    """
-    if expected_users <= 0:
-        raise ValueError(f"the public expected number of users must be positive, got {expected_users}.")
-    if batch_size < 1:
-        raise ValueError(f"the expected batch size must be at least 1, got {batch_size}.")
-    q = min(1.0, batch_size / expected_users)
-    return q, max(1, int(1.0 / q))
-
-
 def make_optimizer(model: torch.nn.Module, kind: str, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """Build an `sgd` or `adam` optimizer over the model's parameters."""
     if kind == "sgd":
@@ -104,7 +89,7 @@ def train_users(
 
     `beta` is the KL weight, fixed or one value per step (annealing). Without DP the
     batches are shuffled fixed-size; with DP they are Poisson samples at the public rate
-    `dp.sample_rate` (`public_plan`), ⌊1/q⌋ steps per epoch.
+    `dp.sample_rate` (`shared.privacy.plan`), ⌊1/q⌋ steps per epoch.
     """
     n = data.n_users
     if n == 0:

@@ -40,7 +40,6 @@ from shared.data.matrices import train_tensors
 from shared.data.source import load_source
 from shared.data.split import split_configured
 from shared.data.types import Catalog, LoadReport, RatingsData
-from shared.privacy.accounting import default_delta
 from shared.run_dir import JsonDict, RunDir
 from shared.seeds import CANARIES, make_rng
 
@@ -323,8 +322,14 @@ def run_audit(
     base = load_source(config.data, config.run.seed)
     planted = make_canaries(base, m=canaries, k=canary_items, seed=seed)
     ratings_csv, catalog_csv = write_audit_data(base, planted, out / "data")
+    # The public population counts every potential canary: how many coins came up is secret.
     audited = config.replace(
-        {"data.source": str(ratings_csv), "data.catalog": str(catalog_csv), "run.out": str(run_dir)}
+        {
+            "data.source": str(ratings_csv),
+            "data.catalog": str(catalog_csv),
+            "run.out": str(run_dir),
+            "privacy.population": base.n_users + canaries,
+        }
     )
     n_users = base.n_users + int(planted.included.sum())
     log.info(
@@ -333,7 +338,7 @@ def run_audit(
         canaries, canary_items, planted.rating, base.name, base.n_users, pipeline,
         config.federation.topology, config.privacy.mode,
     )
-    delta = audited.privacy.delta or default_delta(n_users)
+    delta = audited.privacy.resolved_delta
     if 2 * canaries * delta >= 1.0 - confidence:
         log.warning(
             "audit: the δ term 2·m·δ = %.3g is not small against the significance level %.3g, so the audit "

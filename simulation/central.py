@@ -30,7 +30,8 @@ from shared.privacy.release import (
     release_entry,
 )
 from shared.run_dir import JsonDict, RunDir
-from shared.training import DPSettings, kl_weight, make_optimizer, public_plan, train_users
+from shared.privacy.plan import central_plan
+from shared.training import DPSettings, kl_weight, make_optimizer, train_users
 
 from .population import with_public_population
 
@@ -51,7 +52,7 @@ def run_central(config: StrataConfig, *, eval_every: int = 5) -> JsonDict:
     gen = torch.Generator().manual_seed(config.run.seed)
     p, t = config.privacy, config.train
     delta = p.resolved_delta
-    q, steps_per_epoch = public_plan(p.population, t.batch_size)
+    q, steps_per_epoch = central_plan(config)
     dp = None
     ledger, run_id = _open_ledger(run)
     if config.model.popularity_prior:

@@ -33,8 +33,12 @@ def finished_summary(run: RunDir, config: StrataConfig) -> JsonDict | None:
     and spend budget again. More rounds than it ran is a new request and continues it.
     """
     summary = run.read_summary()
-    if summary is None or not run.checkpoint_path.exists():
+    if summary is None or not run.checkpoint_path.exists() or not run.config_path.exists():
         return None
+    ignored = ("federation.rounds", "federation.min-available-clients")
+    saved = {k: v for k, v in run.read_config().to_flat().items() if k not in ignored}
+    if saved != {k: v for k, v in config.to_flat().items() if k not in ignored}:
+        return None  # another experiment: the server refuses to resume it, with the keys that differ
     done = int(summary.get("rounds", 0)) >= config.federation.rounds or "stopped_early" in summary
     return summary if done else None
 

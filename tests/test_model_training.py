@@ -15,7 +15,8 @@ from shared.data.split import split_users
 from shared.data.synthetic import make_synthetic
 from shared.features import catalog_features
 from shared.model import StrataLoss, StrataModel, build_model
-from shared.training import DPSettings, make_optimizer, public_plan, train_users
+from shared.privacy.plan import public_plan
+from shared.training import DPSettings, make_optimizer, train_users
 
 ItemSide = Literal["learned", "catalog", "both"]  # ModelConfig.item_side
 Setup = tuple[RatingsData, UserTensors, torch.Tensor]  # data, its train tensors, catalog features

@@ -134,7 +134,7 @@ def test_three_rounds_with_fresh_engines_compose(tiny_config: StrataConfig, tmp_
     assert eps[0] < eps[1] < eps[2]
     replayed = Ledger.open(tmp_path / "ledger.jsonl")
     assert len(replayed) == 3
-    delta = 1.0 / cfg.data.synthetic_users**1.1
+    delta = cfg.privacy.resolved_delta
     assert epsilon_of(replayed.entries, delta) == pytest.approx(eps[2])
     # One accountant over the same history (Opacus's RDP, fed every step at once).
     e = replayed.entries[0]

@@ -24,8 +24,10 @@ from shared.run_dir import RunDir
 
 SIGMA = 4.0
 RUN_ID = "run-b"
-# client id -> (q, steps per round): Poisson plans q = 1/k with k steps (local-epochs = 1).
-PLANS = {"0": (1.0, 1), "1": (0.5, 2), "2": (1 / 3, 3)}
+# Every client runs the public plan of the config: q = B / (N / hubs) = 4 / 10, ⌊1/q⌋ = 2 steps.
+PLAN = (0.4, 2)
+# client id -> the rounds it took part in (fraction-train < 1): their ε differ by participation.
+PLANS = {"0": (1, 2, 3), "1": (1, 2), "2": (1,)}
 ROUNDS = 3
 N_USERS = 30
 
@@ -47,6 +49,7 @@ def _config(run_dir: Path, mode: str) -> StrataConfig:
             f'privacy.mode="{mode}"',
             f"privacy.noise-multiplier={SIGMA}",
             f"privacy.population={N_USERS}",
+            "train.batch-size=4",
             'federation.topology="hub"',
             "federation.num-hubs=3",
             f"federation.rounds={ROUNDS}",
@@ -55,12 +58,12 @@ def _config(run_dir: Path, mode: str) -> StrataConfig:
 
 
 def _entries(cid: str, run_id: str = RUN_ID) -> list[LedgerEntry]:
-    q, steps = PLANS[cid]
+    q, steps = PLAN
     return [
         LedgerEntry.dp_sgd(
             noise_multiplier=SIGMA, sample_rate=q, steps=steps, run_id=run_id, round=r, client=cid, max_grad_norm=1.0
         )
-        for r in range(1, ROUNDS + 1)
+        for r in PLANS[cid]
     ]
 
 
@@ -84,7 +87,8 @@ def _make_run(tmp_path: Path, *, mode: str = "local", prior: bool = False) -> tu
             (epsilon_of([e for e in es if e.run_id != RUN_ID or e.round <= r], delta) for es in ledgers.values()),
             default=0.0,
         )
-        train = {"clients": 3.0, "failed": 0.0, "refused": 0.0, "users": 30.0, "train-loss": 1.0, "epsilon": eps}
+        clients = float(sum(r in rounds for rounds in PLANS.values()))
+        train = {"clients": clients, "failed": 0.0, "refused": 0.0, "users": 30.0, "train-loss": 1.0, "epsilon": eps}
         metrics.append({"round": r, "skipped": False, "train": train, "eval": {}, "epsilon": eps})
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
     data = load_source(config.data, config.run.seed)
@@ -125,7 +129,8 @@ def test_consistent_run_verifies_and_states_the_max_over_clients(tmp_path: Path)
     assert report["distribution"]["min"] == pytest.approx(finals[0])
     assert report["distribution"]["median"] == pytest.approx(finals[1])
     assert [e for _, e in report["max_over_rounds"]] == pytest.approx([m["epsilon"] for m in expected["metrics"]])
-    assert len(report["mechanisms"]) == 3 and all(m["entries"] == ROUNDS for m in report["mechanisms"])
+    (mechanism,) = report["mechanisms"]  # one public plan for every client
+    assert mechanism["entries"] == sum(len(rounds) for rounds in PLANS.values())
     assert report["composition"]["n_runs"] == 1
     assert "user" in report["headline"] and f"{g['epsilon']:.3f}" in report["headline"]
     saved = json.loads((run_dir / "privacy_report.json").read_text())

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from server.central_dp import accounted_sample_rate
+from shared.privacy.plan import central_plan, device_plan
 from shared.config import StrataConfig
 from shared.privacy.guarantee import HolderEpsilon, epsilon_series, holders, is_central_dp, max_series
 from shared.privacy.ledger import LedgerEntry
@@ -122,17 +123,17 @@ def _check_ledger_structure(files: RunFiles, current_run: str | None) -> Check:
             if e.mechanism == RELEASE:
                 problems += _release_entry_problems(e, where, config, current_run)
                 continue
-            k = round(1 / e.sample_rate)
-            epochs = 1 if cid == "central" else config.train.local_epochs
-            # Earlier runs may have had other local epochs: only a whole number of epochs is required.
-            steps_ok = e.steps == epochs * k if e.run_id == current_run else e.steps % k == 0
-            if abs(1 / e.sample_rate - k) > 1e-6 * k or not steps_ok:
-                problems.append(
-                    f"{where}: q = {e.sample_rate:g} with {e.steps} steps is not a Poisson plan "
-                    f"(q = 1/k with {epochs}·k steps per round)"
-                )
             if e.run_id != current_run:
+                # An earlier run's config is not at hand: its steps must still be whole epochs of ⌊1/q⌋.
+                if e.steps % max(1, int(1.0 / e.sample_rate)) != 0:
+                    problems.append(f"{where}: {e.steps} steps are not whole epochs of ⌊1/q⌋ at q = {e.sample_rate:g}")
                 continue
+            # Recomputed from the public plan (config and public population), not trusted from the entry.
+            q, steps = central_plan(config) if cid == "central" else device_plan(config)
+            if not math.isclose(e.sample_rate, q, rel_tol=1e-9) or e.steps != steps:
+                problems.append(
+                    f"{where}: (q, steps) = ({e.sample_rate:g}, {e.steps}) but the public plan gives ({q:g}, {steps})"
+                )
             sigmas.setdefault(fname, set()).add(e.noise_multiplier)
             if p.target_epsilon <= 0 and not math.isclose(e.noise_multiplier, p.noise_multiplier, rel_tol=1e-9):
                 problems.append(
@@ -146,7 +147,7 @@ def _check_ledger_structure(files: RunFiles, current_run: str | None) -> Check:
     n = sum(len(e) for _, e in named.values())
     ok_msg = (
         f"{n} entries: clients match file names, rounds are in order, (σ, C) match the config, "
-        "q and steps form Poisson plans"
+        "(q, steps) match the public plan"
     )
     if p.target_epsilon > 0:
         ok_msg += " (σ calibrated to target-epsilon: one σ per client in this run, not compared with the config)"
