@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import ClassVar
+from typing import ClassVar, Self
 
 import numpy as np
 import torch
@@ -109,8 +109,8 @@ def _arrays(content: RecordDict) -> ArrayRecord:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainIns:
-    """Train one round from the global weights."""
+class _GlobalWeightsIns:
+    """An instruction that carries the global weights, the round and the run id."""
 
     arrays: ArrayRecord
     server_round: int
@@ -127,10 +127,15 @@ class TrainIns:
         )
 
     @classmethod
-    def from_record(cls, content: RecordDict) -> TrainIns:
+    def from_record(cls, content: RecordDict) -> Self:
         """Decode a received `RecordDict`; raise `ProtocolError` naming a missing or ill-typed key."""
         server_round, run_id = _instruction_config(content)
         return cls(arrays=_arrays(content), server_round=server_round, run_id=run_id)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainIns(_GlobalWeightsIns):
+    """Train one round from the global weights."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -188,28 +193,8 @@ class TrainRes:
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvaluateIns:
+class EvaluateIns(_GlobalWeightsIns):
     """Evaluate the global weights on the device's held-out ratings."""
-
-    arrays: ArrayRecord
-    server_round: int
-    run_id: str
-
-    def weights(self) -> Weights:
-        """Return the global weights as a torch state dict."""
-        return dict(self.arrays.to_torch_state_dict())
-
-    def to_record(self) -> RecordDict:
-        """Encode as a Flower `RecordDict`."""
-        return RecordDict(
-            {ARRAYS: self.arrays, CONFIG: ConfigRecord({SERVER_ROUND: self.server_round, RUN_ID: self.run_id})}
-        )
-
-    @classmethod
-    def from_record(cls, content: RecordDict) -> EvaluateIns:
-        """Decode a received `RecordDict`; raise `ProtocolError` naming a missing or ill-typed key."""
-        server_round, run_id = _instruction_config(content)
-        return cls(arrays=_arrays(content), server_round=server_round, run_id=run_id)
 
 
 _SUM_FIELDS = tuple(f.name for f in fields(MetricSums))
