@@ -185,7 +185,23 @@ def _dp_loop(
         with warnings.catch_warnings():
             # Opacus' ghost clipping runs backward hooks on layers whose inputs need no grad.
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            return _dp_steps(model, loader, optimizer, dp_criterion, criterion, epochs, beta)
+            steps, total, count = 0, 0.0, 0
+            for _ in range(epochs):
+                for x, r, m in loader:
+                    criterion.beta = _beta_at(beta, steps)
+                    optimizer.zero_grad(set_to_none=True)
+                    if len(x) == 0:
+                        _empty_step(model, optimizer)
+                        steps += 1
+                        continue
+                    out = model(x, r, m)
+                    loss = dp_criterion(out, x, r, m)
+                    loss.backward()
+                    optimizer.step()
+                    steps += 1
+                    total += float(loss.item()) * len(x)
+                    count += len(x)
+            return steps, total / max(count, 1)
     finally:
         opacus_loader_log.removeFilter(_drop_empty_batch_warning)
 
@@ -193,34 +209,6 @@ def _dp_loop(
 def _drop_empty_batch_warning(record: logging.LogRecord) -> bool:
     """Drop (return False for) Opacus' log warning that a Poisson sample came out empty."""
     return "batch is empty" not in record.getMessage()
-
-
-def _dp_steps(
-    model: torch.nn.Module,
-    loader: Iterable[tuple[torch.Tensor, ...]],
-    optimizer: torch.optim.Optimizer,
-    dp_criterion: Callable[..., Any],
-    criterion: StrataLoss,
-    epochs: int,
-    beta: float | list[float],
-) -> tuple[int, float]:
-    steps, total, count = 0, 0.0, 0
-    for _ in range(epochs):
-        for x, r, m in loader:
-            criterion.beta = _beta_at(beta, steps)
-            optimizer.zero_grad(set_to_none=True)
-            if len(x) == 0:
-                _empty_step(model, optimizer)
-                steps += 1
-                continue
-            out = model(x, r, m)
-            loss = dp_criterion(out, x, r, m)
-            loss.backward()
-            optimizer.step()
-            steps += 1
-            total += float(loss.item()) * len(x)
-            count += len(x)
-    return steps, total / max(count, 1)
 
 
 def _empty_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
