@@ -1,7 +1,7 @@
 """Flower ClientApp: turns each message into a typed instruction and a plain call.
 
-Replies are the typed values of `shared.protocol`: shared weights and the scalar
-aggregates listed there, no user ids, item ids or per-user values.
+Replies are the typed values of `shared.protocol`: the accounted mechanism's weights and
+release sums, the device's ε and refusal reasons; no counts, losses, ids or per-user values.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from shared.run_dir import RunDir, client_ledger_name
 from .budget import ClientBudget
 from .policy import Policy, effective_max_epsilon, policy_for
 from .ledger_store import open_ledger, save_to_state
-from .release import contribute
-from .rounds import evaluate_round, train_round
+from .release import contribute, evaluate
+from .rounds import train_round
 from .store import DeviceStore, store_for
 
 log = logging.getLogger(__name__)
@@ -60,10 +60,14 @@ def build_client_app(config: StrataConfig | None = None) -> ClientApp:
         return Message(content=reply.to_record(), reply_to=msg)
 
     @app.evaluate()
-    def evaluate(msg: Message, context: Context) -> Message:
+    def evaluation(msg: Message, context: Context) -> Message:
+        """Release the client's DP evaluation of the global weights."""
         c = cfg(context)
         store = store_for(c, dict(context.node_config))
-        reply = evaluate_round(store, c, EvaluateIns.from_record(msg.content), policy_for(c, dict(context.node_config)))
+        policy = policy_for(c, dict(context.node_config))
+        budget, ledger = _budget(c, context, store, policy)
+        reply = evaluate(store, c, EvaluateIns.from_record(msg.content), budget, policy)
+        save_to_state(context, ledger)
         return Message(content=reply.to_record(), reply_to=msg)
 
     @app.query()

@@ -13,7 +13,7 @@ Trust models:
 - `any`: no privacy required (research simulations without DP only).
 
 A deployed device without a policy file uses `STRICT` (trust `none`, ε ≤ 10, δ ≤ 1e-5,
-clip ≤ 1, σ ≥ 0.5, no federated evaluation: it is not a DP release yet).
+clip ≤ 1, σ and z ≥ 0.5; popularity, census and evaluation releases allowed).
 """
 
 from __future__ import annotations
@@ -24,17 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from shared.config import DevicePolicyConfig, StrataConfig, from_flat
-from shared.privacy.release import noise_holder
+from shared.privacy.release import noise_holder, release_noise_multiplier
 
 Policy = DevicePolicyConfig
 """A device policy is the `[device-policy]` section's type; `apply` only matters in simulation."""
 
 STRICT = DevicePolicyConfig()
 """The policy of a deployed device that names no policy file: trust `none`, ε ≤ 10, δ ≤ 1e-5,
-clip ≤ 1, σ ≥ 0.5, no evaluation."""
+clip ≤ 1, σ and z ≥ 0.5, the three DP releases allowed."""
 PERMISSIVE = DevicePolicyConfig(
-    trust="any", max_epsilon=math.inf, max_delta=0.5, max_clip=math.inf, min_noise_multiplier=0.0,
-    allow_evaluation=True,
+    trust="any", max_epsilon=math.inf, max_delta=0.5, max_clip=math.inf, min_noise_multiplier=0.0
 )
 """What a virtual device accepts when the simulation applies no `[device-policy]`: the run's settings."""
 
@@ -94,21 +93,17 @@ def refusal(policy: Policy, config: StrataConfig, *, noise_multiplier: float | N
             f"policy: σ = {noise_multiplier:.4g} is below this device's min-noise-multiplier "
             f"{policy.min_noise_multiplier:g}"
         )
-    if noise_holder(p.mode) == "client" and p.release_noise_multiplier < policy.min_noise_multiplier:
-        return (
-            f"policy: release-noise-multiplier {p.release_noise_multiplier:g} is below this device's "
-            f"min-noise-multiplier {policy.min_noise_multiplier:g}"
-        )
     return ""
 
 
 def release_refusal(policy: Policy, config: StrataConfig, kind: str) -> str:
-    """Why the device refuses a one-shot release of `kind` ("" when it accepts)."""
+    """Why the device refuses a DP release of `kind` (popularity, census, evaluation; "" when it accepts)."""
     if kind not in policy.releases:
         return f"policy: the {kind} release is not among this device's allowed releases"
+    z = release_noise_multiplier(kind, config.privacy)
+    if noise_holder(config.privacy.mode) == "client" and z < policy.min_noise_multiplier:
+        return (
+            f"policy: the {kind} release's z = {z:g} is below this device's min-noise-multiplier "
+            f"{policy.min_noise_multiplier:g}"
+        )
     return refusal(policy, config)
-
-
-def evaluation_refusal(policy: Policy) -> str:
-    """Why the device refuses to evaluate ("" when it accepts)."""
-    return "" if policy.allow_evaluation else "policy: this device does not answer evaluation requests"

@@ -1,7 +1,9 @@
-"""A client's part of a one-shot DP release: the sum of its users' bounded vectors.
+"""A client's part of a DP release: the sum of its users' bounded vectors.
 
-Under local privacy the client adds the Gaussian noise itself and records the release in its
-own ledger before replying, so its users' guarantee never depends on the server.
+Three releases use it: the popularity prior, the interest census (`ReleaseIns`) and each
+federated evaluation (`EvaluateIns`). Under local privacy the client adds the Gaussian noise
+itself and records the release in its own ledger before replying, so its users' guarantee
+never depends on the server; under central privacy the server does both.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import numpy as np
 
 from shared.config import StrataConfig
 from shared.data.matrices import train_tensors
+from shared.metrics import user_metric_rows
 from shared.privacy.release import (
     CENSUS,
+    EVALUATION,
     POPULARITY,
     bounded_rows,
     census_rows,
@@ -22,8 +26,9 @@ from shared.privacy.release import (
     popularity_rows,
     release_bound,
     release_entry,
+    release_noise_multiplier,
 )
-from shared.protocol import ReleaseIns, ReleaseRes
+from shared.protocol import EvaluateIns, EvaluateRes, ReleaseIns, ReleaseRes
 
 from .budget import ClientBudget
 from .policy import PERMISSIVE, Policy, release_refusal
@@ -34,19 +39,38 @@ from .trainer import model_for
 log = logging.getLogger(__name__)
 
 
-def contribute(
-    store: DeviceStore, config: StrataConfig, ins: ReleaseIns, budget: ClientBudget, policy: Policy = PERMISSIVE
-) -> ReleaseRes:
-    """Return the client's sum for a release of `ins.kind` (noised and recorded here under local
-    privacy), and its ε afterwards."""
-    reason = release_refusal(policy, config, ins.kind)
+def private_sum(
+    store: DeviceStore,
+    config: StrataConfig,
+    rows: np.ndarray,
+    *,
+    kind: str,
+    run_id: str,
+    server_round: int,
+    budget: ClientBudget,
+) -> tuple[np.ndarray | None, str]:
+    """Return the sum of `rows` each scaled to the release's bound, noised and recorded here when the
+    client holds the noise; or (None, why) when the budget refuses the release."""
+    bound = release_bound(kind)
+    total = bounded_rows(rows, bound).sum(axis=0)
+    if noise_holder(config.privacy.mode) != "client":
+        return total, ""
+    z = release_noise_multiplier(kind, config.privacy)
+    entry = release_entry(
+        noise_multiplier=z, bound=bound, run_id=run_id, server_round=server_round, holder=store.client_id
+    )
+    reason = budget.refusal(entry)  # the cap binds releases as it binds rounds
     if reason:
-        log.warning("client %s refused the %s release: %s", store.client_id, ins.kind, reason)
-        return ReleaseRes(total=None, num_users=store.n_users, epsilon=budget.spent())
+        return None, reason
+    budget.record(entry)  # durable before the release leaves the device
+    return total + gaussian_noise(total.shape[0], z * bound), ""
+
+
+def _release_rows(store: DeviceStore, config: StrataConfig, ins: ReleaseIns) -> np.ndarray:
     pos = train_tensors(store.users, store.n_items, config.data.positive_threshold).positives
     if ins.kind == POPULARITY:
-        rows = popularity_rows(pos.numpy())
-    elif ins.kind == CENSUS:
+        return popularity_rows(pos.numpy())
+    if ins.kind == CENSUS:
         weights, interest_matrix = ins.weights(), ins.interests
         if weights is None or interest_matrix is None:
             raise ValueError("a census contribution needs the model weights and the item × interest matrix.")
@@ -54,21 +78,41 @@ def contribute(
             raise ValueError(
                 f"the interest matrix covers {interest_matrix.shape[0]} items, the client {store.n_items}."
             )
-        rows = census_rows(interest_shares(model_for(store, config, weights), pos, interest_matrix))
-    else:
-        raise ValueError(f"unknown release {ins.kind!r}; known: {POPULARITY}, {CENSUS}.")
-    bound = release_bound(ins.kind)
-    total = bounded_rows(rows, bound).sum(axis=0) if len(rows) else np.zeros(rows.shape[1])
-    p = config.privacy
-    if noise_holder(p.mode) == "client":
-        z = p.release_noise_multiplier
-        entry = release_entry(
-            noise_multiplier=z, bound=bound, run_id=ins.run_id, server_round=ins.server_round, holder=store.client_id
+        return census_rows(interest_shares(model_for(store, config, weights), pos, interest_matrix))
+    raise ValueError(f"unknown release {ins.kind!r}; known: {POPULARITY}, {CENSUS}.")
+
+
+def contribute(
+    store: DeviceStore, config: StrataConfig, ins: ReleaseIns, budget: ClientBudget, policy: Policy = PERMISSIVE
+) -> ReleaseRes:
+    """Return the client's sum for a release of `ins.kind` (noised and recorded here under local
+    privacy), and its ε afterwards; a refusal names its reason."""
+    reason = release_refusal(policy, config, ins.kind)
+    total = None
+    if not reason:
+        rows = _release_rows(store, config, ins)
+        total, reason = private_sum(
+            store, config, rows, kind=ins.kind, run_id=ins.run_id, server_round=ins.server_round, budget=budget
         )
-        reason = budget.refusal(entry)
-        if reason:  # the cap binds one-shot releases as it binds rounds
-            log.warning("client %s refused the %s release: %s", store.client_id, ins.kind, reason)
-            return ReleaseRes(total=None, num_users=store.n_users, epsilon=budget.spent())
-        budget.record(entry)
-        total = total + gaussian_noise(total.shape[0], z * bound)
-    return ReleaseRes(total=total, num_users=store.n_users, epsilon=budget.spent())
+    if reason:
+        log.warning("client %s refused the %s release: %s", store.client_id, ins.kind, reason)
+    return ReleaseRes(total=total, epsilon=budget.spent(), reason=reason)
+
+
+def evaluate(
+    store: DeviceStore, config: StrataConfig, ins: EvaluateIns, budget: ClientBudget, policy: Policy = PERMISSIVE
+) -> EvaluateRes:
+    """Return the client's evaluation release of the global weights: the sum of its users' bounded
+    metric vectors (`shared.metrics.user_metric_rows`), noised and recorded here under local privacy."""
+    reason = release_refusal(policy, config, EVALUATION)
+    total = None
+    if not reason:
+        d = config.data
+        model = model_for(store, config, ins.weights())
+        rows = user_metric_rows(model, store.users, store.n_items, d.positive_threshold, (d.rating_min, d.rating_max))
+        total, reason = private_sum(
+            store, config, rows, kind=EVALUATION, run_id=ins.run_id, server_round=ins.server_round, budget=budget
+        )
+    if reason:
+        log.warning("client %s refused the evaluation release: %s", store.client_id, reason)
+    return EvaluateRes(total=total, epsilon=budget.spent(), reason=reason)

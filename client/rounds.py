@@ -1,6 +1,7 @@
-"""One round on the device: the budget decides, the trainer trains, the ledger records.
+"""One training round on the device: the policy and budget decide, the trainer trains, the ledger records.
 
-Each function answers one instruction of `shared.protocol` with its reply.
+It answers a `TrainIns` with a `TrainRes` (evaluation is a release: `release.evaluate`).
+The round's loss stays in the device's own log.
 """
 
 from __future__ import annotations
@@ -10,13 +11,13 @@ import logging
 from shared.config import StrataConfig
 from shared.privacy.ledger import LedgerEntry
 from shared.privacy.release import planned_releases
-from shared.protocol import EvaluateIns, EvaluateRes, TrainIns, TrainRes
+from shared.protocol import TrainIns, TrainRes
 from shared.training import DPSettings
 
 from .budget import ClientBudget
-from .policy import PERMISSIVE, Policy, evaluation_refusal, refusal
+from .policy import PERMISSIVE, Policy, refusal
 from .store import DeviceStore
-from .trainer import evaluate_locally, local_plan, train_locally
+from .trainer import local_plan, train_locally
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def noise_multiplier_for(config: StrataConfig, store: DeviceStore, budget: Clien
 
 def _refused(store: DeviceStore, budget: ClientBudget, reason: str) -> TrainRes:
     log.warning("client %s refused to train: %s", store.client_id, reason)
-    return TrainRes(weights=None, num_users=store.n_users, num_examples=0, train_loss=0.0, epsilon=budget.spent())
+    return TrainRes(weights=None, epsilon=budget.spent(), reason=reason)
 
 
 def train_round(
@@ -89,22 +90,11 @@ def train_round(
                 client=store.client_id,
             )
         )
-    return TrainRes(
-        weights=outcome.weights,
-        num_users=store.n_users,
-        num_examples=outcome.examples,
-        train_loss=outcome.mean_loss,
-        epsilon=budget.spent(),
+    log.debug(
+        "client %s round %d: mean loss %.4f over %d examples (device log only)",
+        store.client_id,
+        ins.server_round,
+        outcome.mean_loss,
+        outcome.examples,
     )
-
-
-def evaluate_round(
-    store: DeviceStore, config: StrataConfig, ins: EvaluateIns, policy: Policy = PERMISSIVE
-) -> EvaluateRes:
-    """Return evaluation sums and counts of the global weights on the device's held-out ratings,
-    unless the device's policy refuses evaluation."""
-    reason = evaluation_refusal(policy)
-    if reason:
-        log.warning("client %s refused to evaluate: %s", store.client_id, reason)
-        return EvaluateRes(sums=None, num_users=store.n_users)
-    return EvaluateRes(sums=evaluate_locally(store, config, ins.weights()), num_users=store.n_users)
+    return TrainRes(weights=outcome.weights, epsilon=budget.spent())

@@ -19,7 +19,6 @@ import torch
 
 from shared.config import StrataConfig
 from shared.data.matrices import UserTensors, train_tensors
-from shared.metrics import MetricSums, evaluate_model
 from shared.model import StrataModel, build_model
 from shared.privacy.plan import device_plan
 from shared.seeds import LOCAL_TRAINING, make_seed
@@ -196,9 +195,3 @@ def _clipped_step_sum(
         )
     total = OrderedDict((k, (v.detach() - start[k]) * n) for k, v in model.named_parameters())
     return TrainOutcome(weights=total, examples=data.n_ratings, mean_loss=stats.mean_loss, sample_rate=1.0, steps=0)
-
-
-def evaluate_locally(store: DeviceStore, config: StrataConfig, weights: dict[str, torch.Tensor]) -> MetricSums:
-    """Return evaluation sums and counts of `weights` over the device's held-out ratings."""
-    model = model_for(store, config, weights)
-    return evaluate_model(model, store.users, store.n_items, config.data.positive_threshold)

@@ -64,6 +64,7 @@ class CentralDP:
         fraction: float,
         accounted_rate: float,
         expected_users: float,
+        max_users_per_client: int = 1,
         ledger: Ledger,
         delta: float,
         accountant: str = "pld",
@@ -84,6 +85,8 @@ class CentralDP:
         self.fraction = fraction
         self.accounted_rate = accounted_rate
         self.expected_users = expected_users
+        self.max_users_per_client = max_users_per_client
+        """Public bound on the users behind one reply: a reply's norm is at most this × S."""
         self.ledger = ledger
         self.delta = delta
         self.accountant = accountant
@@ -170,6 +173,7 @@ def build_central_dp(config: StrataConfig, *, run_id: str, ledger_path: Path) ->
         fraction=fed.fraction_train,
         accounted_rate=rate,
         expected_users=fed.fraction_train * n_users,
+        max_users_per_client=1 if fed.topology == "device" else p.population,
         ledger=ledger,
         delta=delta,
         accountant=p.accountant,

@@ -3,10 +3,13 @@
 
 The wrapper owns what central DP changes: clients are sampled by the mechanism's secret
 Poisson sampling, each reply must be a sum of per-user updates clipped on the device (its
-norm at most num-users · S), the replies are summed, noised and divided by the public
-expected count (`central_dp.CentralDP`), and the release is recorded in the server's
-ledger — every round, even one with no client sampled. The wrapped strategy screens the
-replies, applies its server optimizer to the noisy mean and evaluates.
+norm at most the public users-per-client bound · S), the replies are summed, noised and
+divided by the public expected count (`central_dp.CentralDP`), and the release is recorded
+in the server's ledger — every round, even one with no client sampled. Nothing about the
+secret sample (its size, who refused) goes into the round's metrics. Under `central` privacy
+the server also adds the noise of each evaluation release (recorded first, refused past
+`central-max-epsilon`). The wrapped strategy screens the replies and applies its server
+optimizer to the noisy mean.
 """
 
 from __future__ import annotations
@@ -16,11 +19,15 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from shared.privacy.accounting import epsilon_of
+from shared.privacy.ledger import SERVER
+from shared.privacy.release import EVALUATION, gaussian_noise, release_bound, release_entry
 from shared.protocol import RUN_ID, TrainIns, TrainRes
 from shared.training import update_norm
 
@@ -34,9 +41,19 @@ log = logging.getLogger(__name__)
 class CentralDPStrategy(Strategy):
     """DP-FedAvg (McMahan et al. 2018) around a `FedAvgStrategy`."""
 
-    def __init__(self, strategy: FedAvgStrategy, mechanism: CentralDP) -> None:
+    def __init__(
+        self,
+        strategy: FedAvgStrategy,
+        mechanism: CentralDP,
+        *,
+        eval_noise_multiplier: float | None = None,
+        central_max_epsilon: float = 0.0,
+    ) -> None:
         self.strategy = strategy
         self.mechanism = mechanism
+        self.eval_noise_multiplier = eval_noise_multiplier
+        """z of the evaluation releases when the server adds their noise (None: the clients do)."""
+        self.central_max_epsilon = central_max_epsilon
         self._run_id = ""
 
     @property
@@ -90,9 +107,10 @@ class CentralDPStrategy(Strategy):
 
         def within_clip(update: Weights, reply: TrainRes) -> None:
             norm = update_norm(update)
-            if norm > reply.num_users * mechanism.clip * (1 + CLIP_SLACK) + 1e-6:
+            bound = mechanism.max_users_per_client
+            if norm > bound * mechanism.clip * (1 + CLIP_SLACK) + 1e-6:
                 raise InvalidUpdate(
-                    f"clipped update sum has norm {norm:.4g} > num-users {reply.num_users} × "
+                    f"clipped update sum has norm {norm:.4g} > users-per-client bound {bound} × "
                     f"update-clip {mechanism.clip:g}"
                 )
 
@@ -102,18 +120,60 @@ class CentralDPStrategy(Strategy):
         noisy = OrderedDict((k, v.to(current[k].dtype)) for k, v in mechanism.noisy_mean(acc).items())
         mechanism.record(server_round=server_round, run_id=self._run_id)  # durable before the release
         new = self.strategy.apply(noisy)
-        if tally.accepted == 0:
-            log.info("round %d: no update from any sampled client; released noise only", server_round)
-        record = self.strategy.record(tally)
-        record["central-epsilon"] = mechanism.epsilon()
+        log.debug(  # the operator's console only: the sample is secret
+            "round %d: %d sampled updates, %d refused, %d failed",
+            server_round,
+            tally.accepted,
+            tally.refused,
+            tally.failed,
+        )
+        record = MetricRecord(
+            {
+                "epsilon": max(self.strategy.client_epsilon.values(), default=0.0),
+                "central-epsilon": mechanism.epsilon(),
+            }
+        )
         return ArrayRecord(new), record
+
+    def _eval_noise(self) -> tuple[float, float]:
+        """(z, bound) of an evaluation release the server adds the noise to."""
+        assert self.eval_noise_multiplier is not None
+        return self.eval_noise_multiplier, release_bound(EVALUATION)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Ask clients to evaluate, as the wrapped strategy does."""
+        """Ask clients for an evaluation release, as the wrapped strategy does; none when the server
+        would add the noise and the release would take the central ε above central-max-epsilon."""
+        if self.eval_noise_multiplier is not None and self.central_max_epsilon > 0:
+            z, bound = self._eval_noise()
+            entry = release_entry(
+                noise_multiplier=z, bound=bound, run_id=self._run_id, server_round=server_round, holder=SERVER
+            )
+            mech = self.mechanism
+            after = epsilon_of([*mech.ledger.entries, entry], mech.delta, mech.accountant)
+            if after > self.central_max_epsilon:
+                log.warning(
+                    "round %d: evaluation release skipped: it would bring the central ε to %.3f > "
+                    "privacy.central-max-epsilon %g",
+                    server_round,
+                    after,
+                    self.central_max_epsilon,
+                )
+                return []
         return self.strategy.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Aggregate the evaluation sums, as the wrapped strategy does."""
-        return self.strategy.aggregate_evaluate(server_round, replies)
+        """Add up the evaluation releases; under `central` privacy add the noise here, recorded first."""
+        if self.eval_noise_multiplier is None:
+            return self.strategy.aggregate_evaluate(server_round, replies)
+        total, answered, refused = self.strategy.collect_evaluation(server_round, replies)
+        if not answered:
+            return None
+        z, bound = self._eval_noise()
+        entry = release_entry(
+            noise_multiplier=z, bound=bound, run_id=self._run_id, server_round=server_round, holder=SERVER
+        )
+        self.mechanism.ledger.append(entry)  # durable before the release
+        noisy = total + gaussian_noise(total.shape[0], z * bound)
+        return self.strategy.evaluation_record(np.asarray(noisy), z * bound, answered, refused)

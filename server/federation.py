@@ -1,22 +1,31 @@
-"""The server's round loop: train, aggregate, evaluate, checkpoint, log — then export."""
+"""The server's round loop: train, aggregate, evaluate, checkpoint, log — then export.
+
+Evaluation is the clients' DP release (`federation.eval-release`): noisy means with their noise
+std, in the ledgers. In simulation the runner may also hand in an `Oracle`: its own evaluation
+on the held-out data, logged under "oracle" and labelled "simulation oracle — not a release".
+A deployed server has no held-out data and no oracle.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
 
 from shared.config import StrataConfig
 from shared.data.source import load_source
 from shared.features import model_features
+from shared.metrics import ORACLE_LABEL
 from shared.model import build_model
+from shared.privacy.release import EVALUATION, evaluation_rounds, noise_holder, release_bound, release_noise_multiplier
 from shared.protocol import RUN_ID
 from shared.run_dir import JsonDict, RunDir
 from shared.seeds import SAMPLING, make_rng
@@ -29,6 +38,9 @@ from .server_optimizer import ServerOptimizer
 from .strategy import FedAvgStrategy
 
 log = logging.getLogger(__name__)
+
+Oracle = Callable[[dict[str, torch.Tensor]], dict[str, float]]
+"""The simulation runner's own evaluation of global weights on the held-out data (never a device reply)."""
 
 
 @dataclass(frozen=True)
@@ -46,19 +58,28 @@ class Federation:
 
 def build_federation(config: StrataConfig, *, run: RunDir, run_id: str) -> Federation:
     """FedAvg/FedAdam from the config, wrapped in DP-FedAvg under central privacy."""
-    fed = config.federation
+    fed, p = config.federation, config.privacy
+    holder = noise_holder(p.mode)
+    eval_noise = release_noise_multiplier(EVALUATION, p) * release_bound(EVALUATION)
     inner = FedAvgStrategy(
         optimizer=ServerOptimizer(fed.server_optimizer, fed.server_lr),
         rng=make_rng(config.run.seed, SAMPLING),
         fraction_train=fed.fraction_train,
         fraction_evaluate=fed.fraction_evaluate,
         min_train_clients=fed.min_train_clients,
-        weighted_by=fed.weighted_by,
+        rating_range=(config.data.rating_min, config.data.rating_max),
+        client_eval_noise_std=eval_noise if holder == "client" else 0.0,
     )
-    if not config.privacy.central_dp:
+    if not p.central_dp:
         return Federation(inner, None)
     central = build_central_dp(config, run_id=run_id, ledger_path=run.central_ledger_path)
-    return Federation(CentralDPStrategy(inner, central), central)
+    strategy = CentralDPStrategy(
+        inner,
+        central,
+        eval_noise_multiplier=release_noise_multiplier(EVALUATION, p) if holder == "server" else None,
+        central_max_epsilon=p.central_max_epsilon,
+    )
+    return Federation(strategy, central)
 
 
 def _clean(record: object) -> dict[str, Any]:
@@ -66,8 +87,18 @@ def _clean(record: object) -> dict[str, Any]:
     return {k: (float(v) if isinstance(v, float | int | np.floating) else v) for k, v in items}
 
 
-def run_federation(grid: Grid, config: StrataConfig, *, timeout: float = 3600.0) -> JsonDict:
-    """Run the configured rounds on `grid`; write the run directory; return the final summary."""
+def run_federation(
+    grid: Grid, config: StrataConfig, *, timeout: float = 3600.0, oracle: Oracle | None = None
+) -> JsonDict:
+    """Run the configured rounds on `grid`; write the run directory; return the final summary.
+
+    `oracle` (simulation only) is required when `federation.oracle-eval` is on.
+    """
+    if config.federation.oracle_eval and oracle is None:
+        raise ValueError(
+            "federation.oracle-eval is the simulation runner's own evaluation on the held-out data; a deployed "
+            "server has none. Set federation.oracle-eval = false (the clients' DP evaluation release remains)."
+        )
     run = RunDir.of(config.run_dir)
     run.path.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(run.checkpoint_path) if run.checkpoint_path.exists() else None
@@ -115,6 +146,7 @@ def run_federation(grid: Grid, config: StrataConfig, *, timeout: float = 3600.0)
     arrays = ArrayRecord(weights)
     started = time.perf_counter()
     last_eval: dict[str, Any] = {}
+    last_oracle: dict[str, Any] = {}
     last_round = start_round - 1
     stopped = ""
     for rnd in range(start_round, fed.rounds + 1):
@@ -122,14 +154,15 @@ def run_federation(grid: Grid, config: StrataConfig, *, timeout: float = 3600.0)
         if stopped:
             log.warning("stopping before round %d: %s; exporting the model of round %d", rnd, stopped, rnd - 1)
             break
-        arrays, line = _round(grid, strategy, central, arrays, rnd, run_id, config, timeout)
+        arrays, line = _round(grid, strategy, central, arrays, rnd, run_id, config, timeout, oracle)
         last_eval = line["eval"] or last_eval
+        last_oracle = line.get("oracle") or last_oracle
         run.append_metrics(line)
         save_checkpoint(
             run.checkpoint_path,
             Checkpoint(round=rnd, weights=arrays.to_torch_state_dict(), strategy=strategy.state_dict(), run_id=run_id),
         )
-        _progress(rnd, fed.rounds, line["train"], line["eval"], time.perf_counter() - started)
+        _progress(rnd, fed.rounds, line, time.perf_counter() - started)
         last_round = rnd
     elapsed = time.perf_counter() - started
     final = arrays.to_torch_state_dict()
@@ -156,6 +189,7 @@ def run_federation(grid: Grid, config: StrataConfig, *, timeout: float = 3600.0)
         "wall_s": round(elapsed, 2),
         "epsilon": max(federation.client_epsilon.values(), default=0.0),
         "final_eval": last_eval,
+        "final_oracle": last_oracle,
         "rejected_updates": strategy.rejected,
         "weights_fingerprint": manifest["weights_fingerprint"],
     }
@@ -170,18 +204,19 @@ def run_federation(grid: Grid, config: StrataConfig, *, timeout: float = 3600.0)
 
 def _round(
     grid: Grid,
-    strategy: Strategy,
+    strategy: FedAvgStrategy | CentralDPStrategy,
     central: CentralDP | None,
     arrays: ArrayRecord,
     rnd: int,
     run_id: str,
     config: StrataConfig,
     timeout: float,
+    oracle: Oracle | None = None,
 ) -> tuple[ArrayRecord, JsonDict]:
-    """One round: train and aggregate, evaluate when due; the new weights and the metrics line."""
+    """One round: train and aggregate, then the evaluation release and the oracle when due; the new
+    weights and the metrics line."""
     t0 = time.perf_counter()
     messages = list(strategy.configure_train(rnd, arrays, ConfigRecord({RUN_ID: run_id}), grid))
-    sampled = len(messages)
     replies = grid.send_and_receive(messages, timeout=timeout) if messages else []
     new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
     train = _clean(train_metrics) if train_metrics is not None else {}
@@ -189,21 +224,24 @@ def _round(
         arrays = new_arrays
     evaluation: dict[str, Any] = {}
     fed = config.federation
-    if rnd % fed.eval_every == 0 or rnd == fed.rounds:
+    if rnd in evaluation_rounds(config):
         asks = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord({RUN_ID: run_id}), grid))
-        agg = strategy.aggregate_evaluate(rnd, grid.send_and_receive(asks, timeout=timeout))
+        agg = strategy.aggregate_evaluate(rnd, grid.send_and_receive(asks, timeout=timeout)) if asks else None
         evaluation = _clean(agg) if agg is not None else {}
+        if evaluation:
+            evaluation["epsilon"] = max(strategy.client_epsilon.values(), default=0.0)
     line: JsonDict = {
         "round": rnd,
         "skipped": new_arrays is None,
         "train": train,
         "eval": evaluation,
-        "epsilon": train.get("epsilon", 0.0),
+        "epsilon": max(strategy.client_epsilon.values(), default=0.0),
         "round_s": round(time.perf_counter() - t0, 3),
     }
+    if oracle is not None and (rnd % fed.eval_every == 0 or rnd == fed.rounds):
+        line["oracle"] = {**oracle(arrays.to_torch_state_dict()), "label": ORACLE_LABEL}
     if central is not None:
-        line["central_epsilon"] = train.get("central-epsilon", central.epsilon())
-        line["sampled"] = sampled
+        line["central_epsilon"] = central.epsilon()
     return arrays, line
 
 
@@ -252,20 +290,25 @@ def _check_resumable(run: RunDir, config: StrataConfig) -> None:
         )
 
 
-def _progress(rnd: int, rounds: int, train: dict[str, Any], evaluation: dict[str, Any], elapsed: float) -> None:
-    parts = [f"round {rnd}/{rounds}", f"{int(train.get('clients', 0))} clients"]
+def _progress(rnd: int, rounds: int, line: JsonDict, elapsed: float) -> None:
+    train, evaluation, oracle = line["train"], line["eval"], line.get("oracle")
+    parts = [f"round {rnd}/{rounds}"]
+    if "clients" in train:
+        parts.append(f"{int(train['clients'])} clients")
     if train.get("refused"):
         parts.append(f"{int(train['refused'])} refused")
     if train.get("failed"):
         parts.append(f"{int(train['failed'])} failed")
-    parts.append(f"loss {train.get('train-loss', float('nan')):.2f}")
-    parts.append(f"ε {train.get('epsilon', 0.0):.3f}")
-    if "central-epsilon" in train:
-        parts.append(f"central ε {train['central-epsilon']:.3f}")
+    parts.append(f"ε {line['epsilon']:.3f}")
+    if "central_epsilon" in line:
+        parts.append(f"central ε {line['central_epsilon']:.3f}")
     if evaluation:
         parts.append(
-            f"NDCG@100 {evaluation['ndcg@100']:.4f} Recall@20 {evaluation['recall@20']:.4f} "
-            f"RMSE {evaluation['rmse']:.4f}"
+            f"DP eval NDCG@100 {evaluation['ndcg@100']:.4f} ± {evaluation['ndcg@100-std']:.4f}, "
+            f"RMSE {evaluation['rmse']:.4f} ± {evaluation['rmse-std']:.4f}"
         )
+    if oracle:
+        parts.append(f"oracle NDCG@100 {oracle['ndcg@100']:.4f} Recall@20 {oracle['recall@20']:.4f} "
+                     f"RMSE {oracle['rmse']:.4f}")
     parts.append(f"{elapsed:.0f}s")
     log.info(" · ".join(parts))

@@ -46,7 +46,6 @@ class Release:
 
     total: np.ndarray
     clients: int
-    users: int
     failed: int
     refused: int = 0
     """Clients whose budget (max-epsilon) refused the release; their users are missing."""
@@ -99,7 +98,7 @@ def collect_release(
     nodes = sorted(grid.get_node_ids())
     messages = [Message(content=content, message_type=MessageType.QUERY, dst_node_id=n) for n in nodes]
     total = np.zeros(dim, dtype=np.float64)
-    out = Release(total=total, clients=0, users=0, failed=0)
+    out = Release(total=total, clients=0, failed=0)
     for msg in grid.send_and_receive(messages, timeout=timeout):
         node = msg.metadata.src_node_id
         if msg.has_error():
@@ -116,6 +115,7 @@ def collect_release(
         part = reply.total
         if part is None:
             out.refused += 1
+            log.info("%s release: client %d refused: %s", kind, node, reply.reason)
             continue
         if part.shape != (dim,) or not np.all(np.isfinite(part)):
             out.failed += 1
@@ -129,17 +129,15 @@ def collect_release(
             continue
         total += part
         out.clients += 1
-        out.users += reply.num_users
     if noise_holder(p.mode) == "server":
         assert server_ledger is not None
         out.entry = server_entry
         server_ledger.append(out.entry)
         out.total = total + gaussian_noise(dim, p.release_noise_multiplier * release_bound(kind))
     log.info(
-        "%s release: %d clients (%d users, %d failed, %d refused), noise added by %s",
+        "%s release: %d clients (%d failed, %d refused), noise added by %s",
         kind,
         out.clients,
-        out.users,
         out.failed,
         out.refused,
         noise_holder(config.privacy.mode) or "nobody (privacy off)",
@@ -223,7 +221,10 @@ def census_record(taxonomy: JsonDict, release: Release, config: StrataConfig, de
         ],
         "epsilon": epsilon_of([one], delta, config.privacy.accountant) if holder else None,  # None: no DP
         "delta": delta,
-        "noise_std": z * release_bound(CENSUS) if holder else 0.0,
+        # each client adds its own noise under local privacy: the stds add in quadrature
+        "noise_std": z * release_bound(CENSUS) * (np.sqrt(max(release.clients, 1)) if holder == "client" else 1.0)
+        if holder
+        else 0.0,
         "noise_added_by": holder or "nobody (privacy off)",
         "top_k": CENSUS_TOP_K,
         "taxonomy_fingerprint": taxonomy["fingerprint"],

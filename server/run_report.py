@@ -32,6 +32,7 @@ import math
 from datetime import UTC, datetime
 from pathlib import Path
 
+from shared.metrics import ORACLE_LABEL
 from shared.run_dir import JsonDict, RunDir
 
 from .html_parts import CSS as _CSS
@@ -156,31 +157,50 @@ def _fmt(v: object, digits: int = 4) -> str:
     return f"{v:.{digits}f}" if isinstance(v, int | float) and math.isfinite(float(v)) else "—"
 
 
-def _utility_section(metrics: list[JsonDict], summary: JsonDict | None) -> list[str]:
-    evals = [
-        (float(m["round"]), m["eval"])
-        for m in metrics
-        if isinstance(m.get("eval"), dict) and m["eval"] and "round" in m
+def _series(metrics: list[JsonDict], key: str) -> list[tuple[float, JsonDict]]:
+    return [
+        (float(m["round"]), m[key]) for m in metrics if isinstance(m.get(key), dict) and m[key] and "round" in m
     ]
-    final = (summary or {}).get("final_eval") or (evals[-1][1] if evals else {})
-    parts = ["<h2 id='utility'>Utility over rounds</h2>"]
-    if final:
-        cards = [
-            ("NDCG@100", final.get("ndcg@100")),
-            ("Recall@20", final.get("recall@20")),
-            ("RMSE", final.get("rmse")),
-        ]
-        parts.append(
-            "<div class='cards'>"
-            + "".join(
-                f"<div class='card'><div class='v'>{_e(_fmt(v))}</div><div class='k'>final {_e(k)}</div></div>"
-                for k, v in cards
-            )
-            + "</div>"
+
+
+def _cards(final: JsonDict, label: str, with_std: bool) -> str:
+    def value(key: str) -> str:
+        v = final.get(key)
+        std = final.get(f"{key}-std") if with_std else None
+        return _fmt(v) + (f" ± {_fmt(std)}" if isinstance(std, float) and math.isfinite(std) else "")
+
+    cards = [("NDCG@100", "ndcg@100"), ("Recall@20", "recall@20"), ("RMSE", "rmse")]
+    return (
+        "<div class='cards'>"
+        + "".join(
+            f"<div class='card'><div class='v'>{_e(value(key))}</div><div class='k'>{_e(label)} {_e(name)}</div></div>"
+            for name, key in cards
         )
+        + "</div>"
+    )
+
+
+def _utility_section(metrics: list[JsonDict], summary: JsonDict | None) -> list[str]:
+    releases, oracle = _series(metrics, "eval"), _series(metrics, "oracle")
+    final_release = (summary or {}).get("final_eval") or (releases[-1][1] if releases else {})
+    final_oracle = (summary or {}).get("final_oracle") or (oracle[-1][1] if oracle else {})
+    parts = ["<h2 id='utility'>Utility over rounds</h2>"]
+    if final_release:
+        parts.append(_cards(final_release, "DP release", with_std=True))
+        parts.append(
+            "<p class='muted'>The clients' DP evaluation release: noisy sums of bounded per-user metric vectors, a "
+            "ledger entry each and part of the guarantee; ± is the first-order noise std "
+            f"(noise std {_e(_fmt(final_release.get('noise-std'), 2))} on each sum).</p>"
+        )
+    if final_oracle:
+        parts.append(_cards(final_oracle, "oracle", with_std=False))
+        parts.append(f"<p class='muted'><b>{_e(ORACLE_LABEL)}</b>: computed by the simulation runner from every "
+                     "user's held-out ratings, never through a device; a deployment has no such figure.</p>")
+    evals = oracle or releases
     if not evals:
         parts.append("<p>No evaluation entries in <code>metrics.jsonl</code>.</p>")
         return parts
+    which = ORACLE_LABEL if oracle else "DP evaluation release"
     ranking = [
         (name, [(r, float(e[key])) for r, e in evals if key in e], False)
         for name, key in (("NDCG@100", "ndcg@100"), ("Recall@20", "recall@20"))
@@ -189,10 +209,7 @@ def _utility_section(metrics: list[JsonDict], summary: JsonDict | None) -> list[
     rmse = [(r, float(e["rmse"])) for r, e in evals if "rmse" in e]
     if rmse:
         parts.append(_line_chart([("RMSE", rmse, False)], x_label="round / epoch", y_label="RMSE (rating)"))
-    parts.append(
-        "<p class='muted'>Evaluated on each user's held-out ratings (sums over users, then means), "
-        f"{len(evals)} evaluation point(s).</p>"
-    )
+    parts.append(f"<p class='muted'>Curves: {_e(which)}, {len(evals)} evaluation point(s).</p>")
     return parts
 
 

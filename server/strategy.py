@@ -1,11 +1,11 @@
 """Strata's aggregation strategy (Flower Message API): FedAvg or FedAdam over screened replies.
 
 Samples a fixed fraction of the clients, screens every reply (failures, refusals and
-invalid updates are counted and logged, never averaged), averages client weights
-weighted by users or examples, applies the server optimizer to the averaged update, and
-aggregates evaluation sums and counts exactly (so the federated figure equals the central
-one). Central DP wraps this strategy (`dp_strategy.py`), as Flower's
-`DifferentialPrivacyServerSideFixedClipping` wraps one.
+invalid updates are counted and logged, never averaged), averages the client weights with
+equal weights (a client's user or example count is private: it never leaves the device),
+applies the server optimizer to the averaged update, and adds up the clients' evaluation
+releases into noisy means with their noise std. Central DP wraps this strategy
+(`dp_strategy.py`), as Flower's `DifferentialPrivacyServerSideFixedClipping` wraps one.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from shared.metrics import MetricSums
+from shared.metrics import EVAL_FIELDS, release_means
 from shared.protocol import RUN_ID, EvaluateIns, EvaluateRes, ProtocolError, TrainIns, TrainRes
 
 from .server_optimizer import ServerOptimizer
@@ -41,8 +41,6 @@ class Tally:
     accepted: int = 0
     failed: int = 0
     refused: int = 0
-    users: float = 0.0
-    loss_sum: float = 0.0
 
 
 def _run_id(config: ConfigRecord) -> str:
@@ -60,21 +58,24 @@ class FedAvgStrategy(Strategy):
         fraction_train: float = 1.0,
         fraction_evaluate: float = 1.0,
         min_train_clients: int = 1,
-        weighted_by: Literal["users", "examples"] = "users",
+        rating_range: tuple[float, float] = (1.0, 5.0),
+        client_eval_noise_std: float = 0.0,
     ) -> None:
         if not 0 < fraction_train <= 1 or not 0 < fraction_evaluate <= 1:
             raise ValueError("The fractions of clients sampled should be in (0, 1].")
         if min_train_clients < 1:
             raise ValueError("min-train-clients should be at least 1.")
-        if weighted_by not in ("users", "examples"):
-            raise ValueError(f"weighted-by must be 'users' or 'examples', not {weighted_by!r}.")
+        if client_eval_noise_std < 0:
+            raise ValueError("the clients' evaluation noise std must be >= 0.")
         self.optimizer = optimizer
         self.rng = rng
         """Seeded: fixed-size sampling of training and evaluation clients."""
         self.fraction_train = fraction_train
         self.fraction_evaluate = fraction_evaluate
         self.min_train_clients = min_train_clients
-        self.weighted_by = weighted_by
+        self.rating_range = rating_range
+        self.client_eval_noise_std = client_eval_noise_std
+        """Std of the noise each client adds to its evaluation sum (0 when it adds none)."""
         self.current: Weights | None = None
         """The global weights of the round in progress (set by `configure_train`)."""
         self.client_epsilon: dict[int, float] = {}
@@ -100,11 +101,10 @@ class FedAvgStrategy(Strategy):
     def summary(self) -> None:
         """Log the strategy's settings."""
         log.info(
-            "strategy: %s, fraction-train %.3f, min-train-clients %d, weighted by %s",
+            "strategy: %s, fraction-train %.3f, min-train-clients %d, equal client weights",
             self.optimizer.kind,
             self.fraction_train,
             self.min_train_clients,
-            self.weighted_by,
         )
 
     # ------------------------------------------------------------------ building blocks
@@ -147,6 +147,7 @@ class FedAvgStrategy(Strategy):
             self.client_epsilon[node] = reply.epsilon
             if reply.weights is None:
                 tally.refused += 1
+                log.info("round %d: client %d refused: %s", server_round, node, reply.reason)
                 continue
             update = OrderedDict(reply.weights)
             try:
@@ -159,8 +160,6 @@ class FedAvgStrategy(Strategy):
                 log.warning("round %d: rejected update from node %d: %s", server_round, node, exc)
                 continue
             tally.accepted += 1
-            tally.users += float(reply.num_users)
-            tally.loss_sum += reply.train_loss * float(reply.num_users)
             yield update, reply
 
     def apply(self, delta: Weights) -> Weights:
@@ -175,8 +174,6 @@ class FedAvgStrategy(Strategy):
                 "clients": tally.accepted,
                 "failed": tally.failed,
                 "refused": tally.refused,
-                "users": tally.users,
-                "train-loss": tally.loss_sum / tally.users if tally.users else float("nan"),
                 "epsilon": max(self.client_epsilon.values(), default=0.0),
             }
         )
@@ -194,22 +191,20 @@ class FedAvgStrategy(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Average the usable updates and apply the server optimizer; skip a round with too few."""
+        """Average the usable updates with equal weights and apply the server optimizer; skip a round
+        with too few."""
         assert self.current is not None, "configure_train must run before aggregate_train"
         current = self.current
-        # Streaming weighted sum: memory stays at a few models however many clients reply. In
-        # float64, so the result does not depend on the order replies arrive in (FedAdam
-        # turns float32 rounding noise in unchanged coordinates into full ±lr steps).
+        # Streaming sum: memory stays at a few models however many clients reply. In float64,
+        # so the result does not depend on the order replies arrive in (FedAdam turns float32
+        # rounding noise in unchanged coordinates into full ±lr steps).
         acc: Weights = OrderedDict((k, torch.zeros_like(v, dtype=torch.float64)) for k, v in current.items())
-        total = 0.0
         tally = Tally()
-        for weights, reply in self.screen(server_round, replies, tally):
-            weight = float(reply.num_users if self.weighted_by == "users" else reply.num_examples)
+        for weights, _ in self.screen(server_round, replies, tally):
             for k, v in weights.items():
-                acc[k].add_(v, alpha=weight)
-            total += weight
+                acc[k].add_(v)
         record = self.record(tally)
-        if tally.accepted < self.min_train_clients or total <= 0:
+        if tally.accepted < self.min_train_clients:
             log.warning(
                 "round %d skipped: %d usable replies (< min-train-clients %d)",
                 server_round,
@@ -217,19 +212,19 @@ class FedAvgStrategy(Strategy):
                 self.min_train_clients,
             )
             return None, record
-        delta = OrderedDict((k, acc[k].div_(total).sub_(v).to(v.dtype)) for k, v in current.items())
+        delta = OrderedDict((k, acc[k].div_(tally.accepted).sub_(v).to(v.dtype)) for k, v in current.items())
         return ArrayRecord(self.apply(delta)), record
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Ask a seeded fraction of the clients to evaluate the weights."""
+        """Ask a seeded fraction of the clients for an evaluation release of the weights."""
         content = EvaluateIns(arrays=arrays, server_round=server_round, run_id=_run_id(config)).to_record()
         return self.messages(self.sample(grid, self.fraction_evaluate), content, MessageType.EVALUATE)
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Add up the clients' evaluation sums and counts; None when nobody answered."""
-        total, answered = MetricSums(), 0
+    def collect_evaluation(self, server_round: int, replies: Iterable[Message]) -> tuple[np.ndarray, int, int]:
+        """Add up the clients' evaluation sums: (total, clients that contributed, clients that refused)."""
+        total, answered, refused = np.zeros(len(EVAL_FIELDS)), 0, 0
         for msg in replies:
             node = msg.metadata.src_node_id
             if msg.has_error():
@@ -240,11 +235,31 @@ class FedAvgStrategy(Strategy):
             except ProtocolError as exc:
                 log.warning("round %d: malformed evaluation reply from node %d: %s", server_round, node, exc)
                 continue
-            if reply.sums is None:
-                log.info("round %d: node %d's policy refused to evaluate", server_round, node)
+            self.client_epsilon[node] = reply.epsilon
+            if reply.total is None:
+                refused += 1
+                log.info("round %d: node %d refused the evaluation release: %s", server_round, node, reply.reason)
                 continue
-            total = total + reply.sums
+            if reply.total.shape != total.shape or not np.all(np.isfinite(reply.total)):
+                log.warning(
+                    "round %d: evaluation sum of node %d has shape %s or is not finite: ignored",
+                    server_round,
+                    node,
+                    reply.total.shape,
+                )
+                continue
+            total += reply.total
             answered += 1
+        return total, answered, refused
+
+    def evaluation_record(self, total: np.ndarray, noise_std: float, answered: int, refused: int) -> MetricRecord:
+        """Return the noisy means of an evaluation release, their noise std, and who contributed."""
+        means = release_means(total, noise_std, self.rating_range)
+        return MetricRecord({**means, "clients": answered, "refused": refused})
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Add up the clients' evaluation releases into noisy means; None when nobody contributed."""
+        total, answered, refused = self.collect_evaluation(server_round, replies)
         if not answered:
             return None
-        return MetricRecord({**total.to_dict(), **total.means(), "clients": answered})
+        return self.evaluation_record(total, self.client_eval_noise_std * float(np.sqrt(answered)), answered, refused)

@@ -35,6 +35,9 @@ class DataConfig:
     """Users with fewer ratings keep all of them for training."""
     holdout: Literal["test", "validation"] = "test"
     """Evaluate on the test split, or on a validation split carved from train (to choose epochs/rounds)."""
+    rating_min: float = 1.0
+    rating_max: float = 5.0
+    """The public rating scale: evaluation releases clip predictions and errors to it."""
     synthetic_users: int = 200
     synthetic_items: int = 150
     synthetic_categories: int = 4
@@ -45,6 +48,8 @@ class DataConfig:
             raise ValueError("data.test-fraction must be in [0, 1).")
         if self.min_ratings_for_test < 1:
             raise ValueError("data.min-ratings-for-test must be at least 1.")
+        if not self.rating_min < self.rating_max:
+            raise ValueError(f"data.rating-min {self.rating_min:g} must be below data.rating-max {self.rating_max:g}.")
 
 
 @dataclass(frozen=True)
@@ -151,6 +156,9 @@ class PrivacyConfig:
     release_noise_multiplier: float = 4.0
     """z of one-shot releases (popularity prior, interest census): noise std z times the
     per-user L2 bound, added by each client under local privacy, by the server under central."""
+    eval_noise_multiplier: float = 10.0
+    """z of each federated evaluation release (the sum of users' bounded metric vectors, norm
+    ≤ √6): added by each client under local privacy, by the server under central."""
     expected_users: int = 0
     """Central DP: the public N_users of the expected count q·N_users the noisy sum is
     divided by; 0 means `population`. Never read from data."""
@@ -191,8 +199,8 @@ class PrivacyConfig:
                 f"privacy.mode = {self.mode!r} needs noise: set privacy.central-noise-multiplier > 0 "
                 "or privacy.central-target-epsilon > 0."
             )
-        if self.release_noise_multiplier <= 0:
-            raise ValueError("privacy.release-noise-multiplier must be positive.")
+        if self.release_noise_multiplier <= 0 or self.eval_noise_multiplier <= 0:
+            raise ValueError("privacy.release-noise-multiplier and eval-noise-multiplier must be positive.")
         if self.expected_users < 0:
             raise ValueError("privacy.expected-users must be >= 0 (0: privacy.population).")
         if self.population < 0:
@@ -227,14 +235,20 @@ class FederationConfig:
     min_train_clients: int = 1
     """A round with fewer successful replies is skipped (logged), never averaged over nothing."""
     eval_every: int = 1
-    """Federated evaluation every this many rounds (and always after the last)."""
+    """Evaluation every this many rounds (and always after the last)."""
+    eval_release: Literal["every", "final", "none"] = "final"
+    """When the clients release a DP evaluation (noisy sums of bounded per-user metrics, a
+    ledger entry each, counted in the guarantee): at every evaluation, after the last round
+    only, or never. The only evaluation a deployment has."""
+    oracle_eval: bool = True
+    """Simulation only: the runner also evaluates the global model on the held-out data itself
+    at every evaluation ("simulation oracle — not a release"; no device is asked). A deployed
+    server has no held-out data and refuses it."""
     fraction_evaluate: float = 1.0
-    """Share of clients asked to evaluate (1.0 gives the exact population figure)."""
+    """Share of clients asked for an evaluation release."""
     server_optimizer: Literal["fedavg", "fedadam"] = "fedadam"
     """How the server applies the averaged client update (FedAdam: Reddi et al. 2021)."""
     server_lr: float = 1e-3
-    weighted_by: Literal["users", "examples"] = "users"
-    """Weight of each client's update in the average."""
     num_cpus_per_client: float = 1.0
     """Ray resources per virtual client in simulation."""
     census: bool = False
@@ -248,6 +262,8 @@ class FederationConfig:
             raise ValueError("federation.rounds, num-hubs and eval-every must be >= 1.")
         if not 0.0 < self.fraction_train <= 1.0 or not 0.0 < self.fraction_evaluate <= 1.0:
             raise ValueError("federation.fraction-train and fraction-evaluate must be in (0, 1].")
+        if self.eval_release not in ("every", "final", "none"):
+            raise ValueError(f"federation.eval-release must be 'every', 'final' or 'none', not {self.eval_release!r}.")
 
 
 @dataclass(frozen=True)
@@ -282,10 +298,8 @@ class DevicePolicyConfig:
     """Largest per-user clipping bound (max-grad-norm, update-clip)."""
     min_noise_multiplier: float = 0.5
     """Smallest σ of DP-SGD and z of a release the device runs."""
-    allow_evaluation: bool = False
-    """Answer evaluation requests (exact sums and counts of held-out ratings: not a DP release)."""
-    allowed_releases: str = "popularity,census"
-    """Comma-separated one-shot releases the device takes part in."""
+    allowed_releases: str = "popularity,census,evaluation"
+    """Comma-separated DP releases the device takes part in (popularity, census, evaluation)."""
 
     def __post_init__(self) -> None:
         if not self.max_epsilon > 0 or not 0 < self.max_delta < 1 or not self.max_clip > 0:

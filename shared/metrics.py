@@ -1,9 +1,14 @@
-"""Evaluation metrics (DESIGN.md §7), computed as sums and counts so that federated
-figures aggregate exactly to the central ones.
+"""Evaluation metrics (DESIGN.md §7).
 
 NDCG@100: binary relevance, ideal DCG over min(100, #held-out positives).
 Recall@20: hits / min(20, #held-out positives). Train positives are excluded from the
 ranking. RMSE and MAE are pooled over all held-out ratings.
+
+Two forms. `MetricSums` are exact sums and counts (the central reference and the simulation
+oracle, which hold the data). `user_metric_rows` is what a device releases: one bounded
+vector per user, every coordinate in [0, 1], so that the sum is a Gaussian release with
+L2 sensitivity `EVAL_BOUND` (`shared.privacy.release`); `release_means` turns a noisy sum
+back into the figures, with their approximate noise std.
 """
 
 from __future__ import annotations
@@ -16,6 +21,17 @@ import torch
 
 from .data.matrices import train_tensors
 from .data.split import UserRatings
+
+EVAL_FIELDS = ("has-positive", "ndcg", "recall", "sq-err", "abs-err", "rated")
+"""Coordinates of a user's evaluation vector: held-out positive (0/1), NDCG@100, Recall@20, the
+squared and absolute errors of their first `EVAL_RATED_CAP` held-out ratings over the largest
+possible, and that count over the cap."""
+EVAL_RATED_CAP = 20
+"""At most this many of a user's held-out ratings enter their error coordinates."""
+EVAL_BOUND = float(np.sqrt(len(EVAL_FIELDS)))
+"""L2 bound of a user's evaluation vector (each coordinate in [0, 1])."""
+ORACLE_LABEL = "simulation oracle — not a release"
+"""The label of every figure the simulation runner computes from the held-out data itself."""
 
 
 @dataclass
@@ -138,3 +154,76 @@ def popularity_sums(
         test_pos[row, u.test_items[u.test_ratings >= threshold]] = 1.0
     scores = np.broadcast_to(counts, (len(users_eval), n_items))
     return ranking_sums(np.array(scores), t.positives.numpy(), test_pos)
+
+
+@torch.no_grad()
+def user_metric_rows(
+    model: torch.nn.Module,
+    users: list[UserRatings],
+    n_items: int,
+    threshold: float,
+    rating_range: tuple[float, float],
+    *,
+    batch_size: int = 512,
+) -> np.ndarray:
+    """Return one evaluation vector per user (`EVAL_FIELDS`, U×6, every coordinate in [0, 1]).
+
+    Predictions are clipped to the public rating scale, so each error is at most its width;
+    a user without held-out ratings contributes zeros.
+    """
+    lo, hi = rating_range
+    span = hi - lo
+    rows = np.zeros((len(users), len(EVAL_FIELDS)))
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(users), batch_size):
+        chunk = users[start : start + batch_size]
+        t = train_tensors(chunk, n_items, threshold)
+        out = model(*t.as_tuple())
+        test_pos = np.zeros((len(chunk), n_items), dtype=np.float32)
+        for row, u in enumerate(chunk):
+            test_pos[row, u.test_items[u.test_ratings >= threshold]] = 1.0
+        masked = np.where(t.positives.numpy() > 0, -np.inf, out.logits.numpy())
+        block = rows[start : start + len(chunk)]
+        block[:, 0] = test_pos.sum(axis=1) > 0
+        block[:, 1] = np.nan_to_num(ndcg_at_k(masked, test_pos, 100))
+        block[:, 2] = np.nan_to_num(recall_at_k(masked, test_pos, 20))
+        for row, u in enumerate(chunk):
+            items, truth = u.test_items[:EVAL_RATED_CAP], u.test_ratings[:EVAL_RATED_CAP]
+            err = np.clip(out.rating[row, items].numpy(), lo, hi) - truth
+            block[row, 3] = float((err**2).sum()) / (EVAL_RATED_CAP * span**2)
+            block[row, 4] = float(np.abs(err).sum()) / (EVAL_RATED_CAP * span)
+            block[row, 5] = len(items) / EVAL_RATED_CAP
+    model.train(was_training)
+    return np.clip(rows, 0.0, 1.0)
+
+
+def _ratio(a: float, b: float, noise_std: float) -> tuple[float, float]:
+    """Return a / b and its first-order std when a and b each carry independent N(0, noise_std²)."""
+    if b <= 0:
+        return float("nan"), float("nan")
+    r = a / b
+    return r, noise_std * float(np.sqrt(1.0 + r * r)) / b
+
+
+def release_means(total: np.ndarray, noise_std: float, rating_range: tuple[float, float]) -> dict[str, float]:
+    """Return NDCG@100, Recall@20, RMSE and MAE from a (noisy) sum of evaluation vectors, each with
+    its first-order noise std (`<metric>-std`), and the noise std on each coordinate of the sum.
+
+    Post-processing of the release: costs no privacy. NaN where a noisy count is not positive.
+    """
+    if total.shape != (len(EVAL_FIELDS),):
+        raise ValueError(f"an evaluation sum has {len(EVAL_FIELDS)} coordinates, got shape {total.shape}.")
+    span = rating_range[1] - rating_range[0]
+    ranked, ndcg, recall, sq, ab, rated = (float(x) for x in total)
+    out: dict[str, float] = {}
+    out["ndcg@100"], out["ndcg@100-std"] = _ratio(ndcg, ranked, noise_std)
+    out["recall@20"], out["recall@20-std"] = _ratio(recall, ranked, noise_std)
+    mse, mse_std = _ratio(sq, rated, noise_std)
+    rmse = span * float(np.sqrt(max(mse, 0.0))) if not np.isnan(mse) else float("nan")
+    out["rmse"] = rmse
+    out["rmse-std"] = span * mse_std / (2 * np.sqrt(mse)) if mse > 0 else float("nan")
+    mae, mae_std = _ratio(ab, rated, noise_std)
+    out["mae"], out["mae-std"] = span * mae, span * mae_std
+    out["noise-std"] = noise_std
+    return out

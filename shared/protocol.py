@@ -9,13 +9,20 @@ message                    direction      content
 =========================  =============  ==============================================
 `TrainIns`                 server → dev.  global weights; round, run id
 `TrainRes`                 dev. → server  new weights (or the sum of clipped per-user
-                                          updates), unless refused; scalar metrics
+                                          updates), unless refused; ε; refusal reason
 `EvaluateIns`              server → dev.  global weights; round, run id
-`EvaluateRes`              dev. → server  evaluation sums and counts
+`EvaluateRes`              dev. → server  the (noised) sum of the users' bounded
+                                          evaluation vectors; ε; refusal reason
 `ReleaseIns`               server → dev.  release kind, round, run id; weights and the
                                           item × interest matrix for the census
-`ReleaseRes`               dev. → server  the device's (noised) sum; scalar metrics
+`ReleaseRes`               dev. → server  the (noised) sum of the users' bounded
+                                          vectors; ε; refusal reason
 =========================  =============  ==============================================
+
+A reply carries only the accounted mechanism's output (weights, a release sum with its
+ledger entry), the device's ε (a function of the public plan and of its participation) and,
+when it refuses, why. No count, loss, sum or id otherwise: in the `device` topology any of
+them would be one user's exact value.
 
 `REPLY_SCHEMAS` lists exactly what each reply may carry (record → key → kind); a test
 holds every real reply to it.
@@ -24,14 +31,12 @@ holds every real reply to it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import ClassVar, Self
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
-
-from .metrics import MetricSums
 
 # Records of a message's RecordDict.
 ARRAYS = "arrays"
@@ -44,11 +49,9 @@ INTERESTS = "interests"
 SERVER_ROUND = "server-round"
 RUN_ID = "run-id"
 RELEASE_KIND = "release"
-NUM_USERS = "num-users"
-NUM_EXAMPLES = "num-examples"
-TRAIN_LOSS = "train-loss"
 EPSILON = "epsilon"
 REFUSED = "refused"
+REASON = "reason"
 SUM = "sum"
 L2_MATRIX = "l2"
 
@@ -138,21 +141,55 @@ class TrainIns(_GlobalWeightsIns):
     """Train one round from the global weights."""
 
 
+def _refusal_config(reason: str) -> ConfigRecord:
+    return ConfigRecord({REASON: reason})
+
+
+def _reason(content: RecordDict) -> str:
+    config = _record(content, CONFIG, ConfigRecord)
+    assert isinstance(config, ConfigRecord)
+    return _str(config, REASON, CONFIG)
+
+
+def _status(content: RecordDict) -> tuple[bool, float, str]:
+    """(refused, ε, reason) of a reply."""
+    metrics = _record(content, METRICS, MetricRecord)
+    assert isinstance(metrics, MetricRecord)
+    refused = bool(_int(metrics, REFUSED, METRICS))
+    reason = _reason(content)
+    if refused and not reason:
+        raise ProtocolError(f"a refusal must give its reason in {CONFIG}[{REASON!r}].")
+    return refused, _float(metrics, EPSILON, METRICS), reason
+
+
+def _status_records(refused: bool, epsilon: float, reason: str) -> dict[str, ArrayRecord | MetricRecord | ConfigRecord]:
+    if refused and not reason:
+        raise ValueError("a refusal must give its reason.")
+    return {
+        METRICS: MetricRecord({EPSILON: epsilon, REFUSED: int(refused)}),
+        CONFIG: _refusal_config(reason if refused else ""),
+    }
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainRes:
-    """A device's reply to `TrainIns`: weights unless it refused, and scalar metrics."""
+    """A device's reply to `TrainIns`: the accounted mechanism's weights, unless it refused.
+
+    Nothing else about the device's users leaves it: no counts, no loss (those stay in the
+    device's own log). ε is a function of the public plan and the device's participation.
+    """
 
     weights: Weights | None
     """New weights; under central DP the sum of clipped per-user updates; None when refused."""
-    num_users: int
-    num_examples: int
-    train_loss: float
     epsilon: float
     """The device's ε after this round."""
+    reason: str = ""
+    """Why the device refused (empty when it trained)."""
 
     SCHEMA: ClassVar[dict[str, dict[str, str]]] = {
         ARRAYS: {"*": "tensor"},
-        METRICS: {NUM_USERS: "int", NUM_EXAMPLES: "int", TRAIN_LOSS: "float", EPSILON: "float", REFUSED: "int"},
+        METRICS: {EPSILON: "float", REFUSED: "int"},
+        CONFIG: {REASON: "str"},
     }
 
     @property
@@ -161,17 +198,8 @@ class TrainRes:
         return self.weights is None
 
     def to_record(self) -> RecordDict:
-        """Encode as a Flower `RecordDict`."""
-        metrics = MetricRecord(
-            {
-                NUM_USERS: self.num_users,
-                NUM_EXAMPLES: self.num_examples,
-                TRAIN_LOSS: self.train_loss if self.weights is not None else 0.0,
-                EPSILON: self.epsilon,
-                REFUSED: int(self.weights is None),
-            }
-        )
-        content = RecordDict({METRICS: metrics})
+        """Encode as a Flower `RecordDict` (no weights when refused)."""
+        content = RecordDict(_status_records(self.refused, self.epsilon, self.reason))
         if self.weights is not None:
             content[ARRAYS] = ArrayRecord(self.weights)
         return content
@@ -179,59 +207,63 @@ class TrainRes:
     @classmethod
     def from_record(cls, content: RecordDict) -> TrainRes:
         """Decode a received `RecordDict`; raise `ProtocolError` naming a missing or ill-typed key."""
-        metrics = _record(content, METRICS, MetricRecord)
-        assert isinstance(metrics, MetricRecord)
-        refused = bool(_int(metrics, REFUSED, METRICS))
+        refused, epsilon, reason = _status(content)
         weights = None if refused else dict(_arrays(content).to_torch_state_dict())
-        return cls(
-            weights=weights,
-            num_users=_int(metrics, NUM_USERS, METRICS),
-            num_examples=_int(metrics, NUM_EXAMPLES, METRICS),
-            train_loss=_float(metrics, TRAIN_LOSS, METRICS),
-            epsilon=_float(metrics, EPSILON, METRICS),
-        )
+        return cls(weights=weights, epsilon=epsilon, reason=reason)
 
 
 @dataclass(frozen=True, kw_only=True)
 class EvaluateIns(_GlobalWeightsIns):
-    """Evaluate the global weights on the device's held-out ratings."""
-
-
-_SUM_FIELDS = tuple(f.name for f in fields(MetricSums))
+    """Release a DP evaluation of the global weights on the device's held-out ratings."""
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvaluateRes:
-    """A device's evaluation sums and counts (they add up to the population's figures), unless its
-    policy refused to evaluate."""
+class _SumRes:
+    """A device's part of a DP release: the (noised) sum of its users' bounded vectors, unless refused."""
 
-    sums: MetricSums | None
-    """None when the device's policy does not allow evaluation."""
-    num_users: int
+    total: np.ndarray | None
+    """The sum; None when the device's policy or budget refused the release."""
+    epsilon: float
+    """The device's ε afterwards."""
+    reason: str = ""
+    """Why the device refused (empty when it contributed)."""
 
     SCHEMA: ClassVar[dict[str, dict[str, str]]] = {
-        METRICS: {**dict.fromkeys(_SUM_FIELDS, "float"), NUM_USERS: "int", REFUSED: "int"},
+        RELEASE: {SUM: "array"},
+        METRICS: {EPSILON: "float", REFUSED: "int"},
+        CONFIG: {REASON: "str"},
     }
 
     @property
     def refused(self) -> bool:
-        """Whether the device refused to evaluate."""
-        return self.sums is None
+        """Whether the device refused to contribute."""
+        return self.total is None
 
     def to_record(self) -> RecordDict:
-        """Encode as a Flower `RecordDict` (a refusal carries no sums)."""
-        sums = self.sums.to_dict() if self.sums is not None else {}
-        return RecordDict({METRICS: MetricRecord({**sums, NUM_USERS: self.num_users, REFUSED: int(self.sums is None)})})
+        """Encode as a Flower `RecordDict` (no release record when refused)."""
+        content = RecordDict(_status_records(self.refused, self.epsilon, self.reason))
+        if self.total is not None:
+            content[RELEASE] = ArrayRecord({SUM: Array(np.asarray(self.total, dtype=np.float64))})
+        return content
 
     @classmethod
-    def from_record(cls, content: RecordDict) -> EvaluateRes:
+    def from_record(cls, content: RecordDict) -> Self:
         """Decode a received `RecordDict`; raise `ProtocolError` naming a missing or ill-typed key."""
-        metrics = _record(content, METRICS, MetricRecord)
-        assert isinstance(metrics, MetricRecord)
-        if _int(metrics, REFUSED, METRICS):
-            return cls(sums=None, num_users=_int(metrics, NUM_USERS, METRICS))
-        sums = MetricSums.from_dict({k: _float(metrics, k, METRICS) for k in _SUM_FIELDS})
-        return cls(sums=sums, num_users=_int(metrics, NUM_USERS, METRICS))
+        refused, epsilon, reason = _status(content)
+        total = None
+        if not refused:
+            release = _record(content, RELEASE, ArrayRecord)
+            assert isinstance(release, ArrayRecord)
+            if SUM not in release:
+                raise ProtocolError(f"message record {RELEASE!r} has no {SUM!r} array.")
+            total = release[SUM].numpy()
+        return cls(total=total, epsilon=epsilon, reason=reason)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateRes(_SumRes):
+    """A device's evaluation release: the sum of its users' evaluation vectors
+    (`shared.metrics.user_metric_rows`), noised on the device under local privacy."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -284,49 +316,8 @@ class ReleaseIns:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ReleaseRes:
-    """A device's part of a release: its users' (noised) sum, unless its budget refused it."""
-
-    total: np.ndarray | None
-    """The sum; None when the release would take the device above its max-epsilon."""
-    num_users: int
-    epsilon: float
-
-    SCHEMA: ClassVar[dict[str, dict[str, str]]] = {
-        RELEASE: {SUM: "array"},
-        METRICS: {NUM_USERS: "int", EPSILON: "float", REFUSED: "int"},
-    }
-
-    @property
-    def refused(self) -> bool:
-        """Whether the device refused to contribute."""
-        return self.total is None
-
-    def to_record(self) -> RecordDict:
-        """Encode as a Flower `RecordDict` (no release record when refused)."""
-        metrics = MetricRecord({NUM_USERS: self.num_users, EPSILON: self.epsilon, REFUSED: int(self.total is None)})
-        content = RecordDict({METRICS: metrics})
-        if self.total is not None:
-            content[RELEASE] = ArrayRecord({SUM: Array(np.asarray(self.total))})
-        return content
-
-    @classmethod
-    def from_record(cls, content: RecordDict) -> ReleaseRes:
-        """Decode a received `RecordDict`; raise `ProtocolError` naming a missing or ill-typed key."""
-        metrics = _record(content, METRICS, MetricRecord)
-        assert isinstance(metrics, MetricRecord)
-        total = None
-        if not _int(metrics, REFUSED, METRICS):
-            release = _record(content, RELEASE, ArrayRecord)
-            assert isinstance(release, ArrayRecord)
-            if SUM not in release:
-                raise ProtocolError(f"message record {RELEASE!r} has no {SUM!r} array.")
-            total = release[SUM].numpy()
-        return cls(
-            total=total,
-            num_users=_int(metrics, NUM_USERS, METRICS),
-            epsilon=_float(metrics, EPSILON, METRICS),
-        )
+class ReleaseRes(_SumRes):
+    """A device's part of a one-shot release (popularity prior, census)."""
 
 
 REPLY_SCHEMAS: dict[type, dict[str, dict[str, str]]] = {

@@ -16,7 +16,7 @@ from shared.data.matrices import UserTensors, train_tensors
 from shared.data.source import load_source
 from shared.data.split import UserRatings, split_configured
 from shared.features import model_features
-from shared.metrics import evaluate_model
+from shared.metrics import ORACLE_LABEL, evaluate_model
 from shared.model import StrataModel, build_model
 from shared.privacy.accounting import (
     calibrate_noise_multiplier,
@@ -90,7 +90,7 @@ def run_central(config: StrataConfig, *, eval_every: int = 5) -> JsonDict:
         "wall_s": round(elapsed, 2),
         "epsilon": epsilon,
         "delta": delta,
-        "final_eval": last,
+        "final_oracle": last,
         "weights_fingerprint": manifest["weights_fingerprint"],
     }
     run.write_summary(summary)
@@ -163,13 +163,12 @@ def _train_epochs(
                 )
                 epsilon = epsilon_of(ledger.entries, delta, p.accountant)
             epochs.set_postfix({"loss": f"{stats.mean_loss:.2f}", "ε": f"{epsilon:.3f}"})
-            line: JsonDict = {
-                "round": epoch, "train": {"train-loss": stats.mean_loss, "users": stats.users}, "epsilon": epsilon,
-            }
+            # The loss of a DP-SGD epoch is a statistic of the secret samples: the console only.
+            line: JsonDict = {"round": epoch, "train": {}, "eval": {}, "epsilon": epsilon}
             if epoch % eval_every == 0 or epoch == t.epochs:
                 sums = evaluate_model(model, users, n_items, threshold)
-                line["eval"] = {**sums.to_dict(), **sums.means()}
-                last = line["eval"]
+                line["oracle"] = {**sums.means(), "label": ORACLE_LABEL}
+                last = line["oracle"]
                 log.info(
                     "epoch %d/%d · loss %.2f · ε %.3f · NDCG@100 %.4f Recall@20 %.4f RMSE %.4f",
                     epoch, t.epochs, stats.mean_loss, epsilon, last["ndcg@100"], last["recall@20"], last["rmse"],

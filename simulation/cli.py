@@ -20,6 +20,7 @@ from server.taxonomy import build_taxonomy, render_tree  # noqa: E402
 from shared.config import StrataConfig, load_config  # noqa: E402
 from shared.data.fetch import DATASETS  # noqa: E402
 from shared.data.validate import validate_path  # noqa: E402
+from shared.metrics import ORACLE_LABEL  # noqa: E402
 from shared.run_dir import JsonDict, RunDir  # noqa: E402
 
 from .audit import format_audit, run_audit  # noqa: E402
@@ -72,15 +73,21 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _print_headline(summary: JsonDict) -> None:
-    ev = summary.get("final_eval") or {}
+    release, oracle = summary.get("final_eval") or {}, summary.get("final_oracle") or {}
     print()
     if summary.get("already_finished"):
         print("This run directory holds a finished run: its results are shown; nothing new was trained or released.")
     print(f"Run directory: {summary['run_dir']}")
-    if ev:
+    if release:
         print(
-            f"NDCG@100 {ev['ndcg@100']:.4f} · Recall@20 {ev['recall@20']:.4f} · "
-            f"RMSE {ev['rmse']:.4f} · MAE {ev['mae']:.4f}"
+            f"DP evaluation release: NDCG@100 {release['ndcg@100']:.4f} ± {release['ndcg@100-std']:.4f} · "
+            f"Recall@20 {release['recall@20']:.4f} ± {release['recall@20-std']:.4f} · "
+            f"RMSE {release['rmse']:.4f} ± {release['rmse-std']:.4f}"
+        )
+    if oracle:
+        print(
+            f"{ORACLE_LABEL}: NDCG@100 {oracle['ndcg@100']:.4f} · Recall@20 {oracle['recall@20']:.4f} · "
+            f"RMSE {oracle['rmse']:.4f} · MAE {oracle['mae']:.4f}"
         )
     eps, central_eps = summary.get("epsilon", 0.0), summary.get("central_epsilon", 0.0)
     if eps:

@@ -13,6 +13,7 @@ from server.server_app import build_server_app
 from shared.config import StrataConfig
 from shared.run_dir import JsonDict, RunDir
 
+from .oracle import OracleEvaluation
 from .population import with_public_population
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,9 @@ def simulate(config: StrataConfig) -> JsonDict:
             len(ledgers),
         )
     run.clear_summary()
+    oracle = OracleEvaluation(config) if config.federation.oracle_eval else None
     run_simulation(
-        server_app=build_server_app(config),
+        server_app=build_server_app(config, oracle=oracle),
         client_app=build_client_app(config),
         num_supernodes=n,
         backend_config=backend_config(config),  # type: ignore[arg-type]

@@ -33,7 +33,9 @@ from shared.privacy.accounting import default_delta, epsilon_of
 from shared.privacy.ledger import Ledger, LedgerEntry
 from shared.protocol import TrainIns, TrainRes
 from shared.run_dir import RunDir
+from shared.metrics import ORACLE_LABEL
 from shared.training import update_norm
+from simulation.oracle import OracleEvaluation
 from simulation.simulate import simulate
 
 
@@ -49,9 +51,8 @@ def _strategy(central: CentralDP, q: float) -> CentralDPStrategy:
     return CentralDPStrategy(inner, central)
 
 
-def _reply(request: Message, update: dict[str, torch.Tensor], users: int) -> Message:
-    res = TrainRes(weights=update, num_users=users, num_examples=5, train_loss=1.0, epsilon=0.0)
-    return reply_to(request, res.to_record())
+def _reply(request: Message, update: dict[str, torch.Tensor]) -> Message:
+    return reply_to(request, TrainRes(weights=update, epsilon=0.0).to_record())
 
 
 def _train_ins(weights: dict[str, torch.Tensor], *, server_round: int = 1, run_id: str = "r") -> TrainIns:
@@ -104,7 +105,7 @@ def test_noise_on_the_mean_has_std_z_s_over_q_n(with_clients: bool) -> None:
     current = OrderedDict(w=torch.zeros(size))
     nodes = Nodes(list(range(n_users)) if with_clients else [])  # no nodes: an empty sample
     msgs = list(strategy.configure_train(1, ArrayRecord(current), ConfigRecord({"run-id": "r1"}), nodes))
-    replies = [_reply(m, {"w": torch.zeros(size)}, 1) for m in msgs]  # zero updates in
+    replies = [_reply(m, {"w": torch.zeros(size)}) for m in msgs]  # zero updates in
     arrays, metrics = strategy.aggregate_train(1, replies)
     assert arrays is not None and metrics is not None, "a central-DP round always releases"
     out32 = arrays.to_torch_state_dict()["w"]
@@ -120,7 +121,7 @@ def test_noise_on_the_mean_has_std_z_s_over_q_n(with_clients: bool) -> None:
     assert (entry.mechanism, entry.round, entry.run_id, entry.client) == ("dp-fedavg", 1, "r1", "server")
     assert (entry.noise_multiplier, entry.sample_rate, entry.steps, entry.max_grad_norm) == (z, q, 1, clip)
     assert metrics["central-epsilon"] == pytest.approx(epsilon_of([entry], 1e-4))
-    assert metrics["clients"] == len(msgs)
+    assert "clients" not in metrics  # the secret sample's size is not logged
 
 
 def test_noise_differs_run_to_run() -> None:
@@ -129,17 +130,22 @@ def test_noise_differs_run_to_run() -> None:
     assert not torch.equal(a, b)
 
 
-def test_server_rejects_a_sum_above_users_times_clip() -> None:
-    central = _central(z=0.1, clip=1.0, q=1.0, n_users=2)
+def test_server_rejects_a_sum_above_the_public_users_bound_times_clip() -> None:
+    central = CentralDP(
+        clip=1.0, noise_multiplier=0.1, fraction=1.0, accounted_rate=1.0, expected_users=2.0,
+        max_users_per_client=2, ledger=Ledger(), delta=1e-4,
+    )
     strategy = _strategy(central, 1.0)
     current = ArrayRecord(OrderedDict(w=torch.zeros(2)))
     msgs = list(strategy.configure_train(1, current, ConfigRecord({"run-id": "r"}), Nodes([1, 2])))
-    ok, too_big = torch.tensor([0.6, 0.8]), torch.tensor([3.0, 4.0])  # norms 1 and 5; each reply holds 2 users
-    arrays, metrics = strategy.aggregate_train(1, [_reply(msgs[0], {"w": ok}, 2), _reply(msgs[1], {"w": too_big}, 2)])
+    ok, too_big = torch.tensor([1.2, 1.6]), torch.tensor([3.0, 4.0])  # norms 2 and 5; the public bound is 2 users
+    arrays, metrics = strategy.aggregate_train(1, [_reply(msgs[0], {"w": ok}), _reply(msgs[1], {"w": too_big})])
     assert arrays is not None and metrics is not None
-    assert metrics["clients"] == 1 and metrics["failed"] == 1
+    # Nothing about the secret sample is in the round's metrics: only ε.
+    assert set(metrics.keys()) == {"epsilon", "central-epsilon"}
+    assert strategy.rejected and "users-per-client bound 2" in strategy.rejected[0]
     # fedavg: new = 0 + (ok + noise) / (q·N = 2), noise std on the mean 0.05; with the
-    # rejected sum it would be (ok + too_big) / 2 = [1.8, 2.4].
+    # rejected sum it would be (ok + too_big) / 2 = [2.1, 2.8].
     assert torch.allclose(arrays.to_torch_state_dict()["w"], ok / 2, atol=0.35)
 
 
@@ -167,7 +173,7 @@ def test_each_user_update_is_clipped_and_the_sum_is_bounded(
 
     monkeypatch.setattr(trainer, "clip_update", spy)
     result = train_round(store, cfg, _train_ins(weights), _budget(cfg, Ledger()))
-    assert result.weights is not None and result.num_users == store.n_users
+    assert result.weights is not None
     assert len(seen) == store.n_users  # one model copy and one clip per user
     assert any(before > clip for before, _ in seen), "the test should force clipping"
     for before, after in seen:
@@ -262,7 +268,7 @@ def test_budget_stops_the_run_early_and_exports_the_model(tiny_config: StrataCon
     entry = LedgerEntry.dp_fedavg(noise_multiplier=1.0, sample_rate=1.0, run_id="r", round=1, clip=1.0)
     one = epsilon_of([entry] * 2, delta)
     cfg = cfg.replace({"privacy.central-max-epsilon": one * 1.01})  # room for 2 of the 5 rounds
-    summary = run_federation(DirectGrid(cfg), cfg)
+    summary = run_federation(DirectGrid(cfg), cfg, oracle=OracleEvaluation(cfg))
     assert summary["rounds"] == 2 and "central budget" in summary["stopped_early"]
     assert summary["central_epsilon"] <= cfg.privacy.central_max_epsilon
     run = RunDir.of(cfg.run_dir)
@@ -282,13 +288,18 @@ def test_simulation_in_central_mode_verifies(tiny_config: StrataConfig, mode: st
     lines = run.read_metrics()
     assert [x["round"] for x in lines] == [1, 2]
     central = Ledger.open(run.central_ledger_path)
+    # Under `central` the server adds the noise of the final evaluation release (and records it);
+    # under `local+central` each client does.
+    evaluation = [("gaussian-sum", 2, "server")] if mode == "central" else []
     assert [(e.mechanism, e.round, e.client) for e in central.entries] == [
         ("dp-fedavg", 1, "server"),
         ("dp-fedavg", 2, "server"),
+        *evaluation,
     ]
     delta = default_delta(cfg.data.synthetic_users)
     for line in lines:
-        assert line["train"]["clients"] == 4 and 0 < line["eval"]["ndcg@100"] <= 1, line
+        assert set(line["train"]) == {"epsilon", "central-epsilon"} and "sampled" not in line, line
+        assert 0 < line["oracle"]["ndcg@100"] <= 1 and line["oracle"]["label"] == ORACLE_LABEL, line
         replay = epsilon_of([e for e in central.entries if e.round <= line["round"]], delta)
         assert line["central_epsilon"] == pytest.approx(replay, rel=1e-9)
     clients = [Ledger.open(p) for p in run.client_ledger_paths()]

@@ -1,4 +1,5 @@
-"""Aggregation by hand: weighted FedAvg, FedAdam's first step, rejected and skipped rounds."""
+"""Aggregation by hand: equal-weight FedAvg, FedAdam's first step, rejected and skipped rounds,
+and evaluation releases summed into noisy means."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
 from server.server_optimizer import ServerOptimizer
 from server.strategy import FedAvgStrategy
-from shared.protocol import TrainRes
+from shared.protocol import EvaluateRes, TrainRes
 
 
-def _reply(request: Message, weights: dict[str, torch.Tensor] | None, users: int, eps: float = 0.0) -> Message:
-    res = TrainRes(weights=weights, num_users=users, num_examples=10 * users, train_loss=1.0, epsilon=eps)
+def _reply(request: Message, weights: dict[str, torch.Tensor] | None, eps: float = 0.0) -> Message:
+    res = TrainRes(weights=weights, epsilon=eps, reason="" if weights is not None else "policy: test")
     return reply_to(request, res.to_record())
 
 
@@ -28,26 +29,43 @@ def _strategy(**options: Any) -> FedAvgStrategy:
 def _round(
     strategy: FedAvgStrategy,
     current: dict[str, torch.Tensor],
-    client_weights: list[tuple[dict[str, torch.Tensor] | None, int]],
+    client_weights: list[dict[str, torch.Tensor] | None],
 ) -> tuple[ArrayRecord | None, MetricRecord | None]:
     arrays = ArrayRecord(OrderedDict(current))
     msgs = list(strategy.configure_train(1, arrays, ConfigRecord({"run-id": "t"}), Nodes([1, 2, 3])))
     assert [m.metadata.dst_node_id for m in msgs] == [1, 2, 3]
-    replies = [_reply(m, w, u) for m, (w, u) in zip(msgs, client_weights, strict=True)]
+    replies = [_reply(m, w) for m, w in zip(msgs, client_weights, strict=True)]
     return strategy.aggregate_train(1, replies)
 
 
-def test_fedavg_is_the_user_weighted_average() -> None:
+def test_fedavg_is_the_equal_weight_average() -> None:
     current = {"w": torch.zeros(2)}
     arrays, metrics = _round(
         _strategy(),
         current,
-        [({"w": torch.tensor([1.0, 2.0])}, 1), ({"w": torch.tensor([3.0, 6.0])}, 3), (None, 5)],
+        [{"w": torch.tensor([1.0, 2.0])}, {"w": torch.tensor([3.0, 6.0])}, None],
     )
-    # (1·[1,2] + 3·[3,6]) / 4 = [2.5, 5.0]; the refusing client counts for nothing.
+    # ([1,2] + [3,6]) / 2 = [2, 4]: no private count weights a client; the refusing one counts for nothing.
     assert arrays is not None and metrics is not None
-    assert torch.allclose(arrays.to_torch_state_dict()["w"], torch.tensor([2.5, 5.0]))
-    assert metrics["clients"] == 2 and metrics["refused"] == 1
+    assert torch.allclose(arrays.to_torch_state_dict()["w"], torch.tensor([2.0, 4.0]))
+    assert dict(metrics) == {"clients": 2, "failed": 0, "refused": 1, "epsilon": 0.0}
+
+
+def test_evaluation_releases_add_up_to_noisy_means_with_their_std() -> None:
+    strategy = _strategy(client_eval_noise_std=0.5)
+    arrays = ArrayRecord(OrderedDict(w=torch.zeros(1)))
+    msgs = list(strategy.configure_evaluate(3, arrays, ConfigRecord(), Nodes([1, 2])))
+    # Two clients' sums of (has-positive, ndcg, recall, sq-err, abs-err, rated) vectors.
+    parts = [np.array([4.0, 1.0, 2.0, 0.1, 0.2, 2.0]), np.array([6.0, 2.0, 2.0, 0.3, 0.2, 2.0])]
+    replies = [reply_to(m, EvaluateRes(total=t, epsilon=0.1).to_record()) for m, t in zip(msgs, parts, strict=True)]
+    record = strategy.aggregate_evaluate(3, replies)
+    assert record is not None
+    assert record["ndcg@100"] == pytest.approx(3.0 / 10.0) and record["recall@20"] == pytest.approx(0.4)
+    assert record["rmse"] == pytest.approx(4.0 * np.sqrt(0.4 / 4.0))  # span 4 · √(Σsq-err / Σrated)
+    assert record["mae"] == pytest.approx(4.0 * 0.4 / 4.0)
+    assert record["noise-std"] == pytest.approx(0.5 * np.sqrt(2))  # each client's noise, in quadrature
+    assert record["ndcg@100-std"] == pytest.approx(0.5 * np.sqrt(2) * np.sqrt(1 + 0.09) / 10.0)
+    assert record["clients"] == 2 and strategy.client_epsilon == {1: 0.1, 2: 0.1}
 
 
 def test_nan_update_is_rejected_not_averaged() -> None:
@@ -56,9 +74,9 @@ def test_nan_update_is_rejected_not_averaged() -> None:
         _strategy(),
         current,
         [
-            ({"w": torch.tensor([1.0, 1.0])}, 1),
-            ({"w": torch.tensor([float("nan"), 0.0])}, 1),
-            ({"w": torch.ones(3)}, 1),
+            {"w": torch.tensor([1.0, 1.0])},
+            {"w": torch.tensor([float("nan"), 0.0])},
+            {"w": torch.ones(3)},
         ],
     )
     assert arrays is not None and metrics is not None
@@ -67,7 +85,7 @@ def test_nan_update_is_rejected_not_averaged() -> None:
 
 
 def test_round_with_too_few_replies_is_skipped() -> None:
-    replies: list[tuple[dict[str, torch.Tensor] | None, int]] = [({"w": torch.ones(1)}, 1), (None, 1), (None, 1)]
+    replies: list[dict[str, torch.Tensor] | None] = [{"w": torch.ones(1)}, None, None]
     arrays, metrics = _round(_strategy(min_train_clients=2), {"w": torch.zeros(1)}, replies)
     assert arrays is None and metrics is not None and metrics["clients"] == 1
 

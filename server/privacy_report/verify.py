@@ -20,7 +20,16 @@ from shared.privacy.plan import central_plan, device_plan
 from shared.config import StrataConfig
 from shared.privacy.guarantee import HolderEpsilon, epsilon_series, holders, is_central_dp, max_series
 from shared.privacy.ledger import LedgerEntry
-from shared.privacy.release import KINDS, RELEASE, release_bound, release_round
+from shared.privacy.release import (
+    CENSUS,
+    EVALUATION,
+    POPULARITY,
+    RELEASE,
+    evaluation_rounds,
+    release_bound,
+    release_noise_multiplier,
+    release_round,
+)
 from shared.run_dir import weights_fingerprint
 
 from .read import LAYOUT, DataFacts, Replay, RunFiles
@@ -179,20 +188,25 @@ def _fedavg_entry_problems(e: LedgerEntry, where: str, config: StrataConfig, cur
 
 
 def _release_entry_problems(e: LedgerEntry, where: str, config: StrataConfig, current_run: str | None) -> list[str]:
-    """Check a one-shot release: in this run, z is the configured one and the bound is that of
-    the release its round names (0: popularity prior, rounds + 1: census)."""
+    """Check a DP release: in this run, its round names a configured release (0: popularity prior,
+    an evaluation round, rounds + 1: census), and its z and bound are that release's."""
     if e.run_id != current_run:
         return []
-    out = []
-    z = config.privacy.release_noise_multiplier
-    if not math.isclose(e.noise_multiplier, z, rel_tol=1e-9):
-        out.append(f"{where}: release z = {e.noise_multiplier:g}, config privacy.release-noise-multiplier = {z:g}")
-    kinds = {release_round(k, config): k for k in KINDS}
+    kinds = {release_round(k, config): k for k in (POPULARITY, CENSUS)}
+    kinds.update(dict.fromkeys(evaluation_rounds(config), EVALUATION))
     if e.round not in kinds:
         census = config.federation.rounds + 1
-        out.append(f"{where}: a release in round {e.round}, expected round 0 (popularity) or {census} (census)")
-    elif not math.isclose(e.max_grad_norm, bound := release_bound(kinds[e.round]), rel_tol=1e-9):
-        out.append(f"{where}: {kinds[e.round]} release bound {e.max_grad_norm:g}, expected {bound:g}")
+        return [
+            f"{where}: a release in round {e.round}, expected round 0 (popularity), an evaluation round "
+            f"({', '.join(map(str, evaluation_rounds(config))) or 'none'}) or {census} (census)"
+        ]
+    kind, out = kinds[e.round], []
+    z = release_noise_multiplier(kind, config.privacy)
+    if not math.isclose(e.noise_multiplier, z, rel_tol=1e-9):
+        key = "eval-noise-multiplier" if kind == EVALUATION else "release-noise-multiplier"
+        out.append(f"{where}: {kind} release z = {e.noise_multiplier:g}, config privacy.{key} = {z:g}")
+    if not math.isclose(e.max_grad_norm, bound := release_bound(kind), rel_tol=1e-9):
+        out.append(f"{where}: {kind} release bound {e.max_grad_norm:g}, expected {bound:g}")
     return out
 
 
@@ -353,7 +367,7 @@ def _client_entry_shortfalls(files: RunFiles, current_run: str | None) -> list[s
     written: dict[int, int] = {}
     for entries in files.clients.values():
         for e in entries:
-            if e.run_id == current_run:
+            if e.run_id == current_run and e.mechanism == "dp-sgd":
                 written[e.round] = written.get(e.round, 0) + 1
     bad = []
     for m in files.metrics:

@@ -6,8 +6,9 @@ N(0, z²·bound²) per coordinate. Adding or removing one user moves the sum by 
 Gaussian mechanism with noise multiplier z, recorded as one `gaussian-sum` ledger entry
 (q = 1, one step).
 
-Used for the popularity prior that initialises the decoder's item bias and for the interest
-census. Noise comes from an OS-seeded generator: a public seed must not replay it.
+Used for the popularity prior that initialises the decoder's item bias, for the interest
+census and for federated evaluation (`shared.metrics.user_metric_rows`). Noise comes from an
+OS-seeded generator: a public seed must not replay it.
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ import secrets
 
 import numpy as np
 
-from ..config import StrataConfig
+from ..config import PrivacyConfig, StrataConfig
+from ..metrics import EVAL_BOUND
 from .ledger import LedgerEntry
 
 RELEASE = "gaussian-sum"
 POPULARITY = "popularity"
 CENSUS = "census"
-KINDS = (POPULARITY, CENSUS)
+EVALUATION = "evaluation"
+KINDS = (POPULARITY, CENSUS, EVALUATION)
 CENSUS_TOP_K = 3
 """A user holds (at most) their top-3 fine interests in the census: bound √3."""
 
@@ -94,26 +97,51 @@ def release_bound(kind: str) -> float:
     """Return the L2 bound of one user's contribution to a release of `kind`."""
     if kind not in KINDS:
         raise ValueError(f"unknown release {kind!r}; known: {', '.join(KINDS)}.")
-    return 1.0 if kind == POPULARITY else float(np.sqrt(CENSUS_TOP_K))
+    return {POPULARITY: 1.0, CENSUS: float(np.sqrt(CENSUS_TOP_K)), EVALUATION: EVAL_BOUND}[kind]
+
+
+def release_noise_multiplier(kind: str, privacy: PrivacyConfig) -> float:
+    """Return z of a release of `kind`: `eval-noise-multiplier` for evaluation, else `release-noise-multiplier`."""
+    return privacy.eval_noise_multiplier if kind == EVALUATION else privacy.release_noise_multiplier
 
 
 def release_round(kind: str, config: StrataConfig) -> int:
-    """Return the round a release is recorded under: 0 before training, rounds + 1 after it."""
+    """Return the round a one-shot release is recorded under: 0 before training, rounds + 1 after it.
+
+    An evaluation release is recorded under the round it evaluates (`evaluation_rounds`)."""
+    if kind == EVALUATION:
+        raise ValueError("an evaluation release is recorded under the round it evaluates (evaluation_rounds).")
     return 0 if kind == POPULARITY else config.federation.rounds + 1
 
 
+def evaluation_rounds(config: StrataConfig) -> list[int]:
+    """Return the rounds after which the clients release a DP evaluation (`federation.eval-release`)."""
+    fed = config.federation
+    if fed.eval_release == "none":
+        return []
+    if fed.eval_release == "final":
+        return [fed.rounds]
+    return [r for r in range(1, fed.rounds + 1) if r % fed.eval_every == 0 or r == fed.rounds]
+
+
 def planned_releases(config: StrataConfig, *, run_id: str, holder: str, server: bool) -> list[LedgerEntry]:
-    """Return the release entries `holder` (a client, or the server when `server`) writes in this run
-    (popularity prior, census): counted when noise is calibrated to a target ε, so that the
-    target holds with them included."""
+    """Return the release entries `holder` (a client, or the server when `server`) may write in this
+    run (popularity prior, evaluations, census): counted when noise is calibrated to a target ε,
+    so that the target holds with them included (a client asked to evaluate in every round that
+    releases one: the worst case under any evaluation sampling)."""
     who = noise_holder(config.privacy.mode)
     if not who or (who == "server") != server:
         return []
-    kinds = [k for k, on in ((POPULARITY, config.model.popularity_prior), (CENSUS, config.federation.census)) if on]
+    rounds: list[tuple[str, int]] = []
+    if config.model.popularity_prior:
+        rounds.append((POPULARITY, release_round(POPULARITY, config)))
+    rounds += [(EVALUATION, r) for r in evaluation_rounds(config)]
+    if config.federation.census:
+        rounds.append((CENSUS, release_round(CENSUS, config)))
     return [
         release_entry(
-            noise_multiplier=config.privacy.release_noise_multiplier, bound=release_bound(k), run_id=run_id,
-            server_round=release_round(k, config), holder=holder,
+            noise_multiplier=release_noise_multiplier(k, config.privacy), bound=release_bound(k), run_id=run_id,
+            server_round=r, holder=holder,
         )
-        for k in kinds
+        for k, r in rounds
     ]
