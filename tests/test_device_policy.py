@@ -15,8 +15,8 @@ from flwr.app import ArrayRecord
 
 from client.budget import ClientBudget
 from client.policy import PERMISSIVE, STRICT, effective_max_epsilon, policy_for, policy_from_file, refusal
-from client.release import contribute
-from client.rounds import evaluate_round, train_round
+from client.release import contribute, evaluate
+from client.rounds import train_round
 from client.store import simulation_store
 from client.trainer import parameters_of
 from shared.config import DevicePolicyConfig, StrataConfig
@@ -83,6 +83,10 @@ def test_the_cap_of_the_policy_refuses_a_round(tiny_config: StrataConfig) -> Non
     assert not served and len(ledger) == 0
 
 
+STRICT_BUT_LOOSE_DELTA = DevicePolicyConfig(apply=True, max_delta=1e-3)
+"""The strict defaults with a δ cap the 40-user test population can meet."""
+
+
 def test_releases_and_evaluation_follow_the_policy(tiny_config: StrataConfig) -> None:
     cfg = _local(tiny_config)
     store = simulation_store(cfg, 0)
@@ -95,8 +99,13 @@ def test_releases_and_evaluation_follow_the_policy(tiny_config: StrataConfig) ->
     assert reply.refused and len(ledger) == 0
     weights = parameters_of(build_model(store.n_items, cfg.model, store.features, 0))
     ins = EvaluateIns(arrays=ArrayRecord(weights), server_round=1, run_id="r")
-    assert evaluate_round(store, cfg, ins, only_census).refused  # allow-evaluation defaults to false
-    assert not evaluate_round(store, cfg, ins, PERMISSIVE).refused
+    refused = evaluate(store, cfg, ins, budget, only_census)
+    assert refused.refused and "evaluation release is not among" in refused.reason and len(ledger) == 0
+    low_z = cfg.replace({"privacy.eval-noise-multiplier": 0.1})
+    assert "min-noise-multiplier" in evaluate(store, low_z, ins, budget, STRICT_BUT_LOOSE_DELTA).reason
+    served = evaluate(store, cfg, ins, budget, PERMISSIVE)
+    # Under local privacy the evaluation is a release like any other: noised here, one ledger entry.
+    assert not served.refused and [(e.mechanism, e.round) for e in ledger.entries] == [("gaussian-sum", 1)]
 
 
 def test_which_policy_a_device_holds(tiny_config: StrataConfig, tmp_path: Path) -> None:

@@ -101,8 +101,8 @@ def test_report_html_has_metrics_taxonomy_and_no_script(trained_run: RunDir) -> 
     assert "<script" not in page.lower()
     summary = trained_run.read_summary()
     assert summary is not None
-    final = summary["final_eval"]["ndcg@100"]
-    assert f"{final:.4f}" in page
+    final = summary["final_oracle"]["ndcg@100"]
+    assert f"{final:.4f}" in page and "simulation oracle — not a release" in page
     for cat in load_taxonomy(trained_run)["categories"]:
         assert f">{cat['id']}<" in page
     assert "DP interest census not run" in page

@@ -1,10 +1,11 @@
 """The wire protocol: every reply the real ClientApp sends is exactly what its schema lists,
 and every message type survives `to_record()` / `from_record()` and refuses a malformed record.
 
-A reply is what leaves the device, so its schema is the privacy boundary: shared weights (or
-the sum of clipped per-user updates) and scalar aggregates, never a user id, an item id or a
-per-user value. The schemas are written out here by hand, so a key added to a reply (or to
-`REPLY_SCHEMAS` alone) fails this file until someone looks at it.
+A reply is what leaves the device, so its schema is the privacy boundary: the accounted
+mechanism's output (weights, or the sum of clipped per-user updates; a release's sum), the
+device's ε and a refusal's reason — no count, loss, exact sum or id. The schemas are written
+out here by hand, so a key added to a reply (or to `REPLY_SCHEMAS` alone) fails this file
+until someone looks at it. Every instruction type is asked in every topology and privacy mode.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from client.store import simulation_store
 from client.trainer import parameters_of
 from shared.config import StrataConfig
-from shared.metrics import MetricSums
+from shared.metrics import EVAL_FIELDS
 from shared.model import build_model
 from shared.protocol import (
     REPLY_SCHEMAS,
@@ -44,32 +45,21 @@ AnyMessage = TrainIns | TrainRes | EvaluateIns | EvaluateRes | ReleaseIns | Rele
 EXPECTED_SCHEMAS: dict[type, Schema] = {
     TrainRes: {
         "arrays": {"*": "tensor"},
-        "metrics": {
-            "num-users": "int",
-            "num-examples": "int",
-            "train-loss": "float",
-            "epsilon": "float",
-            "refused": "int",
-        },
+        "metrics": {"epsilon": "float", "refused": "int"},
+        "config": {"reason": "str"},
     },
     EvaluateRes: {
-        "metrics": {
-            "ndcg_sum": "float",
-            "recall_sum": "float",
-            "ranked_users": "float",
-            "sq_err_sum": "float",
-            "abs_err_sum": "float",
-            "rated": "float",
-            "num-users": "int",
-            "refused": "int",
-        },
+        "release": {"sum": "array"},
+        "metrics": {"epsilon": "float", "refused": "int"},
+        "config": {"reason": "str"},
     },
     ReleaseRes: {
         "release": {"sum": "array"},
-        "metrics": {"num-users": "int", "epsilon": "float", "refused": "int"},
+        "metrics": {"epsilon": "float", "refused": "int"},
+        "config": {"reason": "str"},
     },
 }
-KINDS = {"tensor", "array", "int", "float"}
+KINDS = {"tensor", "array", "int", "float", "str"}
 N_INTERESTS = 5
 
 
@@ -105,6 +95,9 @@ def assert_matches(content: RecordDict, schema: Schema, *, weights: Weights, dim
             if kind in ("int", "float"):
                 assert isinstance(record, MetricRecord), (name, type(record))
                 assert type(value) is (int if kind == "int" else float), f"{where}: expected {kind}"  # noqa: E721
+            elif kind == "str":
+                assert isinstance(record, ConfigRecord), (name, type(record))
+                assert isinstance(value, str), f"{where}: expected str"
             elif kind == "array":
                 assert isinstance(record, ArrayRecord), (name, type(record))
                 assert isinstance(value, Array), where
@@ -121,21 +114,19 @@ def assert_matches(content: RecordDict, schema: Schema, *, weights: Weights, dim
 
 def test_the_check_catches_an_extra_key_a_missing_one_and_a_wrong_kind() -> None:
     weights = _weights_example()
-    good = ReleaseRes(total=np.zeros(3), num_users=2, epsilon=0.0).to_record()
+    good = ReleaseRes(total=np.zeros(3), epsilon=0.0).to_record()
     assert_matches(good, EXPECTED_SCHEMAS[ReleaseRes], weights=weights, dim=3)
     extra, missing, wrong, ints = _copy(good), _copy(good), _copy(good), _copy(good)
     _edit(extra, "metrics")["user-id"] = 17
     del _edit(missing, "metrics")["epsilon"]
-    _edit(wrong, "metrics")["num-users"] = 2.0
+    _edit(wrong, "metrics")["refused"] = 0.0
     _edit(ints, "release")["sum"] = Array(np.zeros(3, dtype=np.int64))
     for bad in (extra, missing, wrong, ints):
         with pytest.raises(AssertionError):
             assert_matches(bad, EXPECTED_SCHEMAS[ReleaseRes], weights=weights, dim=3)
     with pytest.raises(AssertionError):  # a weight the global model does not have
         assert_matches(
-            TrainRes(
-                weights={**weights, "extra": torch.zeros(1)}, num_users=1, num_examples=1, train_loss=0.0, epsilon=0.0
-            ).to_record(),
+            TrainRes(weights={**weights, "extra": torch.zeros(1)}, epsilon=0.0).to_record(),
             EXPECTED_SCHEMAS[TrainRes],
             weights=weights,
         )
@@ -193,39 +184,20 @@ def _census(weights: Weights, n_items: int) -> RecordDict:
     return ins.to_record()
 
 
+MODES = ("off", "local", "central", "local+central")
+TOPOLOGIES = ("device", "hub")
+INSTRUCTIONS: tuple[tuple[str, type, str, Callable[[Weights, int], RecordDict], Callable[[int], int | None]], ...] = (
+    ("train", TrainRes, MessageType.TRAIN, _train, lambda n: None),
+    ("evaluate", EvaluateRes, MessageType.EVALUATE, _evaluate, lambda n: len(EVAL_FIELDS)),
+    ("popularity", ReleaseRes, MessageType.QUERY, _popularity, lambda n: n),
+    ("census", ReleaseRes, MessageType.QUERY, _census, lambda n: N_INTERESTS),
+)
 CASES = [
-    Case("train-off", TrainRes, MessageType.TRAIN, {"privacy.mode": "off"}, _train),
-    Case("train-local", TrainRes, MessageType.TRAIN, {"privacy.mode": "local"}, _train),
-    Case("train-central-hub", TrainRes, MessageType.TRAIN, {"privacy.mode": "central"}, _train),
-    Case(
-        "train-central-device",
-        TrainRes,
-        MessageType.TRAIN,
-        {"privacy.mode": "central", "federation.topology": "device"},
-        _train,
-    ),
-    Case("train-local+central", TrainRes, MessageType.TRAIN, {"privacy.mode": "local+central"}, _train),
-    Case("evaluate", EvaluateRes, MessageType.EVALUATE, {"privacy.mode": "off"}, _evaluate),
-    Case(
-        "evaluate-central-device",
-        EvaluateRes,
-        MessageType.EVALUATE,
-        {"privacy.mode": "central", "federation.topology": "device"},
-        _evaluate,
-    ),
-    Case("popularity-off", ReleaseRes, MessageType.QUERY, {"privacy.mode": "off"}, _popularity, lambda n: n),
-    Case("popularity-local", ReleaseRes, MessageType.QUERY, {"privacy.mode": "local"}, _popularity, lambda n: n),
-    Case("popularity-central", ReleaseRes, MessageType.QUERY, {"privacy.mode": "central"}, _popularity, lambda n: n),
-    Case("census-off", ReleaseRes, MessageType.QUERY, {"privacy.mode": "off"}, _census, lambda n: N_INTERESTS),
-    Case("census-local", ReleaseRes, MessageType.QUERY, {"privacy.mode": "local"}, _census, lambda n: N_INTERESTS),
-    Case(
-        "census-central-device",
-        ReleaseRes,
-        MessageType.QUERY,
-        {"privacy.mode": "central", "federation.topology": "device"},
-        _census,
-        lambda n: N_INTERESTS,
-    ),
+    Case(f"{name}-{mode}-{topology}", reply, kind, {"privacy.mode": mode, "federation.topology": topology}, content,
+         dim)
+    for name, reply, kind, content, dim in INSTRUCTIONS
+    for mode in MODES
+    for topology in TOPOLOGIES
 ]
 
 
@@ -242,18 +214,19 @@ def test_real_reply_is_exactly_its_schema(tiny_config: StrataConfig, case: Case)
     reply = _ask(grid, case.content(weights, n_items), case.kind)
     assert_matches(reply.content, EXPECTED_SCHEMAS[case.reply], weights=weights, dim=case.dim(n_items))
     parsed = case.reply.from_record(reply.content)  # type: ignore[attr-defined]
-    assert parsed.num_users == simulation_store(cfg, 0).n_users
+    assert not parsed.refused and parsed.reason == ""
 
 
 def test_refused_train_reply_is_the_schema_without_weights(tiny_config: StrataConfig) -> None:
-    """A client over its budget replies with the metrics record alone ("refused" = 1)."""
+    """A client over its budget replies with its status alone ("refused" = 1) and the reason."""
     cfg = tiny_config.replace({"privacy.mode": "local", "privacy.max-epsilon": 1e-3})
     weights = _weights(cfg)
     reply = _ask(DirectGrid(cfg), _train(weights, 0), MessageType.TRAIN)
     schema = {name: keys for name, keys in EXPECTED_SCHEMAS[TrainRes].items() if name != "arrays"}
     assert_matches(reply.content, schema, weights=weights)
     assert reply.content["metrics"]["refused"] == 1
-    assert TrainRes.from_record(reply.content).refused
+    parsed = TrainRes.from_record(reply.content)
+    assert parsed.refused and parsed.reason.startswith("budget:")
 
 
 # ------------------------------------------------------------------------- round trips
@@ -267,16 +240,14 @@ def _samples() -> list[AnyMessage]:
     arrays = ArrayRecord(_weights_example())
     return [
         TrainIns(arrays=arrays, server_round=3, run_id="run-a"),
-        TrainRes(weights=_weights_example(), num_users=4, num_examples=37, train_loss=1.25, epsilon=0.5),
-        TrainRes(weights=None, num_users=4, num_examples=0, train_loss=0.0, epsilon=2.0),
+        TrainRes(weights=_weights_example(), epsilon=0.5),
+        TrainRes(weights=None, epsilon=2.0, reason="budget: over"),
         EvaluateIns(arrays=arrays, server_round=2, run_id="run-a"),
-        EvaluateRes(
-            sums=MetricSums(ndcg_sum=1.5, recall_sum=0.75, ranked_users=3, sq_err_sum=2.0, abs_err_sum=1.0, rated=9),
-            num_users=4,
-        ),
+        EvaluateRes(total=np.array([3.0, 1.5, 0.75, 0.1, 0.2, 0.9]), epsilon=0.25),
+        EvaluateRes(total=None, epsilon=0.25, reason="policy: no evaluation"),
         ReleaseIns(kind="popularity", server_round=0, run_id="run-a"),
         ReleaseIns(kind="census", server_round=11, run_id="run-a", arrays=arrays, interests=np.eye(3, 2)),
-        ReleaseRes(total=np.array([1.0, -0.5, 3.25]), num_users=4, epsilon=0.75),
+        ReleaseRes(total=np.array([1.0, -0.5, 3.25]), epsilon=0.75),
     ]
 
 
@@ -301,7 +272,7 @@ def test_round_trip(message: Any) -> None:
         schema = dict(REPLY_SCHEMAS[type(message)])
         if isinstance(message, TrainRes) and message.refused:
             del schema["arrays"]
-        if isinstance(message, ReleaseRes) and message.refused:
+        if isinstance(message, ReleaseRes | EvaluateRes) and message.refused:
             del schema["release"]
         assert_matches(message.to_record(), schema, weights=_weights_example())
 
@@ -398,12 +369,18 @@ def test_wrong_value_kind_is_a_protocol_error(message: Any, record: str, key: st
             ),
             TrainIns,
         ),
-        (lambda: RecordDict({"metrics": ConfigRecord({"num-users": 1})}), EvaluateRes),
+        (
+            lambda: RecordDict(
+                {"metrics": ConfigRecord({"epsilon": 0.0, "refused": 0}), "config": ConfigRecord({"reason": ""})}
+            ),
+            EvaluateRes,
+        ),
         (
             lambda: RecordDict(
                 {
                     "release": MetricRecord({"sum": 1.0}),
-                    "metrics": MetricRecord({"num-users": 1, "epsilon": 0.0, "refused": 0}),
+                    "metrics": MetricRecord({"epsilon": 0.0, "refused": 0}),
+                    "config": ConfigRecord({"reason": ""}),
                 }
             ),
             ReleaseRes,
@@ -416,8 +393,15 @@ def test_record_of_the_wrong_type_is_a_protocol_error(content: Callable[[], Reco
         message.from_record(content())
 
 
-def test_non_integer_count_is_a_protocol_error() -> None:
-    content = _copy(TrainRes(weights=None, num_users=4, num_examples=0, train_loss=0.0, epsilon=0.0).to_record())
-    _edit(content, "metrics")["num-users"] = 4.5
+def test_non_integer_flag_is_a_protocol_error() -> None:
+    content = _copy(TrainRes(weights=None, epsilon=0.0, reason="policy: test").to_record())
+    _edit(content, "metrics")["refused"] = 0.5
     with pytest.raises(ProtocolError, match="not an integer"):
+        TrainRes.from_record(content)
+
+
+def test_a_refusal_without_its_reason_is_a_protocol_error() -> None:
+    content = _copy(TrainRes(weights=None, epsilon=0.0, reason="policy: test").to_record())
+    _edit(content, "config")["reason"] = ""
+    with pytest.raises(ProtocolError, match="reason"):
         TrainRes.from_record(content)

@@ -112,7 +112,7 @@ def test_central_mode_server_adds_the_noise_and_records_it(tiny_config: StrataCo
     (entry,) = server_ledger.entries
     assert (entry.client, entry.noise_multiplier, entry.round) == ("server", 3.0, 0)
     assert release is not None
-    assert release.clients == grid.n and release.users == cfg.data.synthetic_users
+    assert release.clients == grid.n
     assert not np.allclose(release.total, exact)
     # Clients added nothing and recorded nothing: their ledgers in context.state are empty.
     assert all(eps == 0.0 for eps in release.client_epsilon.values())
@@ -143,10 +143,17 @@ def test_calibration_counts_the_planned_releases(tiny_config: StrataConfig) -> N
     )
     store = simulation_store(cfg, 0)
     planned = planned_releases(cfg, run_id="r", holder=store.client_id, server=False)
-    assert [e.round for e in planned] == [0, cfg.federation.rounds + 1]
-    assert [e.max_grad_norm for e in planned] == [release_bound("popularity"), release_bound("census")]
+    # The prior (round 0), the final evaluation release (round 2) and the census (round 3).
+    assert [e.round for e in planned] == [0, cfg.federation.rounds, cfg.federation.rounds + 1]
+    assert [(e.max_grad_norm, e.noise_multiplier) for e in planned] == [
+        (release_bound("popularity"), cfg.privacy.release_noise_multiplier),
+        (release_bound("evaluation"), cfg.privacy.eval_noise_multiplier),
+        (release_bound("census"), cfg.privacy.release_noise_multiplier),
+    ]
     sigma = noise_multiplier_for(cfg, store, _budget(cfg, store), "r")
-    plain = cfg.replace({"model.popularity-prior": False, "federation.census": False})
+    plain = cfg.replace(
+        {"model.popularity-prior": False, "federation.census": False, "federation.eval-release": "none"}
+    )
     without = noise_multiplier_for(plain, store, _budget(plain, store), "r")
     assert sigma > without  # the releases take part of the budget
     q, steps = local_plan(cfg)
@@ -202,7 +209,8 @@ def test_simulation_with_prior_and_census_verifies(tiny_config: StrataConfig, mo
     ledger_files = [run.central_ledger_path] if mode == "central" else run.client_ledger_paths()
     assert ledger_files
     releases = [json.loads(x) for f in ledger_files for x in f.read_text().splitlines() if "gaussian-sum" in x]
-    assert sorted({r["round"] for r in releases}) == [0, cfg.federation.rounds + 1]
+    # prior, final evaluation, census
+    assert sorted({r["round"] for r in releases}) == [0, cfg.federation.rounds, cfg.federation.rounds + 1]
 
 
 def test_census_contribution_is_bounded_and_noised(tiny_config: StrataConfig) -> None:

@@ -30,12 +30,22 @@ def test_two_rounds_four_clients_with_local_dp(tiny_config: StrataConfig) -> Non
     lines = run.read_metrics()
     assert [x["round"] for x in lines] == [1, 2]
     for line in lines:
-        assert line["train"]["clients"] == 4
-        assert 0 < line["eval"]["ndcg@100"] <= 1 and math.isfinite(line["eval"]["rmse"])
-        assert line["eval"]["ranked_users"] > 0
+        train = line["train"]  # no count of users or examples, no loss
+        assert set(train) == {"clients", "failed", "refused", "epsilon"} and train["clients"] == 4
+        oracle = line["oracle"]  # the runner's own evaluation, every round (eval-every 1), labelled
+        assert 0 < oracle["ndcg@100"] <= 1 and math.isfinite(oracle["rmse"])
+        assert oracle["label"] == "simulation oracle — not a release"
+    # The clients' DP evaluation release after the last round: noisy means with their noise std
+    # (each of the 4 hubs adds z · √6 to its sum), and a ledger entry in every client's ledger.
+    assert lines[0]["eval"] == {}
+    release = lines[-1]["eval"]
+    assert release["noise-std"] == pytest.approx(cfg.privacy.eval_noise_multiplier * math.sqrt(6) * 2)
+    assert math.isfinite(release["ndcg@100"]) and release["ndcg@100-std"] > 0 and release["clients"] == 4
     # ε in metrics.jsonl after each round equals a fresh accountant replaying the client ledgers.
     ledgers = [Ledger.open(p) for p in run.client_ledger_paths()]
     assert len(ledgers) == 4
+    for lg in ledgers:
+        assert [(e.mechanism, e.round) for e in lg.entries] == [("dp-sgd", 1), ("dp-sgd", 2), ("gaussian-sum", 2)]
     delta = default_delta(cfg.data.synthetic_users)
     for line in lines:
         replay = max(epsilon_of([e for e in lg.entries if e.round <= line["round"]], delta) for lg in ledgers)
