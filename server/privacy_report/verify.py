@@ -196,10 +196,8 @@ def _release_entry_problems(e: LedgerEntry, where: str, config: StrataConfig, cu
     kinds.update(dict.fromkeys(evaluation_rounds(config), EVALUATION))
     if e.round not in kinds:
         census = config.federation.rounds + 1
-        return [
-            f"{where}: a release in round {e.round}, expected round 0 (popularity), an evaluation round "
-            f"({', '.join(map(str, evaluation_rounds(config))) or 'none'}) or {census} (census)"
-        ]
+        planned = ", ".join(map(str, evaluation_rounds(config))) or "none"
+        return [f"{where}: a release in round {e.round}, expected 0 (popularity), {planned} (evaluation) or {census}"]
     kind, out = kinds[e.round], []
     z = release_noise_multiplier(kind, config.privacy)
     if not math.isclose(e.noise_multiplier, z, rel_tol=1e-9):
