@@ -137,6 +137,9 @@ def cmd_privacy_report(args: argparse.Namespace) -> int:
     report, verified = write_privacy_report(run, verify=args.verify, tolerance=args.tolerance)
     print(f"Privacy report: {run.privacy_report_json} and {run.privacy_report_html.name}")
     print(report["headline"])
+    print(report["trust_model"])
+    for release in report["releases"]:
+        print(f"  - {release}")
     if args.verify:
         print("verify: OK — every ε recomputed from the ledgers agrees" if verified else "verify: FAILED (see above)")
         return 0 if verified else 1

@@ -19,7 +19,10 @@ from simulation.simulate import simulate
 
 
 def test_two_rounds_four_clients_with_local_dp(tiny_config: StrataConfig) -> None:
-    cfg = tiny_config.replace({"privacy.mode": "local", "privacy.noise-multiplier": 1.0})
+    # z = 0.5 on each hub's evaluation sum: the noisy count of 40 users stays positive (std 2.4).
+    cfg = tiny_config.replace(
+        {"privacy.mode": "local", "privacy.noise-multiplier": 1.0, "privacy.eval-noise-multiplier": 0.5}
+    )
     summary = simulate(cfg)
     run = RunDir.of(cfg.run_dir)
     paths = (

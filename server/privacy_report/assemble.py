@@ -28,11 +28,13 @@ from shared.privacy.guarantee import (
     local_epsilon,
     max_series,
 )
+from shared.config import StrataConfig
 from shared.privacy.ledger import LedgerEntry
+from shared.privacy.release import RELEASE, release_kind
 from shared.run_dir import JsonDict
 
 from .read import Replay, RunFiles
-from .text import INF, headline, limits
+from .text import INF, adjacency, headline, limits, releases, trust_model
 from .verify import RDP_FACTOR, Check
 
 FORMAT = "strata-privacy-report/1"
@@ -174,6 +176,10 @@ class PrivacyReport:
     versions: Mapping[str, str]
     fingerprints: Fingerprints
     refusals: tuple[RefusalRow, ...]
+    adjacency: str
+    trust_model: str
+    releases: tuple[str, ...]
+    """Every kind of release in the guarantee (current run), one sentence each."""
     limits: tuple[str, ...]
     verification: Verification | None
     audit: JsonDict | None
@@ -219,7 +225,7 @@ def assemble(files: RunFiles, replay: Replay, n_users: int | None, *, audit: Jso
     all_entries = [e for entries in [*files.clients.values(), files.central] for e in entries]
     runs = _runs(all_entries)
     dp = p.mode != "off"
-    trained = any(float((m.get("train") or {}).get("clients", 0) or 0) > 0 for m in files.metrics)
+    trained = bool(files.metrics)  # rounds ran (under central DP the sample sizes are not logged)
     eps: float | str = top.epsilon
     eps_rdp: float | str = top.epsilon_rdp
     if not dp or (not per_holder and trained):
@@ -278,10 +284,24 @@ def assemble(files: RunFiles, replay: Replay, n_users: int | None, *, audit: Jso
             ledgers_sha256=files.ledger_hashes,
         ),
         refusals=tuple(_refusals(files.metrics)),
+        adjacency=adjacency(config, delta),
+        trust_model=trust_model(config, bool(files.central), bool(files.clients)),
+        releases=tuple(releases(config, _rounds_by_kind(all_entries, replay.current_run, config))),
         limits=tuple(limits(config, bool(files.central), bool(files.clients), fedavg=fedavg)),
         verification=None,
         audit=audit,
     )
+
+
+def _rounds_by_kind(entries: list[LedgerEntry], current_run: str | None, config: StrataConfig) -> dict[str, list[int]]:
+    """Return the rounds of the current run's entries, by mechanism (a Gaussian sum by the release its round names)."""
+    out: dict[str, list[int]] = {}
+    for e in entries:
+        if e.run_id != current_run:
+            continue
+        kind = (release_kind(e.round, config) or "unplanned release") if e.mechanism == RELEASE else e.mechanism
+        out.setdefault(kind, []).append(e.round)
+    return out
 
 
 def with_verification(report: PrivacyReport, checks: list[Check], tolerance: float, files: RunFiles) -> PrivacyReport:

@@ -250,6 +250,12 @@ def render_html(report: PrivacyReport | Mapping[str, Any]) -> str:
             mono=(1,),
         )
     )
+    parts.append("<h2 id='scope'>Adjacency, trust model and releases</h2>")
+    parts.append(f"<p>{_e(report['adjacency'])}</p><p>{_e(report['trust_model'])}</p>")
+    if report["releases"]:
+        parts.append("<p>Releases in the guarantee (this run):</p><ul>")
+        parts += [f"<li>{_e(item)}</li>" for item in report["releases"]]
+        parts.append("</ul>")
     parts.append("<h2 id='what-this-does-not-cover'>What this does not cover</h2><ul>")
     parts += [f"<li>{_e(item)}</li>" for item in report["limits"]]
     parts.append("</ul></body></html>")

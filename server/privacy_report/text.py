@@ -1,4 +1,5 @@
-"""The privacy report's sentences: the headline, what the guarantee does not cover, number formats."""
+"""The privacy report's sentences: the headline, adjacency, trust model, releases, what the guarantee
+does not cover, number formats."""
 
 from __future__ import annotations
 
@@ -74,43 +75,95 @@ def headline(
     )
 
 
+def adjacency(config: StrataConfig, delta: float) -> str:
+    """State the neighbouring relation the guarantee is for, and where δ comes from."""
+    p = config.privacy
+    n = f"N = {p.population}" if p.population > 0 else "N"
+    return (
+        "Adjacency: add or remove one user. Two data sets are neighbours when one holds every rating of one user "
+        "and the other none of them; ε and δ bound how much any output can change between them. Replacing one "
+        "user by another is two such steps (about 2ε). Mechanism parameters (sample rate, steps, noise) come from "
+        f"the configuration and the public population {n} only, never from a device's data; "
+        f"δ = {fmt_delta(delta)}" + (" = 1/(100·N)." if p.delta == 0 else " (configured).") + " The catalog "
+        "(item ids, titles, categories and their embeddings) is public and not a user's data."
+    )
+
+
+def trust_model(config: StrataConfig, has_central: bool, has_clients: bool) -> str:
+    """Say who is trusted with what under the run's privacy mode and topology."""
+    p, fed = config.privacy, config.federation
+    if p.mode == "off":
+        return "Trust model: none claimed (privacy.mode = 'off')."
+    if has_central and not has_clients and not p.central_dp:
+        return "Trust model: a central reference run; one trainer saw every user's raw data."
+    hub = (
+        " In the hub topology each hub holds its users' raw data and is trusted by them; the guarantee is "
+        "against everyone outside the hub."
+        if fed.topology == "hub"
+        else " In the device topology a device is one user."
+    )
+    if p.mode == "local":
+        return (
+            "Trust model: nobody outside the device. Every value a device sends is the output of a mechanism run "
+            "on the device (DP-SGD, or a Gaussian release noised there) and recorded in its own ledger first; the "
+            "server, other devices and anyone who sees the model, the metrics or the reports learn at most ε about "
+            "a user." + hub
+        )
+    local = (
+        " Each device also runs local DP-SGD, so its users keep their local ε against the server itself."
+        if p.local_dp
+        else ""
+    )
+    return (
+        "Trust model: the aggregator. Devices clip each user's update; the server sees the exact sums of clipped "
+        "updates (and, under `central`, the exact evaluation and release sums) of the devices it sampled before "
+        "it adds the noise. The central ε protects users against everyone who sees the model, the releases and "
+        "the logs, not against the server." + local + hub
+    )
+
+
+def releases(config: StrataConfig, rounds_by_kind: dict[str, list[int]]) -> list[str]:
+    """Name every kind of release that went into the guarantee (from the ledgers of the current run)."""
+    p = config.privacy
+    names = {
+        "dp-sgd": f"DP-SGD training (σ per client, q and steps from the public plan, clip C = {p.max_grad_norm:g})",
+        "dp-fedavg": f"DP-FedAvg aggregation on the server (z, Poisson sampling, update clip S = {p.update_clip:g})",
+        "popularity": f"the popularity prior (Gaussian sum, bound 1, z = {p.release_noise_multiplier:g})",
+        "evaluation": (
+            "the federated evaluation (Gaussian sum of bounded per-user metric vectors, bound √6, "
+            f"z = {p.eval_noise_multiplier:g})"
+        ),
+        "census": f"the interest census (Gaussian sum, bound √3, z = {p.release_noise_multiplier:g})",
+    }
+    out = []
+    for kind in [*names, *sorted(set(rounds_by_kind) - set(names))]:
+        label = names.get(kind, kind)
+        rounds = sorted(set(rounds_by_kind.get(kind, [])))
+        if rounds:
+            where = f"round {rounds[0]}" if len(rounds) == 1 else f"{len(rounds)} rounds ({rounds[0]}–{rounds[-1]})"
+            out.append(f"{label}: {where}.")
+    return out
+
+
 def limits(config: StrataConfig, has_central: bool, has_clients: bool, *, fedavg: bool = False) -> list[str]:
     """List what the guarantee does not cover, one sentence or paragraph each."""
     p = config.privacy
     out = [
-        ("The guarantee is user-level: it bounds what anyone can learn about whether one user (all of their "
-        "ratings together) took part. A single rating is covered by the same ε; a group of k users (a household "
-        "sharing accounts) only by roughly k·ε."),
-        ("The public catalog (item ids, titles, categories, catalog features and any text embedding of them) is "
-        "treated as public and has no guarantee."),
-        ("Only the DP-SGD releases recorded in the ledgers are covered. Federated-evaluation replies (sums of NDCG, "
-        "recall, squared and absolute errors, counts of users and ratings), training-loss and user/example counts "
-        "in training replies are released without noise and are not covered."),
-        (
-            "Central DP (DP-FedAvg) trusts the server: it sees every sampled client's sum of clipped updates before "
-            "adding noise, so the central ε protects users against whoever sees the model, not against the server. "
-            "Its Poisson sampling and noise come from OS-seeded generators. Amplification by the server's sampling is "
-            "claimed only in the device topology (one user per client); in a hub the ledger records sample rate 1."
-            if fedavg
-            else "Central DP (server-side noise, DP-FedAvg) was not used in this run: the guarantee comes from each "
-            "client's local DP-SGD alone; the server's client sampling is fixed-size and no amplification by it is "
-            "claimed."
-        ),
-        ("The sample rate q = 1/⌈n/batch-size⌉ in each ledger entry reveals roughly how many users a client holds; "
-        "client sizes are not protected."),
-        ("DP noise and Poisson sampling come from torch Mersenne-Twister generators seeded from the operating "
-        "system's secret randomness on every call (not from run.seed), so they cannot be regenerated from the run's "
-        "files; this is not a cryptographically secure generator, and Opacus' secure_mode (the defence against "
-        "floating-point attacks on the Gaussian sampler) is off."),
-        "Side channels are not covered: timing, message sizes, which clients answered, refusals and failures.",
-        ("Tuning hyper-parameters on the same users (several runs, keeping the best) spends budget too; it is only "
-        "counted when those runs share this run's ledger directory. Runs elsewhere on the same users add to ε."),
-        ("In the hub topology the hub itself sees its users' raw data; DP protects users against everyone who sees "
-        "the hub's updates or the model, not against the hub."),
+        ("Timing and participation: when a device answers, how long it takes, the size of its messages, and which "
+        "devices took part, refused or failed are visible to the server and are not covered."),
+        ("Figures labelled 'simulation oracle — not a release' (the 'oracle' entries of metrics.jsonl, the "
+        "summary's final_oracle, the benchmarks) are computed by the simulation runner from every user's held-out "
+        "data, exactly: they are research instrumentation, not covered. A deployment has no oracle."),
+        ("DP noise and Poisson sampling come from generators seeded from the operating system's secret randomness "
+        "on every call (not from run.seed), so they cannot be regenerated from the run's files; they are not "
+        "cryptographically secure generators, and Opacus' secure_mode (the defence against floating-point attacks "
+        "on the Gaussian sampler) is off."),
+        ("Runs on the same users count only when they share this run's ledgers (tuning by several runs spends "
+        "budget too); runs elsewhere add to ε."),
     ]
     if p.mode == "off":
         out.insert(0, "privacy.mode is 'off': the run has no differential-privacy guarantee at all (ε = ∞).")
-    if has_central and not has_clients:
+    if has_central and not has_clients and not fedavg:
         out.insert(
             0,
             "This is a central reference run: one trainer saw every user's raw data; its DP-SGD ledger "

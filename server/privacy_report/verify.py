@@ -21,14 +21,12 @@ from shared.config import StrataConfig
 from shared.privacy.guarantee import HolderEpsilon, epsilon_series, holders, is_central_dp, max_series
 from shared.privacy.ledger import LedgerEntry
 from shared.privacy.release import (
-    CENSUS,
     EVALUATION,
-    POPULARITY,
     RELEASE,
     evaluation_rounds,
     release_bound,
+    release_kind,
     release_noise_multiplier,
-    release_round,
 )
 from shared.run_dir import weights_fingerprint
 
@@ -192,13 +190,12 @@ def _release_entry_problems(e: LedgerEntry, where: str, config: StrataConfig, cu
     an evaluation round, rounds + 1: census), and its z and bound are that release's."""
     if e.run_id != current_run:
         return []
-    kinds = {release_round(k, config): k for k in (POPULARITY, CENSUS)}
-    kinds.update(dict.fromkeys(evaluation_rounds(config), EVALUATION))
-    if e.round not in kinds:
+    kind = release_kind(e.round, config)
+    if kind is None:
         census = config.federation.rounds + 1
         planned = ", ".join(map(str, evaluation_rounds(config))) or "none"
         return [f"{where}: a release in round {e.round}, expected 0 (popularity), {planned} (evaluation) or {census}"]
-    kind, out = kinds[e.round], []
+    out = []
     z = release_noise_multiplier(kind, config.privacy)
     if not math.isclose(e.noise_multiplier, z, rel_tol=1e-9):
         key = "eval-noise-multiplier" if kind == EVALUATION else "release-noise-multiplier"

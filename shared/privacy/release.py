@@ -124,6 +124,13 @@ def evaluation_rounds(config: StrataConfig) -> list[int]:
     return [r for r in range(1, fed.rounds + 1) if r % fed.eval_every == 0 or r == fed.rounds]
 
 
+def release_kind(server_round: int, config: StrataConfig) -> str | None:
+    """Return which release a `gaussian-sum` entry of `server_round` is under `config` (None: none planned)."""
+    kinds = {release_round(k, config): k for k in (POPULARITY, CENSUS)}
+    kinds.update(dict.fromkeys(evaluation_rounds(config), EVALUATION))
+    return kinds.get(server_round)
+
+
 def planned_releases(config: StrataConfig, *, run_id: str, holder: str, server: bool) -> list[LedgerEntry]:
     """Return the release entries `holder` (a client, or the server when `server`) may write in this
     run (popularity prior, evaluations, census): counted when noise is calibrated to a target ε,
