@@ -15,6 +15,7 @@ from flwr.clientapp import ClientApp
 from shared.config import StrataConfig, config_from_run_config
 from shared.logs import show_strata_logs
 from shared.privacy.ledger import Ledger
+from shared.privacy.signing import SigningKey
 from shared.protocol import EvaluateIns, ReleaseIns, TrainIns
 from shared.run_dir import RunDir, client_ledger_name
 
@@ -35,8 +36,18 @@ def _ledger_path(config: StrataConfig, context: Context, client_id: str) -> Path
     return ledger_dir / client_ledger_name(client_id)
 
 
+def _signer(config: StrataConfig, context: Context, client_id: str) -> SigningKey:
+    """Return the device's signing key: node config `signing-key` (a device), else `keys/` beside its ledgers."""
+    configured = context.node_config.get("signing-key")
+    if configured:
+        return SigningKey.load(Path(str(configured)).expanduser())
+    ledger_dir = _ledger_path(config, context, client_id).parent
+    return SigningKey.load_or_create(ledger_dir.parent / "keys" / f"{Path(client_ledger_name(client_id)).stem}.pem")
+
+
 def _budget(config: StrataConfig, context: Context, store: DeviceStore, policy: Policy) -> tuple[ClientBudget, Ledger]:
-    ledger = open_ledger(context, _ledger_path(config, context, store.client_id))
+    path = _ledger_path(config, context, store.client_id)
+    ledger = open_ledger(context, path, _signer(config, context, store.client_id))
     cap = effective_max_epsilon(policy, config)
     return ClientBudget.from_config(config.privacy, ledger=ledger, max_epsilon=cap), ledger
 

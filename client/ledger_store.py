@@ -12,12 +12,14 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Context
 
 from shared.privacy.ledger import Ledger, LedgerError, read_entries
+from shared.privacy.signing import SigningKey
 
 STATE_KEY = "strata-ledger"
 
 
-def open_ledger(context: Context, path: Path) -> Ledger:
-    """Open the client's ledger from disk, checked against the copy in `context.state`."""
+def open_ledger(context: Context, path: Path, signer: SigningKey | None = None) -> Ledger:
+    """Open the client's ledger from disk, checked against the copy in `context.state`; new
+    entries are signed by `signer`."""
     on_disk = read_entries(path) if path.exists() else []
     record = context.state.config_records.get(STATE_KEY)
     in_state = [str(x) for x in record["entries"]] if record is not None else []  # type: ignore[union-attr]
@@ -27,7 +29,7 @@ def open_ledger(context: Context, path: Path) -> Ledger:
             f"{path}: the ledger on disk does not extend the one in this run's state; "
             "refusing to train on a ledger that lost entries."
         )
-    return Ledger(on_disk, path)
+    return Ledger(on_disk, path, signer)
 
 
 def save_to_state(context: Context, ledger: Ledger) -> None:

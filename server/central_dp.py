@@ -37,6 +37,7 @@ from shared.privacy.accounting import (
 )
 from shared.privacy.ledger import SERVER, Ledger, LedgerEntry
 from shared.privacy.release import planned_releases
+from shared.privacy.signing import SigningKey
 
 log = logging.getLogger(__name__)
 
@@ -137,12 +138,14 @@ class CentralDP:
         return epsilon_of([*self.ledger.entries, planned], self.delta, self.accountant)
 
 
-def build_central_dp(config: StrataConfig, *, run_id: str, ledger_path: Path) -> CentralDP:
+def build_central_dp(
+    config: StrataConfig, *, run_id: str, ledger_path: Path, signer: SigningKey | None = None
+) -> CentralDP:
     """Build the server's mechanism for `config`: z given or calibrated over the planned rounds
     (entries of earlier runs in the ledger and this run's releases count), expected count q · N
     with N the configured public population (never a count read from data)."""
     p, fed = config.privacy, config.federation
-    ledger = Ledger.open(ledger_path)
+    ledger = Ledger.open(ledger_path, signer)
     prior = [e for e in ledger.entries if e.run_id != run_id]
     planned = planned_releases(config, run_id=run_id, holder=SERVER, server=True)
     if prior:

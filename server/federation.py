@@ -25,6 +25,8 @@ from shared.data.source import load_source
 from shared.features import model_features
 from shared.metrics import ORACLE_LABEL
 from shared.model import build_model
+from shared.privacy.ledger import SERVER
+from shared.privacy.signing import SigningKey
 from shared.privacy.release import EVALUATION, evaluation_rounds, noise_holder, release_bound, release_noise_multiplier
 from shared.protocol import RUN_ID
 from shared.run_dir import JsonDict, RunDir
@@ -72,7 +74,12 @@ def build_federation(config: StrataConfig, *, run: RunDir, run_id: str) -> Feder
     )
     if not p.central_dp:
         return Federation(inner, None)
-    central = build_central_dp(config, run_id=run_id, ledger_path=run.central_ledger_path)
+    central = build_central_dp(
+        config,
+        run_id=run_id,
+        ledger_path=run.central_ledger_path,
+        signer=SigningKey.load_or_create(run.signing_key_path(SERVER)),
+    )
     strategy = CentralDPStrategy(
         inner,
         central,

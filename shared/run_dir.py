@@ -36,6 +36,7 @@ from .data.source import catalog_fingerprint, load_source
 from .data.types import Catalog
 from .features import model_features
 from .model import StrataModel, build_model
+from .privacy.signing import PUBLIC_SUFFIX, read_public_key
 
 MODEL_FORMAT = "strata-model/1"
 TAXONOMY_FORMAT = "strata-taxonomy/1"
@@ -56,6 +57,16 @@ def weights_fingerprint(weights: Mapping[str, torch.Tensor]) -> str:
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def client_key_name(client_id: str) -> str:
+    """Return the key-holder name of a client (its signing key is `<name>.pem`, its ledger `<name>.jsonl`)."""
+    return f"{CLIENT_LEDGER_PREFIX}{client_id}"
+
+
+def pinned_keys(keys_dir: Path) -> dict[str, str]:
+    """Return the public keys in `keys_dir` (`<holder>.pem.pub`, hex), by holder name."""
+    return {p.name.removesuffix(".pem" + PUBLIC_SUFFIX): read_public_key(p) for p in sorted(keys_dir.glob("*.pem.pub"))}
 
 
 def client_ledger_name(client_id: str) -> str:
@@ -137,6 +148,15 @@ class RunDir:
     def central_ledger_path(self) -> Path:
         """Return the path of `ledgers/central.jsonl`."""
         return self.ledger_dir / CENTRAL_LEDGER
+
+    @property
+    def keys_dir(self) -> Path:
+        """Return the path of `keys/`: the simulation's signing keys (private: not part of a release)."""
+        return self.path / "keys"
+
+    def signing_key_path(self, holder: str) -> Path:
+        """Return the path of the private signing key of `holder` ("server", "central" or `client-<id>`)."""
+        return self.keys_dir / f"{holder}.pem"
 
     @property
     def taxonomy_path(self) -> Path:

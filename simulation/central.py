@@ -23,6 +23,7 @@ from shared.privacy.accounting import (
     epsilon_of,
 )
 from shared.privacy.ledger import Ledger, LedgerEntry
+from shared.privacy.signing import SigningKey
 from shared.privacy.release import (
     bias_from_popularity,
     gaussian_noise,
@@ -106,7 +107,7 @@ def _open_ledger(run: RunDir) -> tuple[Ledger, str]:
     run id (`central-1`, `central-2`, ...; also in `summary.json`), so the privacy report tells
     the runs apart.
     """
-    ledger = Ledger.open(run.central_ledger_path)
+    ledger = Ledger.open(run.central_ledger_path, SigningKey.load_or_create(run.signing_key_path("central")))
     earlier = {e.run_id for e in ledger.entries}
     k = len(earlier) + 1
     while f"central-{k}" in earlier:

@@ -134,7 +134,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_privacy_report(args: argparse.Namespace) -> int:
     """Run `strata privacy-report`: write (and optionally verify) a run's privacy report."""
     run = RunDir.of(args.run)
-    report, verified = write_privacy_report(run, verify=args.verify, tolerance=args.tolerance)
+    keys = Path(args.keys) if args.keys else None
+    report, verified = write_privacy_report(run, verify=args.verify, tolerance=args.tolerance, keys=keys)
     print(f"Privacy report: {run.privacy_report_json} and {run.privacy_report_html.name}")
     print(report["headline"])
     print(report["trust_model"])
@@ -254,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("run", help="run directory")
     pr.add_argument("--verify", action="store_true", help="recompute ε from the ledgers with two accountants")
     pr.add_argument("--tolerance", type=float, default=0.05, help="allowed relative disagreement (default 0.05)")
+    pr.add_argument(
+        "--keys",
+        help="folder of the public keys to pin (<holder>.pem.pub: client-<id>, server, central); default RUN/keys",
+    )
     pr.set_defaults(func=cmd_privacy_report)
 
     audit = sub.add_parser("audit", help="one-run canary audit: an empirical ε lower bound (Steinke et al. 2023)")

@@ -118,11 +118,15 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> RunDir:
     return RunDir.of(config.run_dir)
 
 
-@pytest.fixture(autouse=True)
-def _flower_task_identity() -> None:
+def set_task_identity() -> None:
     """Messages built outside a Flower run need the identity a SuperLink/SuperNode would set."""
     from flwr.supercore.task_identity import TaskIdentity
 
     for name, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 1)):
         if getattr(TaskIdentity, name, None) is None:
             setattr(TaskIdentity, name, value)
+
+
+@pytest.fixture(autouse=True)
+def _flower_task_identity() -> None:
+    set_task_identity()

@@ -19,7 +19,8 @@ from shared.features import catalog_features
 from shared.model import build_model
 from shared.privacy.accounting import default_delta, epsilon_of
 from shared.privacy.guarantee import entries_upto, epsilon_series, guarantee, holder_epsilons, holders
-from shared.privacy.ledger import LedgerEntry, LedgerError
+from shared.privacy.ledger import Ledger, LedgerEntry, LedgerError
+from shared.privacy.signing import SigningKey
 from shared.run_dir import RunDir
 
 SIGMA = 4.0
@@ -78,9 +79,12 @@ def _make_run(tmp_path: Path, *, mode: str = "local", prior: bool = False) -> tu
     if mode == "local":
         (run_dir / "ledgers").mkdir()
         for cid in PLANS:
-            ledgers[cid] = ([*_entries(cid, "run-a")] if prior and cid == "0" else []) + _entries(cid)
-            lines = "".join(e.to_json() + "\n" for e in ledgers[cid])
-            (run_dir / "ledgers" / f"client-{cid}.jsonl").write_text(lines)
+            signed = Ledger(
+                path=run.client_ledger_path(cid), signer=SigningKey.load_or_create(run.signing_key_path(f"client-{cid}"))
+            )
+            for e in ([*_entries(cid, "run-a")] if prior and cid == "0" else []) + _entries(cid):
+                signed.append(e)  # chained and signed by the client's key, as a device writes it
+            ledgers[cid] = list(signed.entries)
     metrics = []
     for r in range(1, ROUNDS + 1):
         eps = max(

@@ -35,7 +35,7 @@ from shared.run_dir import JsonDict
 
 from .read import Replay, RunFiles
 from .text import INF, adjacency, headline, limits, releases, trust_model
-from .verify import RDP_FACTOR, Check
+from .verify import FAIL_CLOSED, RDP_FACTOR, Check
 
 FORMAT = "strata-privacy-report/1"
 PACKAGES = ("dp-accounting", "opacus", "flwr", "torch", "numpy", "scipy")
@@ -308,6 +308,13 @@ def with_verification(report: PrivacyReport, checks: list[Check], tolerance: flo
     """Add the verification; a failed one says so in the headline (with the largest ε the run logged)."""
     passed = all(c.passed for c in checks)
     text = report.headline
+    closed = [c for c in checks if c.name in FAIL_CLOSED and not c.passed]
+    if closed and report.guarantee.privacy_mode != "off":
+        # Fail closed: without every ledger, signed and chained, no ε can be stated.
+        text = (
+            "No guarantee can be stated (ε = ∞): " + "; ".join(f"{c.name} FAILED ({c.message})" for c in closed) + "."
+        )
+        report = replace(report, guarantee=replace(report.guarantee, dp=False, epsilon=INF, epsilon_rdp=INF))
     if not passed:
         text += " VERIFICATION FAILED: see the failed checks before relying on this figure."
         logged = max((float(m.get("epsilon", 0.0)) for m in files.metrics), default=0.0)

@@ -19,7 +19,7 @@ from server.central_dp import accounted_sample_rate
 from shared.privacy.plan import central_plan, device_plan
 from shared.config import StrataConfig
 from shared.privacy.guarantee import HolderEpsilon, epsilon_series, holders, is_central_dp, max_series
-from shared.privacy.ledger import LedgerEntry
+from shared.privacy.ledger import SERVER, LedgerEntry, chain_problems
 from shared.privacy.release import (
     EVALUATION,
     RELEASE,
@@ -28,7 +28,7 @@ from shared.privacy.release import (
     release_kind,
     release_noise_multiplier,
 )
-from shared.run_dir import weights_fingerprint
+from shared.run_dir import client_key_name, weights_fingerprint
 
 from .read import LAYOUT, DataFacts, Replay, RunFiles
 
@@ -76,10 +76,14 @@ def verify(
     per_client: Mapping[str, HolderEpsilon],
     max_over_rounds: list[tuple[int, float]],
     central: HolderEpsilon | None,
+    pinned: Mapping[str, str],
 ) -> list[Check]:
-    """Every check, in order; `per_client`, `max_over_rounds` and `central` are the report's PLD figures."""
+    """Every check, in order; `per_client`, `max_over_rounds` and `central` are the report's PLD figures,
+    `pinned` the holders' public keys the auditor trusts (holder name → hex)."""
     return [
         _check_parse(files),
+        _check_ledgers_present(files),
+        _check_signatures(files, pinned),
         _check_ledger_structure(files, replay.current_run),
         _check_accountants(files, replay, per_client, tolerance),
         *_check_metrics(files, replay, tolerance, *_figures(files, replay, tolerance, max_over_rounds, central)),
@@ -101,6 +105,50 @@ def _check_parse(files: RunFiles) -> Check:
     bad = files.unreadable
     ok = f"{files.ledger_files} ledger file(s) in {files.run.ledger_dir} parse."
     return Check("ledgers parse", not bad, "; ".join(bad) if bad else ok)
+
+
+SIGNATURES = "ledgers signed and chained"
+PRESENT = "ledgers present"
+FAIL_CLOSED = (PRESENT, SIGNATURES)
+"""Checks whose failure leaves no guarantee to state: the report's ε becomes ∞."""
+
+
+def _check_ledgers_present(files: RunFiles) -> Check:
+    """Under DP, a run that trained has its ledgers: without them nothing can be claimed (ε = ∞)."""
+    if files.config.privacy.mode == "off":
+        return Check(PRESENT, True, "privacy.mode is 'off': no ledgers are expected.")
+    missing = []
+    central_reference = bool(files.central) and holder_of_central(files) == "central"
+    if files.config.privacy.local_dp and not files.clients and not central_reference:
+        missing.append(f"no client ledger in {LAYOUT.ledger_dir}/ (privacy.mode = {files.config.privacy.mode!r})")
+    if files.config.privacy.central_dp and not files.central:
+        missing.append(f"no server ledger {LAYOUT.central_ledger_path}")
+    if not files.metrics:
+        missing.append(f"{LAYOUT.metrics_path} is missing or empty")
+    if missing:
+        return Check(PRESENT, False, "; ".join(missing) + ": ε = ∞.")
+    server = "present" if files.central else "not used"
+    return Check(PRESENT, True, f"{len(files.clients)} client ledger(s), server ledger {server}.")
+
+
+def holder_of_central(files: RunFiles) -> str:
+    """Return the key holder of `ledgers/central.jsonl`: the server under DP-FedAvg, else the central trainer."""
+    return SERVER if any(e.client == SERVER for e in files.central) else "central"
+
+
+def _check_signatures(files: RunFiles, pinned: Mapping[str, str]) -> Check:
+    """Every entry is signed by its holder's pinned key and chained to the one before it."""
+    problems: list[str] = []
+    for cid, entries in files.clients.items():
+        holder = client_key_name(cid)
+        problems += chain_problems(entries, str(LAYOUT.client_ledger_path(cid)), pinned.get(holder))
+    if files.central:
+        problems += chain_problems(files.central, str(LAYOUT.central_ledger_path), pinned.get(holder_of_central(files)))
+    n = sum(len(e) for e in files.clients.values()) + len(files.central)
+    if problems:
+        more = f" (and {len(problems) - MAX_PROBLEMS} more)" if len(problems) > MAX_PROBLEMS else ""
+        return Check(SIGNATURES, False, _joined(problems) + more)
+    return Check(SIGNATURES, True, f"{n} entries, each signed by its holder's pinned key, chained to the one before.")
 
 
 def _check_ledger_structure(files: RunFiles, current_run: str | None) -> Check:

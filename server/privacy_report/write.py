@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from shared.run_dir import JsonDict, RunDir
+from shared.run_dir import JsonDict, RunDir, pinned_keys
 
 from .assemble import PrivacyReport, assemble, json_safe, with_verification
 from .html import render_html
@@ -34,9 +34,13 @@ def _quiet_absl() -> Iterator[None]:
 
 
 def build_privacy_report(
-    run_dir: Path | RunDir, *, verify: bool, tolerance: float = 0.05
+    run_dir: Path | RunDir, *, verify: bool, tolerance: float = 0.05, keys: Path | None = None
 ) -> tuple[PrivacyReport, bool]:
-    """Build the privacy report of `run_dir` (nothing written); return it and whether it is verified."""
+    """Build the privacy report of `run_dir` (nothing written); return it and whether it is verified.
+
+    `keys` is the folder of public keys the auditor pins (`<holder>.pem.pub`); default the run's own
+    `keys/` (a simulation's).
+    """
     if not 0 <= tolerance < 1:
         raise ValueError(f"tolerance must be in [0, 1), got {tolerance}.")
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir))
@@ -59,6 +63,7 @@ def build_privacy_report(
             per_client=report.per_client,
             max_over_rounds=list(report.max_over_rounds),
             central=report.central,
+            pinned=pinned_keys(keys if keys is not None else run.keys_dir),
         )
     for c in checks:
         if not c.passed:
@@ -69,7 +74,9 @@ def build_privacy_report(
     return report, report.verification.passed
 
 
-def write_privacy_report(run_dir: Path | RunDir, *, verify: bool, tolerance: float = 0.05) -> tuple[JsonDict, bool]:
+def write_privacy_report(
+    run_dir: Path | RunDir, *, verify: bool, tolerance: float = 0.05, keys: Path | None = None
+) -> tuple[JsonDict, bool]:
     """Write the run's privacy report, JSON and HTML, into `run_dir`.
 
     Returns the report as `PrivacyReport.to_dict()` and whether it is verified (always True
@@ -77,7 +84,7 @@ def write_privacy_report(run_dir: Path | RunDir, *, verify: bool, tolerance: flo
     a failed check.
     """
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir))
-    report, verified = build_privacy_report(run, verify=verify, tolerance=tolerance)
+    report, verified = build_privacy_report(run, verify=verify, tolerance=tolerance, keys=keys)
     data = report.to_dict()
     safe = json_safe(data)
     assert isinstance(safe, dict)

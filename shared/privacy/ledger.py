@@ -1,20 +1,26 @@
-"""The privacy ledger: an append-only list of immutable mechanism entries.
+"""The privacy ledger: an append-only, hash-chained list of immutable, signed mechanism entries.
 
 A client writes one entry per DP release (e.g. a round of local DP-SGD); the server
 writes one per round of central DP-FedAvg into its own ledger. The ledger
 lives in Flower's `context.state` during a run and in a JSON-lines file on the device,
 so ε composes across rounds and runs; an auditor replays it with any accountant.
+
+Each appended entry carries `prev`, the SHA-256 of the previous entry's line, and the holder's
+Ed25519 `signature` over its other fields with the public `key` (`signing.py`): `chain_problems`
+names every entry that was changed, removed, reordered, copied in or signed by another key.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import dp_accounting
+
+from .signing import SigningKey, digest, verify_signature
 
 Mechanism = Literal["dp-sgd", "dp-fedavg", "gaussian-sum"]
 MECHANISMS: tuple[Mechanism, ...] = get_args(Mechanism)
@@ -53,6 +59,12 @@ class LedgerEntry:
     round: int
     client: str
     max_grad_norm: float = 0.0
+    prev: str = ""
+    """SHA-256 of the previous entry's line in its ledger ("" for the first)."""
+    key: str = ""
+    """The holder's public key (hex) that signed the entry ("" when unsigned)."""
+    signature: str = ""
+    """Ed25519 signature (hex) of `payload()`."""
 
     def __post_init__(self) -> None:
         if self.mechanism not in MECHANISMS:
@@ -108,6 +120,17 @@ class LedgerEntry:
         """Return the entry as one JSON line (sorted keys)."""
         return json.dumps(asdict(self), sort_keys=True)
 
+    def payload(self) -> bytes:
+        """Return what the signature covers: every field but the signature, as sorted-key JSON."""
+        fields_ = asdict(self)
+        del fields_["signature"]
+        return json.dumps(fields_, sort_keys=True).encode("utf-8")
+
+    def signed(self, *, prev: str, signer: SigningKey | None) -> LedgerEntry:
+        """Return the entry chained after `prev` and signed by `signer` (unsigned without one)."""
+        chained = replace(self, prev=prev, key=signer.public_hex() if signer else "", signature="")
+        return replace(chained, signature=signer.sign(chained.payload())) if signer else chained
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LedgerEntry:
         """Build an entry from its JSON form; unknown fields are a `LedgerError`."""
@@ -119,11 +142,15 @@ class LedgerEntry:
 
 
 class Ledger:
-    """An append-only sequence of entries, optionally mirrored to a JSON-lines file."""
+    """An append-only, hash-chained sequence of entries, optionally mirrored to a JSON-lines file
+    and signed by its holder's key."""
 
-    def __init__(self, entries: list[LedgerEntry] | None = None, path: Path | None = None) -> None:
+    def __init__(
+        self, entries: list[LedgerEntry] | None = None, path: Path | None = None, signer: SigningKey | None = None
+    ) -> None:
         self._entries = list(entries or [])
         self.path = path
+        self.signer = signer
 
     @property
     def entries(self) -> tuple[LedgerEntry, ...]:
@@ -133,8 +160,11 @@ class Ledger:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def append(self, entry: LedgerEntry) -> None:
-        """Record an entry (and persist it durably before returning, when file-backed)."""
+    def append(self, entry: LedgerEntry) -> LedgerEntry:
+        """Record an entry chained after the last one and signed (persisted durably before returning,
+        when file-backed); return it as recorded."""
+        prev = digest(self._entries[-1].to_json()) if self._entries else ""
+        entry = entry.signed(prev=prev, signer=self.signer)
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a", encoding="utf-8") as fh:
@@ -142,20 +172,45 @@ class Ledger:
                 fh.flush()
                 os.fsync(fh.fileno())
         self._entries.append(entry)
+        return entry
 
     @classmethod
-    def open(cls, path: Path) -> Ledger:
-        """Load a ledger file (or start an empty one there)."""
-        return cls(read_entries(path) if path.exists() else [], path)
+    def open(cls, path: Path, signer: SigningKey | None = None) -> Ledger:
+        """Load a ledger file (or start an empty one there); new entries are signed by `signer`."""
+        return cls(read_entries(path) if path.exists() else [], path, signer)
 
     def to_lines(self) -> list[str]:
         """Return the entries as JSON lines (for Flower's `context.state`)."""
         return [e.to_json() for e in self._entries]
 
     @classmethod
-    def from_lines(cls, lines: list[str], path: Path | None = None) -> Ledger:
+    def from_lines(cls, lines: list[str], path: Path | None = None, signer: SigningKey | None = None) -> Ledger:
         """Parse JSON lines into a ledger (file-backed at `path` when given)."""
-        return cls([_parse(line, str(path or "<state>"), n) for n, line in enumerate(lines, 1)], path)
+        return cls([_parse(line, str(path or "<state>"), n) for n, line in enumerate(lines, 1)], path, signer)
+
+
+def chain_problems(entries: tuple[LedgerEntry, ...] | list[LedgerEntry], where: str, key: str | None) -> list[str]:
+    """Name every entry of one ledger whose chain link or signature does not hold.
+
+    `key` is the holder's pinned public key (hex); None means no key is pinned, which is a
+    problem in itself when there are entries: an auditor cannot tell whose signatures they are.
+    """
+    out = []
+    if entries and key is None:
+        out.append(f"{where}: no pinned public key for this holder")
+    prev = ""
+    for n, e in enumerate(entries, 1):
+        at = f"{where}, entry {n}"
+        if e.prev != prev:
+            out.append(f"{at}: chain broken (prev does not match entry {n - 1})" if n > 1 else f"{at}: not first")
+        if not e.signature:
+            out.append(f"{at}: unsigned")
+        elif key is not None and e.key != key:
+            out.append(f"{at}: signed by key {e.key[:12]}…, not the holder's pinned key {key[:12]}…")
+        elif not verify_signature(e.key, e.payload(), e.signature):
+            out.append(f"{at}: signature does not verify (the entry was changed after signing)")
+        prev = digest(e.to_json())
+    return out
 
 
 def _parse(line: str, where: str, lineno: int) -> LedgerEntry:

@@ -1,0 +1,106 @@
+"""Ledger signing keys: Ed25519 (through `cryptography`), one per device and one for the server.
+
+A ledger entry carries the SHA-256 of the previous entry's line and the holder's signature
+over its own fields, so an entry cannot be changed, removed, reordered or moved to another
+holder's ledger without breaking a signature or the chain. The private key never leaves its
+holder (a device's key file, named by the node config `signing-key`; in simulation one file per
+virtual device in the run directory's `keys/`, which is not part of the release); an auditor
+pins the public keys (`keys/*.pub`, or the devices' own published ones) and checks against them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+PUBLIC_SUFFIX = ".pub"
+
+
+class SigningKey:
+    """A holder's Ed25519 private key."""
+
+    def __init__(self, key: Ed25519PrivateKey) -> None:
+        self._key = key
+
+    @classmethod
+    def generate(cls) -> SigningKey:
+        """Return a fresh key from the OS's randomness."""
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> SigningKey:
+        """Load the PEM key at `path`, or create it there (mode 0600) with its public key beside it."""
+        if path.exists():
+            return cls.load(path)
+        key = cls.generate()
+        try:
+            key.save(path)
+        except FileExistsError:  # another process of the same holder created it first
+            return cls.load(path)
+        return key
+
+    @classmethod
+    def load(cls, path: Path) -> SigningKey:
+        """Load a PEM-encoded (unencrypted PKCS#8) Ed25519 private key."""
+        try:
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{path}: not a PEM private key: {exc}") from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{path}: not an Ed25519 key ({type(key).__name__}).")
+        return cls(key)
+
+    def save(self, path: Path) -> None:
+        """Write the key (PEM, mode 0600) and its public key (`<path>.pub`, hex)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pem = self._key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+        public_key_path(path).write_text(self.public_hex() + "\n", encoding="utf-8")
+
+    def public_hex(self) -> str:
+        """Return the raw public key, hex-encoded (64 characters)."""
+        raw = self._key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return raw.hex()
+
+    def sign(self, message: bytes) -> str:
+        """Return the signature of `message`, hex-encoded."""
+        return self._key.sign(message).hex()
+
+
+def public_key_path(private_key_path: Path) -> Path:
+    """Return where the public key of the private key at `private_key_path` is kept."""
+    return private_key_path.with_name(private_key_path.name + PUBLIC_SUFFIX)
+
+
+def read_public_key(path: Path) -> str:
+    """Read a hex public key file (as `SigningKey.save` writes it)."""
+    text = path.read_text(encoding="utf-8").strip()
+    try:
+        if len(bytes.fromhex(text)) != 32:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"{path}: not a hex Ed25519 public key.") from None
+    return text
+
+
+def verify_signature(public_hex: str, message: bytes, signature_hex: str) -> bool:
+    """Whether `signature_hex` is `public_hex`'s signature of `message`."""
+    try:
+        Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_hex)).verify(bytes.fromhex(signature_hex), message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def digest(line: str) -> str:
+    """Return the SHA-256 of one ledger line, hex-encoded (what the next entry's `prev` holds)."""
+    return hashlib.sha256(line.encode("utf-8")).hexdigest()

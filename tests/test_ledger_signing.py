@@ -1,0 +1,193 @@
+"""Signed, hash-chained ledgers: an honest run verifies; each forgery fails, naming the check.
+
+The honest run is the real round loop over the real ClientApp in-process (`fakes.DirectGrid`),
+local DP in 4 hubs, 2 rounds, final evaluation release. Each forgery edits a copy of its run
+directory as a party without the devices' private keys could.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from fakes import DirectGrid
+
+from server.federation import run_federation
+from server.privacy_report import write_privacy_report
+from shared.privacy.ledger import Ledger, LedgerEntry, chain_problems
+from shared.privacy.signing import SigningKey, digest
+from shared.run_dir import JsonDict, RunDir
+from simulation.oracle import OracleEvaluation
+
+
+@pytest.fixture(scope="module")
+def honest_run(tmp_path_factory: pytest.TempPathFactory) -> RunDir:
+    from conftest import TINY_DATA, TINY_MODEL, make_config, set_task_identity
+
+    set_task_identity()
+    cfg = make_config(
+        out=tmp_path_factory.mktemp("honest") / "run",
+        data=TINY_DATA,
+        model=TINY_MODEL,
+        train={"batch_size": 8},
+        privacy={"population": 40, "mode": "local", "noise_multiplier": 1.0},
+        federation={"topology": "hub", "num_hubs": 4, "rounds": 2},
+    )
+    run_federation(DirectGrid(cfg), cfg, oracle=OracleEvaluation(cfg))
+    return RunDir.of(cfg.run_dir)
+
+
+def _copy(run: RunDir, tmp_path: Path) -> RunDir:
+    target = tmp_path / "forged"
+    shutil.copytree(run.path, target)
+    return RunDir.of(target)
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def _write(path: Path, lines: list[str]) -> None:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def _failed(run: RunDir) -> tuple[dict[str, str], JsonDict]:
+    report, verified = write_privacy_report(run, verify=True)
+    assert not verified
+    return {c["name"]: c["message"] for c in report["verification"]["checks"] if not c["passed"]}, report
+
+
+def test_an_honest_run_verifies_with_signed_chained_ledgers(honest_run: RunDir) -> None:
+    report, verified = write_privacy_report(honest_run, verify=True)
+    assert verified, [c for c in report["verification"]["checks"] if not c["passed"]]
+    checks = {c["name"]: c["message"] for c in report["verification"]["checks"]}
+    assert "each signed by its holder's pinned key" in checks["ledgers signed and chained"]
+    for path in honest_run.client_ledger_paths():
+        entries = Ledger.open(path).entries
+        assert all(e.signature and e.key for e in entries) and entries[0].prev == ""
+        assert [e.prev for e in entries[1:]] == [digest(e.to_json()) for e in entries[:-1]]
+    assert not any(p.suffix == ".pem" for p in honest_run.ledger_dir.iterdir())  # private keys stay in keys/
+
+
+def _edit_entry(n: int, **changes: object) -> Callable[[RunDir], str]:
+    """Rewrite fields of entry n of client 0's ledger (without the device's key: the signature stays)."""
+
+    def forge(run: RunDir) -> str:
+        path = run.client_ledger_path("0")
+        lines = _lines(path)
+        entry = json.loads(lines[n])
+        entry.update(changes)
+        lines[n] = json.dumps(entry, sort_keys=True)
+        _write(path, lines)
+        return f"{path.name}, entry {n + 1}"
+
+    return forge
+
+
+def _delete_middle(run: RunDir) -> str:
+    path = run.client_ledger_path("1")
+    lines = _lines(path)
+    del lines[1]
+    _write(path, lines)
+    return f"{path.name}, entry 2"
+
+
+def _reorder(run: RunDir) -> str:
+    path = run.client_ledger_path("2")
+    lines = _lines(path)
+    lines[0], lines[1] = lines[1], lines[0]
+    _write(path, lines)
+    return f"{path.name}, entry 1"
+
+
+def _copy_from_another_device(run: RunDir) -> str:
+    path, other = run.client_ledger_path("3"), run.client_ledger_path("0")
+    lines = _lines(path)
+    lines[0] = _lines(other)[0].replace('"client": "0"', '"client": "3"')
+    _write(path, lines)
+    return f"{path.name}, entry 1"
+
+
+def _swap_key(run: RunDir) -> str:
+    """Re-sign client 0's whole ledger, with σ doubled, under a fresh key (the forger's own)."""
+    path = run.client_ledger_path("0")
+    forged = Ledger(signer=SigningKey.generate())
+    for e in Ledger.open(path).entries:
+        forged.append(LedgerEntry.from_dict({**json.loads(e.to_json()), "noise_multiplier": 2 * e.noise_multiplier}))
+    _write(path, forged.to_lines())
+    return f"{path.name}, entry 1"
+
+
+def _ledger_of_another_run(run: RunDir) -> str:
+    """Client 1's ledger replaced by one another run (with its own device key) wrote."""
+    path = run.client_ledger_path("1")
+    stranger = Ledger(signer=SigningKey.generate())
+    for e in Ledger.open(path).entries:
+        stranger.append(LedgerEntry.from_dict({**json.loads(e.to_json()), "run_id": "another-run"}))
+    _write(path, stranger.to_lines())
+    return f"{path.name}, entry 1"
+
+
+FORGERIES: dict[str, Callable[[RunDir], str]] = {
+    "sigma-rewritten": _edit_entry(0, noise_multiplier=9.0),
+    "q-and-steps-rewritten": _edit_entry(0, sample_rate=0.05, steps=1),
+    "deleted-entry": _delete_middle,
+    "reordered-entries": _reorder,
+    "entry-from-another-device": _copy_from_another_device,
+    "swapped-key": _swap_key,
+}
+
+
+@pytest.mark.parametrize("name", list(FORGERIES))
+def test_each_forgery_fails_the_signature_check_naming_the_entry(honest_run: RunDir, tmp_path: Path, name: str) -> None:
+    run = _copy(honest_run, tmp_path)
+    where = FORGERIES[name](run)
+    failed, report = _failed(run)
+    assert "ledgers signed and chained" in failed, failed
+    assert where in failed["ledgers signed and chained"]
+    assert report["guarantee"]["epsilon"] == "inf" and report["headline"].startswith("No guarantee")
+
+
+def test_a_ledger_from_another_run_fails(honest_run: RunDir, tmp_path: Path) -> None:
+    run = _copy(honest_run, tmp_path)
+    where = _ledger_of_another_run(run)
+    failed, _ = _failed(run)
+    assert where in failed["ledgers signed and chained"]
+
+
+def test_missing_ledgers_fail_closed_with_epsilon_infinite(honest_run: RunDir, tmp_path: Path) -> None:
+    run = _copy(honest_run, tmp_path)
+    shutil.rmtree(run.ledger_dir)
+    failed, report = _failed(run)
+    assert "no client ledger" in failed["ledgers present"]
+    assert report["guarantee"]["epsilon"] == "inf" and not report["guarantee"]["dp"]
+
+
+def test_without_pinned_keys_nothing_verifies(honest_run: RunDir, tmp_path: Path) -> None:
+    run = _copy(honest_run, tmp_path)
+    report, verified = write_privacy_report(run, verify=True, keys=tmp_path / "no-keys")
+    assert not verified
+    failed = {c["name"]: c["message"] for c in report["verification"]["checks"] if not c["passed"]}
+    assert "no pinned public key" in failed["ledgers signed and chained"]
+
+
+def test_chain_problems_by_hand() -> None:
+    key = SigningKey.generate()
+    ledger = Ledger(signer=key)
+    for r in (1, 2, 3):
+        ledger.append(
+            LedgerEntry.dp_sgd(noise_multiplier=1.0, sample_rate=0.1, steps=10, max_grad_norm=1.0, run_id="r",
+                               round=r, client="0")
+        )
+    entries = list(ledger.entries)
+    assert chain_problems(entries, "L", key.public_hex()) == []
+    assert chain_problems(entries, "L", SigningKey.generate().public_hex())[0].startswith("L, entry 1: signed by key")
+    assert chain_problems([entries[0], entries[2]], "L", key.public_hex()) == [
+        "L, entry 2: chain broken (prev does not match entry 1)"
+    ]
+    unsigned = Ledger()
+    unsigned.append(entries[0])
+    assert "unsigned" in chain_problems(list(unsigned.entries), "L", key.public_hex())[0]
