@@ -79,9 +79,8 @@ def _make_run(tmp_path: Path, *, mode: str = "local", prior: bool = False) -> tu
     if mode == "local":
         (run_dir / "ledgers").mkdir()
         for cid in PLANS:
-            signed = Ledger(
-                path=run.client_ledger_path(cid), signer=SigningKey.load_or_create(run.signing_key_path(f"client-{cid}"))
-            )
+            key = SigningKey.load_or_create(run.signing_key_path(f"client-{cid}"))
+            signed = Ledger(path=run.client_ledger_path(cid), signer=key)
             for e in ([*_entries(cid, "run-a")] if prior and cid == "0" else []) + _entries(cid):
                 signed.append(e)  # chained and signed by the client's key, as a device writes it
             ledgers[cid] = list(signed.entries)
