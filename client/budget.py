@@ -46,6 +46,11 @@ class ClientBudget:
             max_epsilon=0.0 if math.isinf(cap) else cap,
         )
 
+    @property
+    def key(self) -> str:
+        """The public key that signs the ledger ("" when unsigned): every reply names it."""
+        return self.ledger.signer.public_hex() if self.ledger.signer is not None else ""
+
     def spent(self) -> float:
         """ε(δ) of every entry in the ledger (0 for an empty one)."""
         return epsilon_of(self.ledger.entries, self.delta, self.accountant) if len(self.ledger) else 0.0

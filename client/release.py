@@ -96,7 +96,7 @@ def contribute(
         )
     if reason:
         log.warning("client %s refused the %s release: %s", store.client_id, ins.kind, reason)
-    return ReleaseRes(total=total, epsilon=budget.spent(), reason=reason)
+    return ReleaseRes(total=total, epsilon=budget.spent(), reason=reason, key=budget.key)
 
 
 def evaluate(
@@ -115,4 +115,4 @@ def evaluate(
         )
     if reason:
         log.warning("client %s refused the evaluation release: %s", store.client_id, reason)
-    return EvaluateRes(total=total, epsilon=budget.spent(), reason=reason)
+    return EvaluateRes(total=total, epsilon=budget.spent(), reason=reason, key=budget.key)

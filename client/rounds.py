@@ -44,7 +44,7 @@ def noise_multiplier_for(config: StrataConfig, store: DeviceStore, budget: Clien
 
 def _refused(store: DeviceStore, budget: ClientBudget, reason: str) -> TrainRes:
     log.warning("client %s refused to train: %s", store.client_id, reason)
-    return TrainRes(weights=None, epsilon=budget.spent(), reason=reason)
+    return TrainRes(weights=None, epsilon=budget.spent(), reason=reason, key=budget.key)
 
 
 def train_round(
@@ -97,4 +97,4 @@ def train_round(
         outcome.mean_loss,
         outcome.examples,
     )
-    return TrainRes(weights=outcome.weights, epsilon=budget.spent())
+    return TrainRes(weights=outcome.weights, epsilon=budget.spent(), key=budget.key)

@@ -50,6 +50,7 @@ class CentralDPStrategy(Strategy):
         central_max_epsilon: float = 0.0,
     ) -> None:
         self.strategy = strategy
+        strategy.log_train = False  # the training sample is secret: not in the instruction log
         self.mechanism = mechanism
         self.eval_noise_multiplier = eval_noise_multiplier
         """z of the evaluation releases when the server adds their noise (None: the clients do)."""

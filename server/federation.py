@@ -35,6 +35,7 @@ from shared.seeds import SAMPLING, make_rng
 from .central_dp import CentralDP, build_central_dp
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .dp_strategy import CentralDPStrategy
+from .instruction_log import InstructionLog
 from .release import interest_census, popularity_prior
 from .server_optimizer import ServerOptimizer
 from .strategy import FedAvgStrategy
@@ -51,6 +52,7 @@ class Federation:
 
     strategy: FedAvgStrategy | CentralDPStrategy
     central: CentralDP | None
+    instructions: InstructionLog
 
     @property
     def client_epsilon(self) -> dict[int, float]:
@@ -62,6 +64,8 @@ def build_federation(config: StrataConfig, *, run: RunDir, run_id: str) -> Feder
     """FedAvg/FedAdam from the config, wrapped in DP-FedAvg under central privacy."""
     fed, p = config.federation, config.privacy
     holder = noise_holder(p.mode)
+    server_key = SigningKey.load_or_create(run.signing_key_path(SERVER))
+    instructions = InstructionLog(run.instruction_log_path, server_key)
     eval_noise = release_noise_multiplier(EVALUATION, p) * release_bound(EVALUATION)
     inner = FedAvgStrategy(
         optimizer=ServerOptimizer(fed.server_optimizer, fed.server_lr),
@@ -71,22 +75,18 @@ def build_federation(config: StrataConfig, *, run: RunDir, run_id: str) -> Feder
         min_train_clients=fed.min_train_clients,
         rating_range=(config.data.rating_min, config.data.rating_max),
         client_eval_noise_std=eval_noise if holder == "client" else 0.0,
+        instructions=instructions,
     )
     if not p.central_dp:
-        return Federation(inner, None)
-    central = build_central_dp(
-        config,
-        run_id=run_id,
-        ledger_path=run.central_ledger_path,
-        signer=SigningKey.load_or_create(run.signing_key_path(SERVER)),
-    )
+        return Federation(inner, None, instructions)
+    central = build_central_dp(config, run_id=run_id, ledger_path=run.central_ledger_path, signer=server_key)
     strategy = CentralDPStrategy(
         inner,
         central,
         eval_noise_multiplier=release_noise_multiplier(EVALUATION, p) if holder == "server" else None,
         central_max_epsilon=p.central_max_epsilon,
     )
-    return Federation(strategy, central)
+    return Federation(strategy, central, instructions)
 
 
 def _clean(record: object) -> dict[str, Any]:
@@ -147,7 +147,13 @@ def run_federation(
     strategy.summary()
     if ckpt is None and config.model.popularity_prior:
         weights, epsilons = popularity_prior(
-            grid, config, model, run_id=run_id, server_ledger=server_ledger, timeout=timeout
+            grid,
+            config,
+            model,
+            run_id=run_id,
+            server_ledger=server_ledger,
+            timeout=timeout,
+            instructions=federation.instructions,
         )
         federation.client_epsilon.update(epsilons)
     arrays = ArrayRecord(weights)
@@ -186,6 +192,7 @@ def run_federation(
             server_ledger=server_ledger,
             timeout=timeout,
             delta=config.privacy.resolved_delta if config.privacy.mode != "off" else 0.0,
+            instructions=federation.instructions,
         )
         federation.client_epsilon.update(epsilons)
     summary: JsonDict = {

@@ -35,6 +35,7 @@ from shared.privacy.release import (
 from shared.protocol import ProtocolError, ReleaseIns, ReleaseRes
 from shared.run_dir import JsonDict, RunDir
 
+from .instruction_log import InstructionLog, Kind, Outcome
 from .taxonomy import taxonomy_from_model, write_taxonomy
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ def collect_release(
     timeout: float,
     arrays: ArrayRecord | None = None,
     interests: np.ndarray | None = None,
+    instructions: InstructionLog | None = None,
 ) -> Release | None:
     """Run one release of `kind` over every connected client; see the module docstring.
 
@@ -99,25 +101,37 @@ def collect_release(
     messages = [Message(content=content, message_type=MessageType.QUERY, dst_node_id=n) for n in nodes]
     total = np.zeros(dim, dtype=np.float64)
     out = Release(total=total, clients=0, failed=0)
+    instruction_kind: Kind = "popularity" if kind == POPULARITY else "census"
+
+    def record(node: int, key: str, outcome: Outcome) -> None:
+        if instructions is not None:
+            instructions.append(
+                run_id=run_id, server_round=server_round, kind=instruction_kind, node=node, key=key, outcome=outcome
+            )
+
     for msg in grid.send_and_receive(messages, timeout=timeout):
         node = msg.metadata.src_node_id
         if msg.has_error():
             out.failed += 1
             log.warning("%s release: client %d failed: %s", kind, node, msg.error.reason)
+            record(node, "", "failed")
             continue
         try:
             reply = ReleaseRes.from_record(msg.content)
         except ProtocolError as exc:
             out.failed += 1
             log.warning("%s release: malformed reply from client %d: %s", kind, node, exc)
+            record(node, "", "failed")
             continue
         out.client_epsilon[node] = reply.epsilon
         part = reply.total
         if part is None:
             out.refused += 1
             log.info("%s release: client %d refused: %s", kind, node, reply.reason)
+            record(node, reply.key, "refused")
             continue
         if part.shape != (dim,) or not np.all(np.isfinite(part)):
+            record(node, reply.key, "rejected")
             out.failed += 1
             log.warning(
                 "%s release: client %d sent a sum of shape %s (expected (%d,)) or non-finite values",
@@ -129,6 +143,7 @@ def collect_release(
             continue
         total += part
         out.clients += 1
+        record(node, reply.key, "accepted")
     if noise_holder(p.mode) == "server":
         assert server_ledger is not None
         out.entry = server_entry
@@ -146,12 +161,26 @@ def collect_release(
 
 
 def popularity_prior(
-    grid: Grid, config: StrataConfig, model: StrataModel, *, run_id: str, server_ledger: Ledger | None, timeout: float
+    grid: Grid,
+    config: StrataConfig,
+    model: StrataModel,
+    *,
+    run_id: str,
+    server_ledger: Ledger | None,
+    timeout: float,
+    instructions: InstructionLog | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[int, float]]:
     """Return weights whose decoder item bias comes from a (DP) popularity release (round 0), and
     the clients' ε after it; the model's own initial weights when the release was refused."""
     release = collect_release(
-        grid, config, POPULARITY, run_id=run_id, dim=model.n_items, server_ledger=server_ledger, timeout=timeout
+        grid,
+        config,
+        POPULARITY,
+        run_id=run_id,
+        dim=model.n_items,
+        server_ledger=server_ledger,
+        timeout=timeout,
+        instructions=instructions,
     )
     if release is None:
         return {k: v.detach().clone() for k, v in model.named_parameters()}, {}
@@ -171,6 +200,7 @@ def interest_census(
     server_ledger: Ledger | None,
     delta: float,
     timeout: float,
+    instructions: InstructionLog | None = None,
 ) -> tuple[JsonDict | None, dict[int, float]]:
     """Build the taxonomy of the final model, release the DP interest census and write both
     (`taxonomy.json`, `census.json`); return the census (None when the server's budget refused
@@ -192,6 +222,7 @@ def interest_census(
         timeout=timeout,
         arrays=ArrayRecord(final),
         interests=index.l2,
+        instructions=instructions,
     )
     if release is None:
         return None, {}

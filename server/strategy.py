@@ -25,6 +25,7 @@ from flwr.serverapp.strategy import Strategy
 from shared.metrics import EVAL_FIELDS, release_means
 from shared.protocol import RUN_ID, EvaluateIns, EvaluateRes, ProtocolError, TrainIns, TrainRes
 
+from .instruction_log import InstructionLog, Kind, Outcome
 from .server_optimizer import ServerOptimizer
 from .update_check import InvalidUpdate, check_update
 
@@ -60,6 +61,7 @@ class FedAvgStrategy(Strategy):
         min_train_clients: int = 1,
         rating_range: tuple[float, float] = (1.0, 5.0),
         client_eval_noise_std: float = 0.0,
+        instructions: InstructionLog | None = None,
     ) -> None:
         if not 0 < fraction_train <= 1 or not 0 < fraction_evaluate <= 1:
             raise ValueError("The fractions of clients sampled should be in (0, 1].")
@@ -76,6 +78,11 @@ class FedAvgStrategy(Strategy):
         self.rating_range = rating_range
         self.client_eval_noise_std = client_eval_noise_std
         """Std of the noise each client adds to its evaluation sum (0 when it adds none)."""
+        self.instructions = instructions
+        """The server's signed log of every instruction and its outcome (None: not kept)."""
+        self.log_train = True
+        """Whether training instructions are logged (not under central DP: the sample is secret)."""
+        self._run_id = ""
         self.current: Weights | None = None
         """The global weights of the round in progress (set by `configure_train`)."""
         self.client_epsilon: dict[int, float] = {}
@@ -116,6 +123,12 @@ class FedAvgStrategy(Strategy):
         picked = self.rng.choice(len(nodes), size=min(k, len(nodes)), replace=False)
         return [nodes[i] for i in sorted(picked.tolist())]
 
+    def _log(self, server_round: int, kind: Kind, node: int, key: str, outcome: Outcome) -> None:
+        if self.instructions is not None:
+            self.instructions.append(
+                run_id=self._run_id, server_round=server_round, kind=kind, node=node, key=key, outcome=outcome
+            )
+
     @staticmethod
     def messages(nodes: list[int], content: RecordDict, kind: str) -> list[Message]:
         """Build one message of `kind` with `content` for each node."""
@@ -136,6 +149,8 @@ class FedAvgStrategy(Strategy):
             if msg.has_error():
                 tally.failed += 1
                 log.warning("round %d: client %d failed: %s", server_round, node, msg.error.reason)
+                if self.log_train:
+                    self._log(server_round, "train", node, "", "failed")
                 continue
             try:
                 reply = TrainRes.from_record(msg.content)
@@ -143,11 +158,15 @@ class FedAvgStrategy(Strategy):
                 tally.failed += 1
                 self.rejected.append(f"round {server_round}, node {node}: {exc}")
                 log.warning("round %d: malformed reply from node %d: %s", server_round, node, exc)
+                if self.log_train:
+                    self._log(server_round, "train", node, "", "failed")
                 continue
             self.client_epsilon[node] = reply.epsilon
             if reply.weights is None:
                 tally.refused += 1
                 log.info("round %d: client %d refused: %s", server_round, node, reply.reason)
+                if self.log_train:
+                    self._log(server_round, "train", node, reply.key, "refused")
                 continue
             update = OrderedDict(reply.weights)
             try:
@@ -158,8 +177,12 @@ class FedAvgStrategy(Strategy):
                 tally.failed += 1
                 self.rejected.append(f"round {server_round}, node {node}: {exc}")
                 log.warning("round %d: rejected update from node %d: %s", server_round, node, exc)
+                if self.log_train:
+                    self._log(server_round, "train", node, reply.key, "rejected")
                 continue
             tally.accepted += 1
+            if self.log_train:
+                self._log(server_round, "train", node, reply.key, "accepted")
             yield update, reply
 
     def apply(self, delta: Weights) -> Weights:
@@ -185,6 +208,7 @@ class FedAvgStrategy(Strategy):
     ) -> Iterable[Message]:
         """Ask a seeded fraction of the clients to train from the current weights."""
         self.current = arrays.to_torch_state_dict()
+        self._run_id = _run_id(config)
         content = TrainIns(arrays=arrays, server_round=server_round, run_id=_run_id(config)).to_record()
         return self.messages(self.sample(grid, self.fraction_train), content, MessageType.TRAIN)
 
@@ -219,6 +243,7 @@ class FedAvgStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Ask a seeded fraction of the clients for an evaluation release of the weights."""
+        self._run_id = _run_id(config)
         content = EvaluateIns(arrays=arrays, server_round=server_round, run_id=_run_id(config)).to_record()
         return self.messages(self.sample(grid, self.fraction_evaluate), content, MessageType.EVALUATE)
 
@@ -229,16 +254,19 @@ class FedAvgStrategy(Strategy):
             node = msg.metadata.src_node_id
             if msg.has_error():
                 log.warning("round %d: evaluation failed on node %d: %s", server_round, node, msg.error.reason)
+                self._log(server_round, "evaluate", node, "", "failed")
                 continue
             try:
                 reply = EvaluateRes.from_record(msg.content)
             except ProtocolError as exc:
                 log.warning("round %d: malformed evaluation reply from node %d: %s", server_round, node, exc)
+                self._log(server_round, "evaluate", node, "", "failed")
                 continue
             self.client_epsilon[node] = reply.epsilon
             if reply.total is None:
                 refused += 1
                 log.info("round %d: node %d refused the evaluation release: %s", server_round, node, reply.reason)
+                self._log(server_round, "evaluate", node, reply.key, "refused")
                 continue
             if reply.total.shape != total.shape or not np.all(np.isfinite(reply.total)):
                 log.warning(
@@ -247,9 +275,11 @@ class FedAvgStrategy(Strategy):
                     node,
                     reply.total.shape,
                 )
+                self._log(server_round, "evaluate", node, reply.key, "rejected")
                 continue
             total += reply.total
             answered += 1
+            self._log(server_round, "evaluate", node, reply.key, "accepted")
         return total, answered, refused
 
     def evaluation_record(self, total: np.ndarray, noise_std: float, answered: int, refused: int) -> MetricRecord:

@@ -20,8 +20,9 @@ message                    direction      content
 =========================  =============  ==============================================
 
 A reply carries only the accounted mechanism's output (weights, a release sum with its
-ledger entry), the device's ε (a function of the public plan and of its participation) and,
-when it refuses, why. No count, loss, sum or id otherwise: in the `device` topology any of
+ledger entry), the device's ε (a function of the public plan and of its participation), the
+public key that signs its ledger (so the server's instruction log names whose ledger must
+hold the entry) and, when it refuses, why. No count, loss, sum or id otherwise: in the `device` topology any of
 them would be one user's exact value.
 
 `REPLY_SCHEMAS` lists exactly what each reply may carry (record → key → kind); a test
@@ -52,6 +53,7 @@ RELEASE_KIND = "release"
 EPSILON = "epsilon"
 REFUSED = "refused"
 REASON = "reason"
+KEY = "key"
 SUM = "sum"
 L2_MATRIX = "l2"
 
@@ -141,33 +143,27 @@ class TrainIns(_GlobalWeightsIns):
     """Train one round from the global weights."""
 
 
-def _refusal_config(reason: str) -> ConfigRecord:
-    return ConfigRecord({REASON: reason})
-
-
-def _reason(content: RecordDict) -> str:
-    config = _record(content, CONFIG, ConfigRecord)
-    assert isinstance(config, ConfigRecord)
-    return _str(config, REASON, CONFIG)
-
-
-def _status(content: RecordDict) -> tuple[bool, float, str]:
-    """(refused, ε, reason) of a reply."""
+def _status(content: RecordDict) -> tuple[bool, float, str, str]:
+    """(refused, ε, reason, key) of a reply."""
     metrics = _record(content, METRICS, MetricRecord)
     assert isinstance(metrics, MetricRecord)
+    config = _record(content, CONFIG, ConfigRecord)
+    assert isinstance(config, ConfigRecord)
     refused = bool(_int(metrics, REFUSED, METRICS))
-    reason = _reason(content)
+    reason = _str(config, REASON, CONFIG)
     if refused and not reason:
         raise ProtocolError(f"a refusal must give its reason in {CONFIG}[{REASON!r}].")
-    return refused, _float(metrics, EPSILON, METRICS), reason
+    return refused, _float(metrics, EPSILON, METRICS), reason, _str(config, KEY, CONFIG)
 
 
-def _status_records(refused: bool, epsilon: float, reason: str) -> dict[str, ArrayRecord | MetricRecord | ConfigRecord]:
+def _status_records(
+    refused: bool, epsilon: float, reason: str, key: str
+) -> dict[str, ArrayRecord | MetricRecord | ConfigRecord]:
     if refused and not reason:
         raise ValueError("a refusal must give its reason.")
     return {
         METRICS: MetricRecord({EPSILON: epsilon, REFUSED: int(refused)}),
-        CONFIG: _refusal_config(reason if refused else ""),
+        CONFIG: ConfigRecord({REASON: reason if refused else "", KEY: key}),
     }
 
 
@@ -185,11 +181,13 @@ class TrainRes:
     """The device's ε after this round."""
     reason: str = ""
     """Why the device refused (empty when it trained)."""
+    key: str = ""
+    """The public key (hex) that signs the device's ledger ("" when it keeps none)."""
 
     SCHEMA: ClassVar[dict[str, dict[str, str]]] = {
         ARRAYS: {"*": "tensor"},
         METRICS: {EPSILON: "float", REFUSED: "int"},
-        CONFIG: {REASON: "str"},
+        CONFIG: {REASON: "str", KEY: "str"},
     }
 
     @property
@@ -199,7 +197,7 @@ class TrainRes:
 
     def to_record(self) -> RecordDict:
         """Encode as a Flower `RecordDict` (no weights when refused)."""
-        content = RecordDict(_status_records(self.refused, self.epsilon, self.reason))
+        content = RecordDict(_status_records(self.refused, self.epsilon, self.reason, self.key))
         if self.weights is not None:
             content[ARRAYS] = ArrayRecord(self.weights)
         return content
@@ -207,9 +205,9 @@ class TrainRes:
     @classmethod
     def from_record(cls, content: RecordDict) -> TrainRes:
         """Decode a received `RecordDict`; raise `ProtocolError` naming a missing or ill-typed key."""
-        refused, epsilon, reason = _status(content)
+        refused, epsilon, reason, key = _status(content)
         weights = None if refused else dict(_arrays(content).to_torch_state_dict())
-        return cls(weights=weights, epsilon=epsilon, reason=reason)
+        return cls(weights=weights, epsilon=epsilon, reason=reason, key=key)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -227,11 +225,13 @@ class _SumRes:
     """The device's ε afterwards."""
     reason: str = ""
     """Why the device refused (empty when it contributed)."""
+    key: str = ""
+    """The public key (hex) that signs the device's ledger ("" when it keeps none)."""
 
     SCHEMA: ClassVar[dict[str, dict[str, str]]] = {
         RELEASE: {SUM: "array"},
         METRICS: {EPSILON: "float", REFUSED: "int"},
-        CONFIG: {REASON: "str"},
+        CONFIG: {REASON: "str", KEY: "str"},
     }
 
     @property
@@ -241,7 +241,7 @@ class _SumRes:
 
     def to_record(self) -> RecordDict:
         """Encode as a Flower `RecordDict` (no release record when refused)."""
-        content = RecordDict(_status_records(self.refused, self.epsilon, self.reason))
+        content = RecordDict(_status_records(self.refused, self.epsilon, self.reason, self.key))
         if self.total is not None:
             content[RELEASE] = ArrayRecord({SUM: Array(np.asarray(self.total, dtype=np.float64))})
         return content
@@ -249,7 +249,7 @@ class _SumRes:
     @classmethod
     def from_record(cls, content: RecordDict) -> Self:
         """Decode a received `RecordDict`; raise `ProtocolError` naming a missing or ill-typed key."""
-        refused, epsilon, reason = _status(content)
+        refused, epsilon, reason, key = _status(content)
         total = None
         if not refused:
             release = _record(content, RELEASE, ArrayRecord)
@@ -257,7 +257,7 @@ class _SumRes:
             if SUM not in release:
                 raise ProtocolError(f"message record {RELEASE!r} has no {SUM!r} array.")
             total = release[SUM].numpy()
-        return cls(total=total, epsilon=epsilon, reason=reason)
+        return cls(total=total, epsilon=epsilon, reason=reason, key=key)
 
 
 @dataclass(frozen=True, kw_only=True)

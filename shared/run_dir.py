@@ -150,6 +150,11 @@ class RunDir:
         return self.ledger_dir / CENTRAL_LEDGER
 
     @property
+    def instruction_log_path(self) -> Path:
+        """Return the path of `ledgers/instructions.jsonl`: the server's signed log of its instructions."""
+        return self.ledger_dir / "instructions.jsonl"
+
+    @property
     def keys_dir(self) -> Path:
         """Return the path of `keys/`: the simulation's signing keys (private: not part of a release)."""
         return self.path / "keys"

@@ -17,6 +17,7 @@ from fakes import DirectGrid
 
 from server.federation import run_federation
 from server.privacy_report import write_privacy_report
+from shared.config import StrataConfig
 from shared.privacy.ledger import Ledger, LedgerEntry, chain_problems
 from shared.privacy.signing import SigningKey, digest
 from shared.run_dir import JsonDict, RunDir
@@ -191,3 +192,75 @@ def test_chain_problems_by_hand() -> None:
     unsigned = Ledger()
     unsigned.append(entries[0])
     assert "unsigned" in chain_problems(list(unsigned.entries), "L", key.public_hex())[0]
+
+
+# ------------------------------------------------------------------ the instruction log
+
+
+def _drop_last_round(run: RunDir) -> str:
+    """The consistent forgery: round 2 removed from every ledger, metrics.jsonl and summary.json (the
+    chains stay intact: only trailing entries go)."""
+    for path in run.client_ledger_paths():
+        _write(path, [line for line in _lines(path) if json.loads(line)["round"] < 2])
+    _write(run.metrics_path, [line for line in _lines(run.metrics_path) if json.loads(line)["round"] < 2])
+    summary = json.loads(run.summary_path.read_text())
+    summary["rounds"] = 1
+    run.summary_path.write_text(json.dumps(summary))
+    return "(accepted train, round 2"
+
+
+def _drop_census(run: RunDir) -> str:
+    for path in run.client_ledger_paths():
+        _write(path, [line for line in _lines(path) if json.loads(line)["round"] != 3])
+    return "(accepted census, round 3"
+
+
+def _drop_instruction(run: RunDir) -> str:
+    path = run.instruction_log_path
+    lines = _lines(path)
+    del lines[2]
+    _write(path, lines)
+    return "instructions.jsonl, record 3: chain broken"
+
+
+@pytest.fixture(scope="module")
+def census_run(tmp_path_factory: pytest.TempPathFactory) -> RunDir:
+    from conftest import TINY_DATA, TINY_MODEL, make_config, set_task_identity
+
+    set_task_identity()
+    cfg = make_config(
+        out=tmp_path_factory.mktemp("census") / "run",
+        data=TINY_DATA,
+        model=TINY_MODEL,
+        train={"batch_size": 8},
+        privacy={"population": 40, "mode": "local", "noise_multiplier": 1.0},
+        federation={"topology": "hub", "num_hubs": 4, "rounds": 2, "census": True},
+    )
+    run_federation(DirectGrid(cfg), cfg, oracle=OracleEvaluation(cfg))
+    return RunDir.of(cfg.run_dir)
+
+
+@pytest.mark.parametrize("forge", [_drop_last_round, _drop_census, _drop_instruction])
+def test_the_instruction_log_catches_what_the_chains_cannot(
+    census_run: RunDir, tmp_path: Path, forge: Callable[[RunDir], str]
+) -> None:
+    assert write_privacy_report(census_run, verify=True)[1]  # the honest run with its census verifies
+    run = _copy(census_run, tmp_path)
+    where = forge(run)
+    failed, report = _failed(run)
+    assert "instruction log matched" in failed, failed
+    assert where in failed["instruction log matched"]
+    assert report["guarantee"]["epsilon"] == "inf"
+
+
+def test_a_central_release_deleted_from_the_servers_ledger_fails(tiny_config: StrataConfig, tmp_path: Path) -> None:
+    cfg = tiny_config.replace(
+        {"privacy.mode": "central", "privacy.central-noise-multiplier": 1.0, "model.popularity-prior": True}
+    )
+    run_federation(DirectGrid(cfg), cfg, oracle=OracleEvaluation(cfg))
+    run = RunDir.of(cfg.run_dir)
+    assert write_privacy_report(run, verify=True)[1]
+    path = run.central_ledger_path
+    _write(path, _lines(path)[1:])  # the popularity entry (round 0, the first) removed
+    failed, _ = _failed(run)
+    assert "no popularity entry for round 0" in failed["instruction log matched"]

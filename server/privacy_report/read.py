@@ -13,6 +13,7 @@ from pathlib import Path
 from shared.config import StrataConfig
 from shared.data.source import catalog_fingerprint, load_source
 from shared.privacy.ledger import LedgerEntry, LedgerError, read_entries
+from server.instruction_log import Instruction, read_instructions
 from shared.run_dir import JsonDict, RunDir
 
 LAYOUT = RunDir(Path())
@@ -44,6 +45,8 @@ class RunFiles:
     metrics: list[JsonDict]
     manifest: JsonDict | None
     summary: JsonDict | None
+    instructions: list[Instruction] | None = None
+    """The server's instruction log (None: there is none)."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,15 @@ def read_run(run: RunDir, *, strict: bool) -> RunFiles:
             central = entries
         else:
             clients[RunDir.client_id_of(path)] = entries
+    instructions = None
+    if run.instruction_log_path.exists():
+        hashes[run.instruction_log_path.name] = hashlib.sha256(run.instruction_log_path.read_bytes()).hexdigest()
+        try:
+            instructions = read_instructions(run.instruction_log_path)
+        except ValueError as exc:
+            if strict:
+                raise
+            unreadable.append(str(exc))
     return RunFiles(
         run=run,
         config=config,
@@ -103,6 +115,7 @@ def read_run(run: RunDir, *, strict: bool) -> RunFiles:
         metrics=run.read_metrics(),
         manifest=run.read_manifest(),
         summary=run.read_summary(),
+        instructions=instructions,
     )
 
 

@@ -20,9 +20,11 @@ from shared.privacy.plan import central_plan, device_plan
 from shared.config import StrataConfig
 from shared.privacy.guarantee import HolderEpsilon, epsilon_series, holders, is_central_dp, max_series
 from shared.privacy.ledger import SERVER, LedgerEntry, chain_problems
+from server.instruction_log import SPENT, log_problems
 from shared.privacy.release import (
     EVALUATION,
     RELEASE,
+    noise_holder,
     evaluation_rounds,
     release_bound,
     release_kind,
@@ -84,6 +86,7 @@ def verify(
         _check_parse(files),
         _check_ledgers_present(files),
         _check_signatures(files, pinned),
+        _check_instructions(files, pinned, replay.current_run),
         _check_ledger_structure(files, replay.current_run),
         _check_accountants(files, replay, per_client, tolerance),
         *_check_metrics(files, replay, tolerance, *_figures(files, replay, tolerance, max_over_rounds, central)),
@@ -109,7 +112,8 @@ def _check_parse(files: RunFiles) -> Check:
 
 SIGNATURES = "ledgers signed and chained"
 PRESENT = "ledgers present"
-FAIL_CLOSED = (PRESENT, SIGNATURES)
+INSTRUCTIONS = "instruction log matched"
+FAIL_CLOSED = (PRESENT, SIGNATURES, INSTRUCTIONS)
 """Checks whose failure leaves no guarantee to state: the report's ε becomes ∞."""
 
 
@@ -149,6 +153,95 @@ def _check_signatures(files: RunFiles, pinned: Mapping[str, str]) -> Check:
         more = f" (and {len(problems) - MAX_PROBLEMS} more)" if len(problems) > MAX_PROBLEMS else ""
         return Check(SIGNATURES, False, _joined(problems) + more)
     return Check(SIGNATURES, True, f"{n} entries, each signed by its holder's pinned key, chained to the one before.")
+
+
+def _entry_kind(e: LedgerEntry, config: StrataConfig) -> str:
+    """Return the instruction kind an entry answers: train for DP-SGD, else the release its round names."""
+    if e.mechanism == "dp-sgd":
+        return "train"
+    kind = release_kind(e.round, config)
+    return {EVALUATION: "evaluate"}.get(kind or "", kind or "unplanned")
+
+
+def _check_instructions(files: RunFiles, pinned: Mapping[str, str], current_run: str | None) -> Check:
+    """Check that the server's signed instruction log and the devices' ledgers match both ways and that it
+    holds every configured instruction: each accepted (or rejected) instruction has its entry in the ledger of the
+    key the reply named, each entry of this run has its instruction."""
+    config = files.config
+    p, fed = config.privacy, config.federation
+    if p.mode == "off":
+        return Check(INSTRUCTIONS, True, "privacy.mode is 'off': no entries to match.")
+    if files.instructions is None:
+        return Check(INSTRUCTIONS, False, f"no instruction log {LAYOUT.instruction_log_path}: ε = ∞.")
+    where = str(LAYOUT.instruction_log_path)
+    records = files.instructions
+    problems = log_problems(records, where, pinned.get(SERVER))
+    mine = [(n, r) for n, r in enumerate(records, 1) if r.run_id == current_run]
+    local_noise = noise_holder(p.mode) == "client"
+    by_key: dict[str, tuple[str, set[tuple[str, int]]]] = {}
+    for cid, entries in files.clients.items():
+        for e in entries:
+            if e.run_id == current_run:
+                _, found = by_key.setdefault(e.key, (cid, set()))
+                found.add((_entry_kind(e, config), e.round))
+    logged = {(r.key, r.kind, r.round) for _, r in mine if r.outcome in SPENT}
+    for n, r in mine:
+        if r.outcome not in SPENT or (r.kind != "train" and not local_noise) or (r.kind == "train" and not p.local_dp):
+            continue
+        cid, found = by_key.get(r.key, ("?", set()))
+        if (r.kind, r.round) not in found:
+            out = f"{where}, record {n}: node {r.node} ({r.outcome} {r.kind}, round {r.round}, key {r.key[:12]}…)"
+            problems.append(f"{out} has no entry in {'a ledger' if cid == '?' else f'client-{cid}.jsonl'}")
+    trains_logged = not p.central_dp
+    for cid, entries in files.clients.items():
+        for k, e in enumerate(entries, 1):
+            kind = _entry_kind(e, config)
+            if e.run_id != current_run or (kind == "train" and not trains_logged):
+                continue
+            if (e.key, kind, e.round) not in logged:
+                problems.append(
+                    f"{LAYOUT.client_ledger_path(cid)}, entry {k}: {kind} round {e.round} has no instruction in {where}"
+                )
+    rounds_run = sorted({int(m["round"]) for m in files.metrics})
+    wanted = [("train", r) for r in rounds_run if trains_logged]
+    wanted += [("evaluate", r) for r in evaluation_rounds(config) if r in rounds_run]
+    if config.model.popularity_prior:
+        wanted.append(("popularity", 0))
+    if fed.census and files.summary is not None:
+        wanted.append(("census", fed.rounds + 1))
+    have = {(r.kind, r.round) for _, r in mine}
+    problems += [f"{where}: no {kind} instruction for round {rnd}" for kind, rnd in wanted if (kind, rnd) not in have]
+    problems += _server_entry_shortfalls(files, current_run, rounds_run)
+    if problems:
+        more = f" (and {len(problems) - MAX_PROBLEMS} more)" if len(problems) > MAX_PROBLEMS else ""
+        return Check(INSTRUCTIONS, False, _joined(problems) + more)
+    return Check(
+        INSTRUCTIONS,
+        True,
+        f"{len(mine)} instructions of run {current_run}, each with its entry; every entry with its instruction; "
+        f"every configured instruction present ({len(wanted)}).",
+    )
+
+
+def _server_entry_shortfalls(files: RunFiles, current_run: str | None, rounds_run: list[int]) -> list[str]:
+    """Name every release the server must have recorded in its own ledger and did not: a dp-fedavg entry
+    per round under central DP, and each configured release it noised (popularity, evaluation, census)."""
+    config = files.config
+    p, fed = config.privacy, config.federation
+    found = {
+        ("dp-fedavg" if e.mechanism == "dp-fedavg" else _entry_kind(e, config), e.round)
+        for e in files.central
+        if e.run_id == current_run and e.client == SERVER
+    }
+    wanted = [("dp-fedavg", r) for r in rounds_run] if p.central_dp else []
+    if noise_holder(p.mode) == "server":
+        wanted += [("evaluate", r) for r in evaluation_rounds(config) if r in rounds_run]
+        if config.model.popularity_prior:
+            wanted.append(("popularity", 0))
+        if fed.census and files.summary is not None:
+            wanted.append(("census", fed.rounds + 1))
+    path = LAYOUT.central_ledger_path
+    return [f"{path}: no {kind} entry for round {rnd}" for kind, rnd in wanted if (kind, rnd) not in found]
 
 
 def _check_ledger_structure(files: RunFiles, current_run: str | None) -> Check:
