@@ -46,17 +46,17 @@ EXPECTED_SCHEMAS: dict[type, Schema] = {
     TrainRes: {
         "arrays": {"*": "tensor"},
         "metrics": {"epsilon": "float", "refused": "int"},
-        "config": {"reason": "str"},
+        "config": {"reason": "str", "key": "str"},
     },
     EvaluateRes: {
         "release": {"sum": "array"},
         "metrics": {"epsilon": "float", "refused": "int"},
-        "config": {"reason": "str"},
+        "config": {"reason": "str", "key": "str"},
     },
     ReleaseRes: {
         "release": {"sum": "array"},
         "metrics": {"epsilon": "float", "refused": "int"},
-        "config": {"reason": "str"},
+        "config": {"reason": "str", "key": "str"},
     },
 }
 KINDS = {"tensor", "array", "int", "float", "str"}
@@ -215,6 +215,7 @@ def test_real_reply_is_exactly_its_schema(tiny_config: StrataConfig, case: Case)
     assert_matches(reply.content, EXPECTED_SCHEMAS[case.reply], weights=weights, dim=case.dim(n_items))
     parsed = case.reply.from_record(reply.content)  # type: ignore[attr-defined]
     assert not parsed.refused and parsed.reason == ""
+    assert len(bytes.fromhex(parsed.key)) == 32  # the public key that signs the device's ledger
 
 
 def test_refused_train_reply_is_the_schema_without_weights(tiny_config: StrataConfig) -> None:
@@ -240,7 +241,7 @@ def _samples() -> list[AnyMessage]:
     arrays = ArrayRecord(_weights_example())
     return [
         TrainIns(arrays=arrays, server_round=3, run_id="run-a"),
-        TrainRes(weights=_weights_example(), epsilon=0.5),
+        TrainRes(weights=_weights_example(), epsilon=0.5, key="ab" * 32),
         TrainRes(weights=None, epsilon=2.0, reason="budget: over"),
         EvaluateIns(arrays=arrays, server_round=2, run_id="run-a"),
         EvaluateRes(total=np.array([3.0, 1.5, 0.75, 0.1, 0.2, 0.9]), epsilon=0.25),
@@ -371,7 +372,10 @@ def test_wrong_value_kind_is_a_protocol_error(message: Any, record: str, key: st
         ),
         (
             lambda: RecordDict(
-                {"metrics": ConfigRecord({"epsilon": 0.0, "refused": 0}), "config": ConfigRecord({"reason": ""})}
+                {
+                    "metrics": ConfigRecord({"epsilon": 0.0, "refused": 0}),
+                    "config": ConfigRecord({"reason": "", "key": ""}),
+                }
             ),
             EvaluateRes,
         ),
@@ -380,7 +384,7 @@ def test_wrong_value_kind_is_a_protocol_error(message: Any, record: str, key: st
                 {
                     "release": MetricRecord({"sum": 1.0}),
                     "metrics": MetricRecord({"epsilon": 0.0, "refused": 0}),
-                    "config": ConfigRecord({"reason": ""}),
+                    "config": ConfigRecord({"reason": "", "key": ""}),
                 }
             ),
             ReleaseRes,
