@@ -20,6 +20,7 @@ from shared.model import build_model
 from shared.privacy.accounting import default_delta, epsilon_of
 from shared.privacy.guarantee import entries_upto, epsilon_series, guarantee, holder_epsilons, holders
 from shared.privacy.ledger import Ledger, LedgerEntry, LedgerError
+from server.instruction_log import InstructionLog
 from shared.privacy.signing import SigningKey
 from shared.run_dir import RunDir
 
@@ -54,6 +55,7 @@ def _config(run_dir: Path, mode: str) -> StrataConfig:
             'federation.topology="hub"',
             "federation.num-hubs=3",
             f"federation.rounds={ROUNDS}",
+            'federation.eval-release="none"',
         ],
     )
 
@@ -78,12 +80,18 @@ def _make_run(tmp_path: Path, *, mode: str = "local", prior: bool = False) -> tu
     ledgers: dict[str, list[LedgerEntry]] = {}
     if mode == "local":
         (run_dir / "ledgers").mkdir()
+        log = InstructionLog(run.instruction_log_path, SigningKey.load_or_create(run.signing_key_path("server")))
         for cid in PLANS:
             key = SigningKey.load_or_create(run.signing_key_path(f"client-{cid}"))
             signed = Ledger(path=run.client_ledger_path(cid), signer=key)
             for e in ([*_entries(cid, "run-a")] if prior and cid == "0" else []) + _entries(cid):
                 signed.append(e)  # chained and signed by the client's key, as a device writes it
             ledgers[cid] = list(signed.entries)
+        for r in range(1, ROUNDS + 1):  # the server's log of who trained in each round
+            for cid, rounds in PLANS.items():
+                if r in rounds:
+                    pub = SigningKey.load(run.signing_key_path(f"client-{cid}")).public_hex()
+                    log.append(run_id=RUN_ID, server_round=r, kind="train", node=int(cid), key=pub, outcome="accepted")
     metrics = []
     for r in range(1, ROUNDS + 1):
         eps = max(

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from server.central_dp import accounted_sample_rate
+from shared.privacy.accounting import calibrate_noise_multiplier
 from shared.privacy.plan import central_plan, device_plan
 from shared.config import StrataConfig
 from shared.privacy.guarantee import HolderEpsilon, epsilon_series, holders, is_central_dp, max_series
@@ -25,6 +26,7 @@ from shared.privacy.release import (
     EVALUATION,
     RELEASE,
     noise_holder,
+    planned_releases,
     evaluation_rounds,
     release_bound,
     release_kind,
@@ -171,6 +173,8 @@ def _check_instructions(files: RunFiles, pinned: Mapping[str, str], current_run:
     p, fed = config.privacy, config.federation
     if p.mode == "off":
         return Check(INSTRUCTIONS, True, "privacy.mode is 'off': no entries to match.")
+    if not files.clients and files.central and holder_of_central(files) == "central":
+        return Check(INSTRUCTIONS, True, "a central reference run: one trainer, no instructions to match.")
     if files.instructions is None:
         return Check(INSTRUCTIONS, False, f"no instruction log {LAYOUT.instruction_log_path}: ε = ∞.")
     where = str(LAYOUT.instruction_log_path)
@@ -258,6 +262,7 @@ def _check_ledger_structure(files: RunFiles, current_run: str | None) -> Check:
     }
     for fname, (cid, entries) in named.items():
         last: dict[str, int] = {}
+        sigma = expected_noise_multiplier(config, cid, entries, current_run)
         for n, e in enumerate(entries, 1):
             where = f"{fname}, entry {n}"
             if e.client != cid:
@@ -266,7 +271,7 @@ def _check_ledger_structure(files: RunFiles, current_run: str | None) -> Check:
                 problems.append(f"{where}: round {e.round} after round {last[e.run_id]} of run {e.run_id}")
             last[e.run_id] = e.round
             if e.mechanism == "dp-fedavg":
-                problems += _fedavg_entry_problems(e, where, config, current_run)
+                problems += _fedavg_entry_problems(e, where, config, current_run, sigma)
                 continue
             if e.mechanism == RELEASE:
                 problems += _release_entry_problems(e, where, config, current_run)
@@ -283,10 +288,9 @@ def _check_ledger_structure(files: RunFiles, current_run: str | None) -> Check:
                     f"{where}: (q, steps) = ({e.sample_rate:g}, {e.steps}) but the public plan gives ({q:g}, {steps})"
                 )
             sigmas.setdefault(fname, set()).add(e.noise_multiplier)
-            if p.target_epsilon <= 0 and not math.isclose(e.noise_multiplier, p.noise_multiplier, rel_tol=1e-9):
-                problems.append(
-                    f"{where}: σ = {e.noise_multiplier:g}, config privacy.noise-multiplier = {p.noise_multiplier:g}"
-                )
+            if not math.isclose(e.noise_multiplier, sigma, rel_tol=1e-9):
+                source = "calibrated from the public plan" if p.target_epsilon > 0 else "privacy.noise-multiplier"
+                problems.append(f"{where}: σ = {e.noise_multiplier:.6g}, {source} gives {sigma:.6g}")
             if not math.isclose(e.max_grad_norm, p.max_grad_norm, rel_tol=1e-9):
                 problems.append(f"{where}: C = {e.max_grad_norm:g}, config privacy.max-grad-norm = {p.max_grad_norm:g}")
     for fname, found in sigmas.items():
@@ -294,30 +298,67 @@ def _check_ledger_structure(files: RunFiles, current_run: str | None) -> Check:
             problems.append(f"{fname}: run {current_run} uses several σ ({', '.join(f'{x:g}' for x in sorted(found))})")
     n = sum(len(e) for _, e in named.values())
     ok_msg = (
-        f"{n} entries: clients match file names, rounds are in order, (σ, C) match the config, "
-        "(q, steps) match the public plan"
+        f"{n} entries: clients match file names, rounds are in order, C matches the config, (q, steps) and σ "
+        "are recomputed from the public plan"
     )
-    if p.target_epsilon > 0:
-        ok_msg += " (σ calibrated to target-epsilon: one σ per client in this run, not compared with the config)"
+    if p.target_epsilon > 0 or p.central_target_epsilon > 0:
+        ok_msg += " (σ by the same calibration to the target ε, earlier runs and planned releases included)"
     if not problems:
         return Check("ledger entries consistent", True, ok_msg + ".")
     more = f" (and {len(problems) - MAX_PROBLEMS} more)" if len(problems) > MAX_PROBLEMS else ""
     return Check("ledger entries consistent", False, _joined(problems) + more)
 
 
-def _fedavg_entry_problems(e: LedgerEntry, where: str, config: StrataConfig, current_run: str | None) -> list[str]:
-    """Check a DP-FedAvg entry: one step per round; in this run (z, q, S) are the configured ones."""
+def expected_noise_multiplier(
+    config: StrataConfig, holder: str, entries: list[LedgerEntry], current_run: str | None
+) -> float:
+    """Return the σ (z for the server) the holder must use in the current run: the configured one, or the
+    calibration it runs to the target ε — recomputed here from the public plan, the entries of earlier runs
+    before this run's first entry, and this run's planned releases."""
+    p, fed = config.privacy, config.federation
+    server = holder == SERVER
+    target = p.central_target_epsilon if server else p.target_epsilon
+    if target <= 0:
+        return p.central_noise_multiplier if server else p.noise_multiplier
+    first = next((k for k, e in enumerate(entries) if e.run_id == current_run), len(entries))
+    earlier = [e for e in entries[:first] if e.run_id != current_run]
+    run_id = current_run or ""
+    if server:
+        rate, steps = accounted_sample_rate(config), fed.rounds
+        planned = planned_releases(config, run_id=run_id, holder=SERVER, server=True)
+    elif holder == "central":
+        rate, per_epoch = central_plan(config)
+        steps, planned = per_epoch * config.train.epochs, []
+        # The central trainer calibrates after its popularity release: every entry before its first step counts.
+        start = next((k for k, e in enumerate(entries) if e.run_id == current_run and e.mechanism == "dp-sgd"), 0)
+        earlier = list(entries[:start])
+    else:
+        rate, per_round = device_plan(config)
+        steps = per_round * fed.rounds
+        planned = planned_releases(config, run_id=run_id, holder=holder, server=False)
+    try:
+        return calibrate_noise_multiplier(
+            target_epsilon=target, delta=p.resolved_delta, population=p.population, sample_rate=rate, steps=steps,
+            accountant=p.accountant, prior=[*earlier, *planned],
+        )
+    except ValueError:
+        return math.nan  # no σ fits: every entry of this run is then a mismatch
+
+
+def _fedavg_entry_problems(
+    e: LedgerEntry, where: str, config: StrataConfig, current_run: str | None, z: float
+) -> list[str]:
+    """Check a DP-FedAvg entry: one step per round; in this run (q, S) are the configured ones and z the
+    configured or recomputed one."""
     p = config.privacy
     out = []
     if e.steps != 1:
         out.append(f"{where}: a dp-fedavg round has {e.steps} steps, expected 1")
     if e.run_id != current_run:
         return out
-    if p.central_target_epsilon <= 0 and not math.isclose(e.noise_multiplier, p.central_noise_multiplier, rel_tol=1e-9):
-        out.append(
-            f"{where}: z = {e.noise_multiplier:g}, "
-            f"config privacy.central-noise-multiplier = {p.central_noise_multiplier:g}"
-        )
+    if not math.isclose(e.noise_multiplier, z, rel_tol=1e-9):
+        source = "calibrated from the public plan" if p.central_target_epsilon > 0 else "central-noise-multiplier"
+        out.append(f"{where}: z = {e.noise_multiplier:.6g}, {source} gives {z:.6g}")
     allowed = accounted_sample_rate(config)
     if not math.isclose(e.sample_rate, allowed, rel_tol=1e-9):
         out.append(f"{where}: q = {e.sample_rate:g}, the configured sampling allows q = {allowed:g}")
