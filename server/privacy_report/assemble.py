@@ -120,11 +120,13 @@ class Accountants:
 
 @dataclass(frozen=True)
 class Fingerprints:
-    """The manifest's catalog and weights fingerprints, and each ledger file's SHA-256."""
+    """The manifest's catalog and weights fingerprints, each ledger file's SHA-256, and the public key
+    that signed each ledger (its entries' `key`; verify checks them against the pinned keys)."""
 
     catalog: str | None
     weights: str | None
     ledgers_sha256: Mapping[str, str]
+    signing_keys: Mapping[str, str]
 
 
 @dataclass(frozen=True)
@@ -282,6 +284,7 @@ def assemble(files: RunFiles, replay: Replay, n_users: int | None, *, audit: Jso
             catalog=manifest.get("catalog_fingerprint"),
             weights=manifest.get("weights_fingerprint"),
             ledgers_sha256=files.ledger_hashes,
+            signing_keys=_signing_keys(files),
         ),
         refusals=tuple(_refusals(files.metrics)),
         adjacency=adjacency(config, delta),
@@ -291,6 +294,16 @@ def assemble(files: RunFiles, replay: Replay, n_users: int | None, *, audit: Jso
         verification=None,
         audit=audit,
     )
+
+
+def _signing_keys(files: RunFiles) -> dict[str, str]:
+    """Return the key(s) that signed each ledger file and the instruction log ("unsigned" for none)."""
+    logs = {f"client-{cid}.jsonl": {e.key for e in es} for cid, es in files.clients.items()}
+    if files.central:
+        logs["central.jsonl"] = {e.key for e in files.central}
+    if files.instructions:
+        logs["instructions.jsonl"] = {r.signer for r in files.instructions}
+    return {name: ", ".join(sorted(k for k in keys if k)) or "unsigned" for name, keys in logs.items()}
 
 
 def _rounds_by_kind(entries: list[LedgerEntry], current_run: str | None, config: StrataConfig) -> dict[str, list[int]]:

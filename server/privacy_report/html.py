@@ -250,6 +250,15 @@ def render_html(report: PrivacyReport | Mapping[str, Any]) -> str:
             mono=(1,),
         )
     )
+    if fp["signing_keys"]:
+        parts.append(
+            "<p>Ed25519 public keys that signed each ledger (verification checks every signature and chain link "
+            "against the keys the auditor pins):</p>"
+        )
+        parts.append(
+            _table(["ledger", "signing key"], [(f"{LAYOUT.ledger_dir}/{k}", v) for k, v in fp["signing_keys"].items()],
+                   mono=(1,))
+        )
     parts.append("<h2 id='scope'>Adjacency, trust model and releases</h2>")
     parts.append(f"<p>{_e(report['adjacency'])}</p><p>{_e(report['trust_model'])}</p>")
     if report["releases"]:
