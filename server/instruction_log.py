@@ -57,6 +57,8 @@ class InstructionLog:
         self.path = path
         self.signer = signer
         self._last = ""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()  # an empty log says "no instruction was logged", a missing one that there is no log
         if path.exists():
             lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
             self._last = digest(lines[-1]) if lines else ""
