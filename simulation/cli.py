@@ -254,7 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("privacy-report", help="DP budget report (JSON + HTML) of a run; --verify recomputes every ε")
     pr.add_argument("run", help="run directory")
     pr.add_argument("--verify", action="store_true", help="recompute ε from the ledgers with two accountants")
-    pr.add_argument("--tolerance", type=float, default=0.05, help="allowed relative disagreement (default 0.05)")
+    pr.add_argument(
+        "--tolerance", type=float, default=0.0,
+        help="allowed relative disagreement of a logged ε with its replay (default 0: the same accountant agrees)",
+    )
     pr.add_argument(
         "--keys",
         help="folder of the public keys to pin (<holder>.pem.pub: client-<id>, server, central); default RUN/keys",

@@ -34,7 +34,7 @@ def _quiet_absl() -> Iterator[None]:
 
 
 def build_privacy_report(
-    run_dir: Path | RunDir, *, verify: bool, tolerance: float = 0.05, keys: Path | None = None
+    run_dir: Path | RunDir, *, verify: bool, tolerance: float = 0.0, keys: Path | None = None
 ) -> tuple[PrivacyReport, bool]:
     """Build the privacy report of `run_dir` (nothing written); return it and whether it is verified.
 
@@ -75,7 +75,7 @@ def build_privacy_report(
 
 
 def write_privacy_report(
-    run_dir: Path | RunDir, *, verify: bool, tolerance: float = 0.05, keys: Path | None = None
+    run_dir: Path | RunDir, *, verify: bool, tolerance: float = 0.0, keys: Path | None = None
 ) -> tuple[JsonDict, bool]:
     """Write the run's privacy report, JSON and HTML, into `run_dir`.
 
