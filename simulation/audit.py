@@ -43,6 +43,8 @@ from shared.data.types import Catalog, LoadReport, RatingsData
 from shared.run_dir import JsonDict, RunDir
 from shared.seeds import CANARIES, make_rng
 
+from server.privacy_report import build_privacy_report
+
 from .central import run_central
 from .simulate import simulate
 
@@ -118,6 +120,16 @@ def epsilon_lower_bound(
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if rejected(mid) else (lo, mid)
     return lo
+
+
+def power_ceiling(m: int, *, delta: float, confidence: float, guesses: int | None = None) -> float:
+    """Return the largest ε lower bound this audit can show at all: every guess right, at the best grid
+    point (each at its Bonferroni-corrected level). A claimed ε above it cannot be contradicted."""
+    grid = guess_grid(m, guesses)
+    level = 1.0 - (1.0 - confidence) / len(grid)
+    return max(
+        epsilon_lower_bound(m=m, guesses=2 * k, correct=2 * k, delta=delta, confidence=level) for k in grid
+    )
 
 
 def guess_grid(m: int, guesses: int | None = None) -> list[int]:
@@ -339,6 +351,11 @@ def run_audit(
         config.federation.topology, config.privacy.mode,
     )
     delta = audited.privacy.resolved_delta
+    ceiling = power_ceiling(canaries, delta=delta, confidence=confidence, guesses=guesses)
+    log.info(
+        "audit: power ceiling ε = %.3f (m = %d, δ = %.3g, %.0f%% confidence): the largest lower bound it can show",
+        ceiling, canaries, delta, 100 * confidence,
+    )
     if 2 * canaries * delta >= 1.0 - confidence:
         log.warning(
             "audit: the δ term 2·m·δ = %.3g is not small against the significance level %.3g, so the audit "
@@ -346,15 +363,19 @@ def run_audit(
             2 * canaries * delta, 1.0 - confidence, (1.0 - confidence) / (2 * canaries),
         )
     load_source.cache_clear()  # the CSV path may have held other data earlier in this process
-    summary = train(audited)
+    train(audited)
 
     model, manifest, run_config = RunDir.of(run_dir).load_model()
     catalog = load_source(run_config.data, run_config.run.seed).catalog
     scores = canary_scores(model, planted, run_config, catalog)
     bound = bound_from_scores(scores, planted.included, delta=delta, confidence=confidence, guesses=guesses)
-    reported = float(summary.get("epsilon", 0.0))
     private = run_config.privacy.mode != "off"
-    passed = bool(bound["epsilon_lower_bound"] <= reported) if private else None
+    # The ε of what protects the released model, by the privacy report's rule (local, central or both).
+    report, _ = build_privacy_report(RunDir.of(run_dir), verify=False)
+    claimed = report.guarantee.epsilon
+    reported = float(claimed) if private and claimed != "inf" else math.inf
+    status = _status(bound["epsilon_lower_bound"], reported, ceiling, private)
+    passed = {"PASS": True, "FAIL": False}.get(status)
     result: JsonDict = {
         "method": "one-run canary audit (Steinke, Nasr & Jagielski 2023), guesses on top/bottom scores",
         "score": "log-likelihood of the canary's training items given them as input (final model, eval mode)",
@@ -366,8 +387,11 @@ def run_audit(
         "canaries_included": int(planted.included.sum()),
         "privacy_mode": run_config.privacy.mode,
         "reported_epsilon": reported if private else None,
+        "reported_epsilon_rule": "the privacy report's guarantee (the mode that protects the model)",
+        "power_ceiling": ceiling,
+        "status": status,
         "passed": passed,
-        "verdict": _verdict(bound, reported, confidence, passed),
+        "verdict": _verdict(bound, reported, confidence, status, ceiling),
         "pipeline": pipeline,
         "topology": run_config.federation.topology,
         "run_dir": str(run_dir),
@@ -388,9 +412,18 @@ def run_audit(
     return result
 
 
-def _verdict(bound: JsonDict, reported: float, confidence: float, passed: bool | None) -> str:
+def _status(bound: float, reported: float, ceiling: float, private: bool) -> str:
+    """PASS, FAIL, INCONCLUSIVE (the claim is above what this audit could ever show) or NO CLAIM (privacy off)."""
+    if not private:
+        return "NO CLAIM"
+    if bound > reported:
+        return "FAIL"
+    return "INCONCLUSIVE" if reported >= ceiling else "PASS"
+
+
+def _verdict(bound: JsonDict, reported: float, confidence: float, status: str, ceiling: float) -> str:
     eps, delta, conf = bound["epsilon_lower_bound"], bound["delta"], f"{confidence:.0%} confidence"
-    if passed is None:
+    if status == "NO CLAIM":
         if eps > 0:
             return (
                 f"privacy off: no ε is claimed; the audit detects membership, ε ≥ {eps:.3f} at δ = {delta:.3g}, "
@@ -403,7 +436,13 @@ def _verdict(bound: JsonDict, reported: float, confidence: float, passed: bool |
                 f"but the δ term 2·m·δ = {2 * bound['m'] * delta:.3g} swamps it: set a smaller privacy.delta."
             )
         return f"privacy off: no ε is claimed, yet no membership is detected ({conf}): the audit has no power here."
-    if passed:
+    if status == "INCONCLUSIVE":
+        return (
+            f"INCONCLUSIVE: the claimed ε = {reported:.3f} is at or above this audit's power ceiling ε = {ceiling:.3f} "
+            f"(m = {bound['m']}, δ = {delta:.3g}, {conf}): no outcome could contradict it (lower bound "
+            f"ε ≥ {eps:.3f}). More canaries raise the ceiling."
+        )
+    if status == "PASS":
         return (
             f"PASS: the lower bound ε ≥ {eps:.3f} is at most the reported ε = {reported:.3f} "
             f"(δ = {delta:.3g}, {conf})."
@@ -428,8 +467,9 @@ def format_audit(result: JsonDict) -> str:
             f"{result['selection']}"
         ),
     ]
+    lines.append(f"power ceiling ε {result['power_ceiling']:.3f} (every guess right)")
     if result["reported_epsilon"] is not None:
-        lines.append(f"reported ε {result['reported_epsilon']:.3f}")
+        lines.append(f"reported ε {result['reported_epsilon']:.3f} ({result['reported_epsilon_rule']})")
     lines.append(result["verdict"])
     return "\n".join(lines)
 

@@ -163,7 +163,25 @@ def test_tiny_central_audit_end_to_end(
     summary = run.read_summary()
     assert summary is not None
     assert saved["reported_epsilon"] == pytest.approx(summary["epsilon"]) and summary["epsilon"] > 0
-    assert saved["passed"] == (saved["epsilon_lower_bound"] <= saved["reported_epsilon"])
+    bound, claim, ceiling = saved["epsilon_lower_bound"], saved["reported_epsilon"], saved["power_ceiling"]
+    assert bound <= ceiling
+    expected = "FAIL" if bound > claim else ("INCONCLUSIVE" if claim >= ceiling else "PASS")
+    assert saved["status"] == expected and saved["passed"] == {"PASS": True, "FAIL": False}.get(expected)
     assert saved["canaries_included"] == sum(c["included"] for c in saved["canaries"])
     with pytest.raises(ValueError, match="fresh --out"):
         run_audit(cfg, canaries=20, out=out, seed=5, canary_items=6, pipeline="central")
+
+
+def test_the_power_ceiling_is_the_bound_of_all_guesses_right() -> None:
+    """m = 200 canaries at δ = 1e-5, 95%: no outcome shows more than ε ≈ 3.75 (m = 1000: ≈ 5.32), so a claim
+    of ε = 8 can never FAIL such an audit: it is INCONCLUSIVE, not PASS."""
+    from simulation.audit import _status, power_ceiling
+
+    assert power_ceiling(200, delta=1e-5, confidence=0.95) == pytest.approx(3.747, abs=0.01)
+    assert power_ceiling(1000, delta=1e-5, confidence=0.95) == pytest.approx(5.316, abs=0.01)
+    every_right = bound_from_scores(np.arange(200.0), np.arange(200) >= 100, delta=1e-5, confidence=0.95)
+    assert every_right["epsilon_lower_bound"] == pytest.approx(power_ceiling(200, delta=1e-5, confidence=0.95))
+    assert _status(0.2, 8.0, 3.75, True) == "INCONCLUSIVE"
+    assert _status(0.2, 2.0, 3.75, True) == "PASS"
+    assert _status(2.5, 2.0, 3.75, True) == "FAIL"
+    assert _status(3.0, math.inf, 3.75, False) == "NO CLAIM"
