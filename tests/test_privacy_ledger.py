@@ -20,7 +20,7 @@ from client.store import DeviceStore, simulation_store
 from client.trainer import parameters_of
 from shared.config import StrataConfig
 from shared.model import build_model
-from shared.privacy.accounting import calibrate_noise_multiplier, epsilon_of
+from shared.privacy.accounting import PRV_EPS_ERROR, calibrate_noise_multiplier, epsilon_of, prv_epsilon
 from shared.privacy.ledger import Ledger, LedgerEntry, LedgerError
 from shared.protocol import TrainIns, TrainRes
 from shared.run_dir import RunDir
@@ -190,3 +190,17 @@ def test_bad_ledger_line_names_file_and_line(tmp_path: Path) -> None:
     path.write_text(good + "\n" + good.replace('"noise_multiplier": 1.0', '"noise_multiplier": -1') + "\n")
     with pytest.raises(LedgerError, match=r"bad.jsonl, line 2"):
         Ledger.open(path)
+
+
+@pytest.mark.parametrize(
+    ("sigma", "q", "steps"), [(1.0, 0.01, 1000), (4.0, 1.0, 1), (0.8, 0.2, 50), (2.0, 0.05, 400)]
+)
+def test_prv_agrees_with_pld_within_its_error_bound(sigma: float, q: float, steps: int) -> None:
+    """The verifier's second accountant: PRV (Opacus) and PLD (dp-accounting) on the same entries."""
+    entries = [
+        LedgerEntry.dp_sgd(noise_multiplier=sigma, sample_rate=q, steps=steps, max_grad_norm=1.0, run_id="r",
+                           round=1, client="0"),
+        LedgerEntry.gaussian_sum(noise_multiplier=5.0, bound=1.0, run_id="r", round=2, holder="0"),
+    ]
+    pld, prv = epsilon_of(entries, 1e-5), prv_epsilon(entries, 1e-5)
+    assert pld > 0 and abs(prv - pld) <= 2 * PRV_EPS_ERROR + 0.01, (pld, prv)

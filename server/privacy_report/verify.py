@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from server.central_dp import accounted_sample_rate
-from shared.privacy.accounting import calibrate_noise_multiplier
+from shared.privacy.accounting import PRV_EPS_ERROR, calibrate_noise_multiplier, prv_epsilon
 from shared.privacy.plan import central_plan, device_plan
 from shared.config import StrataConfig
 from shared.privacy.guarantee import HolderEpsilon, epsilon_series, holders, is_central_dp, max_series
@@ -91,6 +91,7 @@ def verify(
         _check_instructions(files, pinned, replay.current_run),
         _check_ledger_structure(files, replay.current_run),
         _check_accountants(files, replay, per_client, tolerance),
+        _check_prv(files, replay, per_client),
         *_check_metrics(files, replay, tolerance, *_figures(files, replay, tolerance, max_over_rounds, central)),
         _check_entry_counts(files, replay.current_run),
         *_check_fingerprints(files, data),
@@ -410,6 +411,23 @@ def _check_accountants(
         f"(largest RDP/PLD = {worst:.3f})."
     )
     return Check("PLD and RDP agree", not bad, msg)
+
+
+def _check_prv(files: RunFiles, replay: Replay, per_client: Mapping[str, HolderEpsilon]) -> Check:
+    """Check each holder's final ε by a second method, PRV (Gopi et al. 2021): within PRV's stated error
+    bound of the PLD figure (twice it, for the PLD discretisation on the other side)."""
+    name = "PLD and PRV agree"
+    allowed = 2 * PRV_EPS_ERROR + ABS_SLACK
+    bad, worst = [], 0.0
+    for holder, entries in holders(files.clients, files.central).items():
+        pld = per_client[holder].epsilon
+        prv = prv_epsilon(entries, replay.delta)
+        worst = max(worst, abs(prv - pld))
+        if abs(prv - pld) > allowed:
+            bad.append(f"{holder}: PRV ε = {prv:.4f}, PLD ε = {pld:.4f} (|Δ| > {allowed:g})")
+    if bad:
+        return Check(name, False, _joined(bad))
+    return Check(name, True, f"final ε of every holder: |PRV − PLD| ≤ {worst:.4f} (allowed {allowed:g}).")
 
 
 def _figures(

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 
 import dp_accounting
+import numpy as np
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
@@ -67,6 +68,30 @@ def _epsilon(groups: tuple[tuple[float, float, int], ...], delta: float, account
         raise ValueError(f"accountant must be 'pld' or 'rdp', not {accountant!r}.")
     acc.compose(dp_accounting.ComposedDpEvent([_event(s, q, n) for s, q, n in groups]))
     return float(acc.get_epsilon(delta))
+
+
+PRV_EPS_ERROR = 0.01
+"""The PRV accountant's stated error bound on ε (Gopi et al. 2021; Opacus' `eps_error`)."""
+
+
+@lru_cache(maxsize=4096)
+def _prv_epsilon(groups: tuple[tuple[float, float, int], ...], delta: float, eps_error: float) -> float:
+    if not groups:
+        return 0.0
+    # Opacus is imported here, not at module level: it is slow to import and only the verifier needs PRV.
+    from opacus.accountants import PRVAccountant
+
+    acc = PRVAccountant()
+    acc.history = list(groups)
+    with np.errstate(divide="ignore"):  # log(1 − q) at q = 1 (a Gaussian release) is handled, but warns
+        return float(acc.get_epsilon(delta=delta, eps_error=eps_error))
+
+
+def prv_epsilon(entries: Iterable[LedgerEntry], delta: float, eps_error: float = PRV_EPS_ERROR) -> float:
+    """Return ε(δ) of the composition of every entry by Opacus' PRV accountant, within `eps_error`."""
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1), got {delta}.")
+    return _prv_epsilon(_grouped(entries), delta, eps_error)
 
 
 def epsilon_of(entries: Iterable[LedgerEntry], delta: float, accountant: str = "pld") -> float:
