@@ -103,10 +103,15 @@ def collect_release(
     out = Release(total=total, clients=0, failed=0)
     instruction_kind: Kind = "popularity" if kind == POPULARITY else "census"
 
-    def record(node: int, key: str, outcome: Outcome) -> None:
+    def record(node: int, device: str, outcome: Outcome) -> None:
         if instructions is not None:
             instructions.append(
-                run_id=run_id, server_round=server_round, kind=instruction_kind, node=node, key=key, outcome=outcome
+                run_id=run_id,
+                server_round=server_round,
+                kind=instruction_kind,
+                node=node,
+                device=device,
+                outcome=outcome,
             )
 
     for msg in grid.send_and_receive(messages, timeout=timeout):

@@ -123,10 +123,10 @@ class FedAvgStrategy(Strategy):
         picked = self.rng.choice(len(nodes), size=min(k, len(nodes)), replace=False)
         return [nodes[i] for i in sorted(picked.tolist())]
 
-    def _log(self, server_round: int, kind: Kind, node: int, key: str, outcome: Outcome) -> None:
+    def _log(self, server_round: int, kind: Kind, node: int, device: str, outcome: Outcome) -> None:
         if self.instructions is not None:
             self.instructions.append(
-                run_id=self._run_id, server_round=server_round, kind=kind, node=node, key=key, outcome=outcome
+                run_id=self._run_id, server_round=server_round, kind=kind, node=node, device=device, outcome=outcome
             )
 
     @staticmethod

@@ -13,32 +13,36 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import TINY_DATA, TINY_MODEL, make_config, set_task_identity
 from fakes import DirectGrid
 
 from server.federation import run_federation
 from server.privacy_report import write_privacy_report
 from shared.config import StrataConfig
-from shared.privacy.ledger import Ledger, LedgerEntry, chain_problems
-from shared.privacy.signing import SigningKey, digest
+from shared.privacy.ledger import Ledger, LedgerEntry
+from shared.privacy.signing import SigningKey, chain_problems, digest
 from shared.run_dir import JsonDict, RunDir
 from simulation.oracle import OracleEvaluation
 
 
-@pytest.fixture(scope="module")
-def honest_run(tmp_path_factory: pytest.TempPathFactory) -> RunDir:
-    from conftest import TINY_DATA, TINY_MODEL, make_config, set_task_identity
-
-    set_task_identity()
+def _honest(out: Path, **federation: object) -> RunDir:
+    """An honest run into `out`: local DP in 4 hubs, 2 rounds, with `federation` settings on top."""
+    set_task_identity()  # a module-scoped fixture runs before the autouse one
     cfg = make_config(
-        out=tmp_path_factory.mktemp("honest") / "run",
+        out=out,
         data=TINY_DATA,
         model=TINY_MODEL,
         train={"batch_size": 8},
         privacy={"population": 40, "mode": "local", "noise_multiplier": 1.0},
-        federation={"topology": "hub", "num_hubs": 4, "rounds": 2},
+        federation={"topology": "hub", "num_hubs": 4, "rounds": 2, **federation},
     )
     run_federation(DirectGrid(cfg), cfg, oracle=OracleEvaluation(cfg))
     return RunDir.of(cfg.run_dir)
+
+
+@pytest.fixture(scope="module")
+def honest_run(tmp_path_factory: pytest.TempPathFactory) -> RunDir:
+    return _honest(tmp_path_factory.mktemp("honest") / "run")
 
 
 def _copy(run: RunDir, tmp_path: Path) -> RunDir:
@@ -225,19 +229,7 @@ def _drop_instruction(run: RunDir) -> str:
 
 @pytest.fixture(scope="module")
 def census_run(tmp_path_factory: pytest.TempPathFactory) -> RunDir:
-    from conftest import TINY_DATA, TINY_MODEL, make_config, set_task_identity
-
-    set_task_identity()
-    cfg = make_config(
-        out=tmp_path_factory.mktemp("census") / "run",
-        data=TINY_DATA,
-        model=TINY_MODEL,
-        train={"batch_size": 8},
-        privacy={"population": 40, "mode": "local", "noise_multiplier": 1.0},
-        federation={"topology": "hub", "num_hubs": 4, "rounds": 2, "census": True},
-    )
-    run_federation(DirectGrid(cfg), cfg, oracle=OracleEvaluation(cfg))
-    return RunDir.of(cfg.run_dir)
+    return _honest(tmp_path_factory.mktemp("census") / "run", census=True)
 
 
 @pytest.mark.parametrize("forge", [_drop_last_round, _drop_census, _drop_instruction])

@@ -91,7 +91,9 @@ def _make_run(tmp_path: Path, *, mode: str = "local", prior: bool = False) -> tu
             for cid, rounds in PLANS.items():
                 if r in rounds:
                     pub = SigningKey.load(run.signing_key_path(f"client-{cid}")).public_hex()
-                    log.append(run_id=RUN_ID, server_round=r, kind="train", node=int(cid), key=pub, outcome="accepted")
+                    log.append(
+                        run_id=RUN_ID, server_round=r, kind="train", node=int(cid), device=pub, outcome="accepted"
+                    )
     metrics = []
     for r in range(1, ROUNDS + 1):
         eps = max(

@@ -17,7 +17,8 @@ The package: `read` (the run directory), `assemble` (the typed `PrivacyReport`),
 from .assemble import PrivacyReport, json_safe
 from .html import render_html
 from .read import audit_result
-from .verify import ABS_SLACK, RDP_FACTOR, Check
+from .checks import Check
+from .verify import ABS_SLACK, RDP_FACTOR
 from .write import build_privacy_report, write_privacy_report
 
 _audit_result = audit_result

@@ -35,7 +35,9 @@ from shared.run_dir import JsonDict
 
 from .read import Replay, RunFiles
 from .text import INF, adjacency, headline, limits, releases, trust_model
-from .verify import FAIL_CLOSED, RDP_FACTOR, Check
+from .checks import Check
+from .provenance import FAIL_CLOSED
+from .verify import RDP_FACTOR
 
 FORMAT = "strata-privacy-report/1"
 PACKAGES = ("dp-accounting", "opacus", "flwr", "torch", "numpy", "scipy")
@@ -302,7 +304,7 @@ def _signing_keys(files: RunFiles) -> dict[str, str]:
     if files.central:
         logs["central.jsonl"] = {e.key for e in files.central}
     if files.instructions:
-        logs["instructions.jsonl"] = {r.signer for r in files.instructions}
+        logs["instructions.jsonl"] = {r.key for r in files.instructions}
     return {name: ", ".join(sorted(k for k in keys if k)) or "unsigned" for name, keys in logs.items()}
 
 

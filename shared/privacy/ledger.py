@@ -6,21 +6,22 @@ lives in Flower's `context.state` during a run and in a JSON-lines file on the d
 so ε composes across rounds and runs; an auditor replays it with any accountant.
 
 Each appended entry carries `prev`, the SHA-256 of the previous entry's line, and the holder's
-Ed25519 `signature` over its other fields with the public `key` (`signing.py`): `chain_problems`
-names every entry that was changed, removed, reordered, copied in or signed by another key.
+Ed25519 `signature` over its other fields with the public `key` (`signing.py`):
+`signing.chain_problems` names every entry that was changed, removed, reordered, copied in or
+signed by another key.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import dp_accounting
 
-from .signing import SigningKey, digest, verify_signature
+from .signing import SigningKey, chained, digest, record_line
 
 Mechanism = Literal["dp-sgd", "dp-fedavg", "gaussian-sum"]
 MECHANISMS: tuple[Mechanism, ...] = get_args(Mechanism)
@@ -118,18 +119,7 @@ class LedgerEntry:
 
     def to_json(self) -> str:
         """Return the entry as one JSON line (sorted keys)."""
-        return json.dumps(asdict(self), sort_keys=True)
-
-    def payload(self) -> bytes:
-        """Return what the signature covers: every field but the signature, as sorted-key JSON."""
-        fields_ = asdict(self)
-        del fields_["signature"]
-        return json.dumps(fields_, sort_keys=True).encode("utf-8")
-
-    def signed(self, *, prev: str, signer: SigningKey | None) -> LedgerEntry:
-        """Return the entry chained after `prev` and signed by `signer` (unsigned without one)."""
-        chained = replace(self, prev=prev, key=signer.public_hex() if signer else "", signature="")
-        return replace(chained, signature=signer.sign(chained.payload())) if signer else chained
+        return record_line(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LedgerEntry:
@@ -164,7 +154,7 @@ class Ledger:
         """Record an entry chained after the last one and signed (persisted durably before returning,
         when file-backed); return it as recorded."""
         prev = digest(self._entries[-1].to_json()) if self._entries else ""
-        entry = entry.signed(prev=prev, signer=self.signer)
+        entry = chained(entry, prev=prev, signer=self.signer)
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a", encoding="utf-8") as fh:
@@ -187,30 +177,6 @@ class Ledger:
     def from_lines(cls, lines: list[str], path: Path | None = None, signer: SigningKey | None = None) -> Ledger:
         """Parse JSON lines into a ledger (file-backed at `path` when given)."""
         return cls([_parse(line, str(path or "<state>"), n) for n, line in enumerate(lines, 1)], path, signer)
-
-
-def chain_problems(entries: tuple[LedgerEntry, ...] | list[LedgerEntry], where: str, key: str | None) -> list[str]:
-    """Name every entry of one ledger whose chain link or signature does not hold.
-
-    `key` is the holder's pinned public key (hex); None means no key is pinned, which is a
-    problem in itself when there are entries: an auditor cannot tell whose signatures they are.
-    """
-    out = []
-    if entries and key is None:
-        out.append(f"{where}: no pinned public key for this holder")
-    prev = ""
-    for n, e in enumerate(entries, 1):
-        at = f"{where}, entry {n}"
-        if e.prev != prev:
-            out.append(f"{at}: chain broken (prev does not match entry {n - 1})" if n > 1 else f"{at}: not first")
-        if not e.signature:
-            out.append(f"{at}: unsigned")
-        elif key is not None and e.key != key:
-            out.append(f"{at}: signed by key {e.key[:12]}…, not the holder's pinned key {key[:12]}…")
-        elif not verify_signature(e.key, e.payload(), e.signature):
-            out.append(f"{at}: signature does not verify (the entry was changed after signing)")
-        prev = digest(e.to_json())
-    return out
 
 
 def _parse(line: str, where: str, lineno: int) -> LedgerEntry:

@@ -11,8 +11,12 @@ pins the public keys (`keys/*.pub`, or the devices' own published ones) and chec
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+from collections.abc import Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any, Protocol, TypeVar, cast
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -104,3 +108,65 @@ def verify_signature(public_hex: str, message: bytes, signature_hex: str) -> boo
 def digest(line: str) -> str:
     """Return the SHA-256 of one ledger line, hex-encoded (what the next entry's `prev` holds)."""
     return hashlib.sha256(line.encode("utf-8")).hexdigest()
+
+
+class SignedRecord(Protocol):
+    """A frozen dataclass record of a signed, hash-chained log (a ledger entry, an instruction)."""
+
+    @property
+    def prev(self) -> str:
+        """SHA-256 of the previous record's line ("" for the first)."""
+
+    @property
+    def key(self) -> str:
+        """The signer's public key (hex; "" when unsigned)."""
+
+    @property
+    def signature(self) -> str:
+        """Ed25519 signature (hex) of `payload(record)`."""
+
+
+R = TypeVar("R", bound=SignedRecord)
+
+
+def record_line(record: SignedRecord) -> str:
+    """Return the record as one JSON line (sorted keys): what the next record's `prev` hashes."""
+    return json.dumps(asdict(cast(Any, record)), sort_keys=True)
+
+
+def payload(record: SignedRecord) -> bytes:
+    """Return what the signature covers: every field but the signature, as sorted-key JSON."""
+    fields_ = asdict(cast(Any, record))
+    del fields_["signature"]
+    return json.dumps(fields_, sort_keys=True).encode("utf-8")
+
+
+def chained(record: R, *, prev: str, signer: SigningKey | None) -> R:
+    """Return `record` chained after `prev` and signed by `signer` (unsigned without one)."""
+    linked = replace(cast(Any, record), prev=prev, key=signer.public_hex() if signer else "", signature="")
+    out: R = replace(linked, signature=signer.sign(payload(linked))) if signer else linked
+    return out
+
+
+def chain_problems(
+    records: Sequence[SignedRecord], where: str, key: str | None, *, noun: str = "entry", holder: str = "this holder"
+) -> list[str]:
+    """Name every record of one log whose chain link or signature does not hold.
+
+    `key` is the signer's pinned public key (hex); None means none is pinned, which is a problem in
+    itself when there are records: an auditor cannot tell whose signatures they are.
+    """
+    out = [f"{where}: no pinned public key for {holder}"] if records and key is None else []
+    prev = ""
+    for n, r in enumerate(records, 1):
+        at = f"{where}, {noun} {n}"
+        if r.prev != prev:
+            out.append(f"{at}: chain broken (prev does not match {noun} {n - 1})" if n > 1 else f"{at}: not first")
+        if not r.signature:
+            out.append(f"{at}: unsigned")
+        elif key is not None and r.key != key:
+            out.append(f"{at}: signed by key {r.key[:12]}…, not the pinned key of {holder} {key[:12]}…")
+        elif not verify_signature(r.key, payload(r), r.signature):
+            out.append(f"{at}: signature does not verify (the {noun} was changed after signing)")
+        prev = digest(record_line(r))
+    return out
