@@ -129,6 +129,10 @@ class FedAvgStrategy(Strategy):
                 run_id=self._run_id, server_round=server_round, kind=kind, node=node, device=device, outcome=outcome
             )
 
+    def _log_train(self, server_round: int, node: int, device: str, outcome: Outcome) -> None:
+        if self.log_train:
+            self._log(server_round, "train", node, device, outcome)
+
     @staticmethod
     def messages(nodes: list[int], content: RecordDict, kind: str) -> list[Message]:
         """Build one message of `kind` with `content` for each node."""
@@ -149,8 +153,7 @@ class FedAvgStrategy(Strategy):
             if msg.has_error():
                 tally.failed += 1
                 log.warning("round %d: client %d failed: %s", server_round, node, msg.error.reason)
-                if self.log_train:
-                    self._log(server_round, "train", node, "", "failed")
+                self._log_train(server_round, node, "", "failed")
                 continue
             try:
                 reply = TrainRes.from_record(msg.content)
@@ -158,15 +161,13 @@ class FedAvgStrategy(Strategy):
                 tally.failed += 1
                 self.rejected.append(f"round {server_round}, node {node}: {exc}")
                 log.warning("round %d: malformed reply from node %d: %s", server_round, node, exc)
-                if self.log_train:
-                    self._log(server_round, "train", node, "", "failed")
+                self._log_train(server_round, node, "", "failed")
                 continue
             self.client_epsilon[node] = reply.epsilon
             if reply.weights is None:
                 tally.refused += 1
                 log.info("round %d: client %d refused: %s", server_round, node, reply.reason)
-                if self.log_train:
-                    self._log(server_round, "train", node, reply.key, "refused")
+                self._log_train(server_round, node, reply.key, "refused")
                 continue
             update = OrderedDict(reply.weights)
             try:
@@ -177,12 +178,10 @@ class FedAvgStrategy(Strategy):
                 tally.failed += 1
                 self.rejected.append(f"round {server_round}, node {node}: {exc}")
                 log.warning("round %d: rejected update from node %d: %s", server_round, node, exc)
-                if self.log_train:
-                    self._log(server_round, "train", node, reply.key, "rejected")
+                self._log_train(server_round, node, reply.key, "rejected")
                 continue
             tally.accepted += 1
-            if self.log_train:
-                self._log(server_round, "train", node, reply.key, "accepted")
+            self._log_train(server_round, node, reply.key, "accepted")
             yield update, reply
 
     def apply(self, delta: Weights) -> Weights:
