@@ -15,6 +15,7 @@ from shared.protocol import TrainIns, TrainRes
 from shared.training import DPSettings
 
 from .budget import ClientBudget
+from .planted_bug import noise_divisor
 from .policy import PERMISSIVE, Policy, refusal
 from .store import DeviceStore
 from .trainer import local_plan, train_locally
@@ -63,7 +64,10 @@ def train_round(
             return _refused(store, budget, reason)
         q, steps = local_plan(config)
         dp = DPSettings(
-            noise_multiplier=sigma, max_grad_norm=p.max_grad_norm, sample_rate=q, ghost_clipping=p.ghost_clipping
+            noise_multiplier=sigma / noise_divisor(),  # 1 outside an audit's planted-bug experiment
+            max_grad_norm=p.max_grad_norm,
+            sample_rate=q,
+            ghost_clipping=p.ghost_clipping,
         )
         planned = LedgerEntry.dp_sgd(
             noise_multiplier=sigma,
@@ -81,7 +85,7 @@ def train_round(
     if dp is not None and outcome.steps > 0:
         budget.record(
             LedgerEntry.dp_sgd(
-                noise_multiplier=dp.noise_multiplier,
+                noise_multiplier=sigma,
                 sample_rate=outcome.sample_rate,
                 steps=outcome.steps,
                 max_grad_norm=dp.max_grad_norm,

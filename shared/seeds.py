@@ -19,7 +19,8 @@ import numpy as np
 SPLIT = "split"
 """A user's train/test shuffle: keys (root, SPLIT, user id)."""
 PARTITION = "partition"
-"""The assignment of users to hubs: keys (root, PARTITION)."""
+"""A user's hub: keys (root, PARTITION, user id); a category's non-IID hub weights:
+(root, PARTITION, "category", name)."""
 LOCAL_TRAINING = "local-training"
 """A client's dropout and batch order in one round: keys (root, LOCAL_TRAINING, client id, round[, user])."""
 SAMPLING = "sampling"

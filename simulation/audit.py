@@ -18,61 +18,37 @@ the stated confidence. With a fixed `guesses` there is no correction.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
-import random
-import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from scipy import stats
 
 from shared.config import StrataConfig
-from shared.data.matrices import train_tensors
 from shared.data.source import load_source
-from shared.data.split import split_configured
-from shared.data.types import Catalog, LoadReport, RatingsData
+from shared.features import model_features
+from shared.model import build_model
 from shared.run_dir import JsonDict, RunDir
-from shared.seeds import CANARIES, make_rng
 
+from client.planted_bug import planted_bug
 from server.privacy_report import build_privacy_report
 
+from .canaries import CanaryKind, canary_scores, make_canaries, write_audit_data
 from .central import run_central
 from .simulate import simulate
 
 log = logging.getLogger(__name__)
 
-CANARY_PREFIX = "canary-"
-"""User ids of canaries; a data set with users of this form is refused."""
-GRID_FRACTIONS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)
-"""Default guesses per side, as a share of m (each tested at a Bonferroni-corrected level)."""
+GRID_FRACTIONS: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.5)
+"""Default guesses per side, as a share of m (each tested at a Bonferroni-corrected level). A private
+model leaks most in the tails of the scores (2%, 5%); all m/2 per side sets the power ceiling."""
 
 Pipeline = Literal["federated", "central"]
-
-
-@dataclass(frozen=True)
-class Canaries:
-    """The canary users: original ids, their items (catalog ids), and the secret inclusion coins."""
-
-    user_ids: tuple[str, ...]
-    items: tuple[tuple[str, ...], ...]
-    """Original catalog item ids of each canary, all rated `rating`."""
-    rating: float
-    included: np.ndarray
-    """bool per canary: True when the canary is in the training data. Secret until training ends."""
-
-    @property
-    def m(self) -> int:
-        """Return the number of canaries."""
-        return len(self.user_ids)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,9 +103,7 @@ def power_ceiling(m: int, *, delta: float, confidence: float, guesses: int | Non
     point (each at its Bonferroni-corrected level). A claimed ε above it cannot be contradicted."""
     grid = guess_grid(m, guesses)
     level = 1.0 - (1.0 - confidence) / len(grid)
-    return max(
-        epsilon_lower_bound(m=m, guesses=2 * k, correct=2 * k, delta=delta, confidence=level) for k in grid
-    )
+    return max(epsilon_lower_bound(m=m, guesses=2 * k, correct=2 * k, delta=delta, confidence=level) for k in grid)
 
 
 def guess_grid(m: int, guesses: int | None = None) -> list[int]:
@@ -192,107 +166,6 @@ def bound_from_scores(
 
 
 # ---------------------------------------------------------------------------------------------
-# Canaries
-# ---------------------------------------------------------------------------------------------
-
-
-def draw_coins(m: int, rng: random.Random | None = None) -> np.ndarray:
-    """Draw `m` fair inclusion coins from OS randomness (`secrets`) unless `rng` is given (tests)."""
-    source = rng if rng is not None else secrets.SystemRandom()
-    return np.fromiter((source.random() < 0.5 for _ in range(m)), dtype=bool, count=m)
-
-
-def make_canaries(
-    data: RatingsData,
-    *,
-    m: int,
-    k: int,
-    seed: int,
-    rating: float | None = None,
-    coins: random.Random | None = None,
-) -> Canaries:
-    """Make `m` canary users, each rating `k` distinct items drawn uniformly from the catalog.
-
-    Profiles come from `seed` (reproducible, public to the auditor); inclusion coins from OS
-    randomness. Rating defaults to the data's highest rating, so every canary item is a positive.
-    """
-    if m < 2:
-        raise ValueError(f"the audit needs at least 2 canaries; got {m}.")
-    if not 1 <= k <= data.n_items:
-        raise ValueError(f"canary items must be in 1..{data.n_items} (the catalog size); got {k}.")
-    clash = [u for u in data.user_ids if u.startswith(CANARY_PREFIX)]
-    if clash:
-        raise ValueError(
-            f"the data set already has users named like canaries (e.g. {clash[0]!r}); is it an audit's output?"
-        )
-    value = float(rating if rating is not None else (data.ratings.max() if data.n_ratings else 5.0))
-    rng = make_rng(seed, CANARIES)
-    width = len(str(m - 1))
-    ids = tuple(f"{CANARY_PREFIX}{j:0{width}d}" for j in range(m))
-    items = tuple(
-        tuple(data.catalog.item_ids[i] for i in np.sort(rng.choice(data.n_items, size=k, replace=False)))
-        for _ in range(m)
-    )
-    return Canaries(user_ids=ids, items=items, rating=value, included=draw_coins(m, coins))
-
-
-def write_audit_data(data: RatingsData, canaries: Canaries, out_dir: Path) -> tuple[Path, Path]:
-    """Write the real ratings plus the *included* canaries, and the catalog; return both paths.
-
-    Files are `ratings.csv` (user,item,rating) and `ratings_catalog.csv`
-    (item,title,categories,year), the layout `strata data validate` finds on its own.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ratings_csv, catalog_csv = out_dir / "ratings.csv", out_dir / "ratings_catalog.csv"
-    cat = data.catalog
-    with open(catalog_csv, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["item", "title", "categories", "year"])
-        for item, title, cats, year in zip(cat.item_ids, cat.titles, cat.categories, cat.years, strict=True):
-            w.writerow([item, title, "|".join(cats), "" if year is None else year])
-    with open(ratings_csv, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["user", "item", "rating"])
-        for u, i, r in zip(data.users, data.items, data.ratings, strict=True):
-            w.writerow([data.user_ids[u], cat.item_ids[i], f"{float(r):g}"])
-        for uid, items, keep in zip(canaries.user_ids, canaries.items, canaries.included, strict=True):
-            if keep:
-                w.writerows([uid, item, f"{canaries.rating:g}"] for item in items)
-    return ratings_csv, catalog_csv
-
-
-def canary_data(canaries: Canaries, catalog: Catalog) -> RatingsData:
-    """All canaries (members or not) as a data set over `catalog`'s item index."""
-    pos = {item: j for j, item in enumerate(catalog.item_ids)}
-    users = np.repeat(np.arange(canaries.m), [len(x) for x in canaries.items])
-    items = np.fromiter((pos[i] for x in canaries.items for i in x), dtype=np.int64, count=len(users))
-    return RatingsData(
-        name="canaries",
-        users=users.astype(np.int64),
-        items=items,
-        ratings=np.full(len(users), canaries.rating, dtype=np.float32),
-        user_ids=canaries.user_ids,
-        catalog=catalog,
-        report=LoadReport(source="canaries", rows_read=len(users)),
-    )
-
-
-@torch.no_grad()
-def canary_scores(model: torch.nn.Module, canaries: Canaries, config: StrataConfig, catalog: Catalog) -> np.ndarray:
-    """Σ log softmax(logits)_i over each canary's *training* items, given those items as input.
-
-    The training items are the canary's split under the run's data settings (the same per-user
-    seeded split the pipeline applies), so a member is scored on exactly what it trained on.
-    """
-    users = split_configured(canary_data(canaries, catalog), config.data, config.run.seed)
-    tensors = train_tensors(users, catalog.n_items, config.data.positive_threshold)
-    model.eval()
-    out = model(*tensors.as_tuple())
-    loglik = F.log_softmax(out.logits, dim=1) * tensors.mask
-    return loglik.sum(1).double().numpy()
-
-
-# ---------------------------------------------------------------------------------------------
 # The audit
 # ---------------------------------------------------------------------------------------------
 
@@ -315,12 +188,16 @@ def run_audit(
     canary_items: int = 20,
     guesses: int | None = None,
     pipeline: Pipeline = "federated",
+    canary_kind: CanaryKind = "random",
+    planted_noise_divisor: float = 1.0,
 ) -> JsonDict:
     """Insert `canaries` canary users (each with probability ½), train once, and bound ε from below.
 
     Writes out/data/ (the training data), out/run/ (the run) and out/audit.json; returns the latter.
     `guesses` fixes the guesses per side (else a Bonferroni-corrected grid); `pipeline="central"`
-    trains with `run_central` instead of the Flower simulation.
+    trains with `run_central` instead of the Flower simulation. `planted_noise_divisor` > 1 plants
+    the test bug of `client.planted_bug` (devices train with σ / divisor, ledgers record σ): an
+    audit of such a run should FAIL.
     """
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1); got {confidence}.")
@@ -329,10 +206,15 @@ def run_audit(
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ValueError(f"{run_dir} already holds a run: an audit needs a fresh --out (new coins, new ledgers).")
     train = _trainer(pipeline)
+    if planted_noise_divisor != 1.0 and (pipeline != "federated" or not config.privacy.local_dp):
+        raise ValueError(
+            "the planted bug divides the devices' DP-SGD σ: it needs the federated pipeline with "
+            f"privacy.mode local or local+central (got pipeline {pipeline!r}, mode {config.privacy.mode!r})."
+        )
     guess_grid(canaries, guesses)  # fail on bad sizes before training
     started = time.perf_counter()
     base = load_source(config.data, config.run.seed)
-    planted = make_canaries(base, m=canaries, k=canary_items, seed=seed)
+    planted = make_canaries(base, m=canaries, k=canary_items, seed=seed, kind=canary_kind)
     ratings_csv, catalog_csv = write_audit_data(base, planted, out / "data")
     # The public population counts every potential canary: how many coins came up is secret.
     audited = config.replace(
@@ -347,27 +229,40 @@ def run_audit(
     log.info(
         "audit: %d canaries of %d items each (rating %g) added with probability 1/2 to %s (%d users); "
         "training once (%s, %s topology, privacy %s)",
-        canaries, canary_items, planted.rating, base.name, base.n_users, pipeline,
-        config.federation.topology, config.privacy.mode,
+        canaries,
+        canary_items,
+        planted.rating,
+        base.name,
+        base.n_users,
+        pipeline,
+        config.federation.topology,
+        config.privacy.mode,
     )
     delta = audited.privacy.resolved_delta
     ceiling = power_ceiling(canaries, delta=delta, confidence=confidence, guesses=guesses)
     log.info(
         "audit: power ceiling ε = %.3f (m = %d, δ = %.3g, %.0f%% confidence): the largest lower bound it can show",
-        ceiling, canaries, delta, 100 * confidence,
+        ceiling,
+        canaries,
+        delta,
+        100 * confidence,
     )
     if 2 * canaries * delta >= 1.0 - confidence:
         log.warning(
             "audit: the δ term 2·m·δ = %.3g is not small against the significance level %.3g, so the audit "
             "can hardly reject any ε; set privacy.delta well below %.1e (e.g. 1e-5) for a meaningful audit.",
-            2 * canaries * delta, 1.0 - confidence, (1.0 - confidence) / (2 * canaries),
+            2 * canaries * delta,
+            1.0 - confidence,
+            (1.0 - confidence) / (2 * canaries),
         )
     load_source.cache_clear()  # the CSV path may have held other data earlier in this process
-    train(audited)
+    with planted_bug(planted_noise_divisor):
+        train(audited)
 
     model, manifest, run_config = RunDir.of(run_dir).load_model()
     catalog = load_source(run_config.data, run_config.run.seed).catalog
-    scores = canary_scores(model, planted, run_config, catalog)
+    initial = build_model(catalog.n_items, run_config.model, model_features(catalog, run_config), run_config.run.seed)
+    scores = canary_scores(model, planted, run_config, catalog, initial=initial)
     bound = bound_from_scores(scores, planted.included, delta=delta, confidence=confidence, guesses=guesses)
     private = run_config.privacy.mode != "off"
     # The ε of what protects the released model, by the privacy report's rule (local, central or both).
@@ -378,12 +273,31 @@ def run_audit(
     passed = {"PASS": True, "FAIL": False}.get(status)
     result: JsonDict = {
         "method": "one-run canary audit (Steinke, Nasr & Jagielski 2023), guesses on top/bottom scores",
-        "score": "log-likelihood of the canary's training items given them as input (final model, eval mode)",
-        **{key: bound[key] for key in ("m", "r", "guesses_per_side", "correct", "epsilon_lower_bound",
-                                       "epsilon_lower_bound_delta0", "confidence", "per_test_confidence",
-                                       "selection", "delta", "grid")},
+        "score": (
+            "alignment of the move of the canary's own item parameters with its initial gradient (white-box)"
+            if canary_kind == "dirac"
+            else "log-likelihood of the canary's training items given them as input (final model, eval mode)"
+        ),
+        **{
+            key: bound[key]
+            for key in (
+                "m",
+                "r",
+                "guesses_per_side",
+                "correct",
+                "epsilon_lower_bound",
+                "epsilon_lower_bound_delta0",
+                "confidence",
+                "per_test_confidence",
+                "selection",
+                "delta",
+                "grid",
+            )
+        },
         "accuracy": bound["correct"] / bound["r"],
-        "canary_items": canary_items,
+        "canary_kind": canary_kind,
+        "canary_items": 1 if canary_kind == "dirac" else canary_items,
+        "planted_noise_divisor": planted_noise_divisor,
         "canaries_included": int(planted.included.sum()),
         "privacy_mode": run_config.privacy.mode,
         "reported_epsilon": reported if private else None,
@@ -395,8 +309,14 @@ def run_audit(
         "pipeline": pipeline,
         "topology": run_config.federation.topology,
         "run_dir": str(run_dir),
-        "data": {"source": config.data.source, "real_users": base.n_users, "training_users": n_users,
-                 "ratings_csv": str(ratings_csv), "catalog_csv": str(catalog_csv)},
+        # Exact counts: the audit is the auditor's own experiment, not a release of the audited data.
+        "data": {
+            "source": config.data.source,
+            "real_users": base.n_users,
+            "training_users": n_users,
+            "ratings_csv": str(ratings_csv),
+            "catalog_csv": str(catalog_csv),
+        },
         "catalog_fingerprint": manifest["catalog_fingerprint"],
         "seed": seed,
         "wall_s": round(time.perf_counter() - started, 2),
@@ -426,8 +346,7 @@ def _verdict(bound: JsonDict, reported: float, confidence: float, status: str, c
     if status == "NO CLAIM":
         if eps > 0:
             return (
-                f"privacy off: no ε is claimed; the audit detects membership, ε ≥ {eps:.3f} at δ = {delta:.3g}, "
-                f"{conf}."
+                f"privacy off: no ε is claimed; the audit detects membership, ε ≥ {eps:.3f} at δ = {delta:.3g}, {conf}."
             )
         if bound["epsilon_lower_bound_delta0"] > 0:
             return (
@@ -444,8 +363,7 @@ def _verdict(bound: JsonDict, reported: float, confidence: float, status: str, c
         )
     if status == "PASS":
         return (
-            f"PASS: the lower bound ε ≥ {eps:.3f} is at most the reported ε = {reported:.3f} "
-            f"(δ = {delta:.3g}, {conf})."
+            f"PASS: the lower bound ε ≥ {eps:.3f} is at most the reported ε = {reported:.3f} (δ = {delta:.3g}, {conf})."
         )
     return (
         f"FAIL: the lower bound ε ≥ {eps:.3f} exceeds the reported ε = {reported:.3f} (δ = {delta:.3g}, {conf}): "
@@ -472,4 +390,3 @@ def format_audit(result: JsonDict) -> str:
         lines.append(f"reported ε {result['reported_epsilon']:.3f} ({result['reported_epsilon_rule']})")
     lines.append(result["verdict"])
     return "\n".join(lines)
-

@@ -159,6 +159,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         canary_items=args.canary_items,
         guesses=args.guesses,
         pipeline="central" if args.central else "federated",
+        canary_kind=args.canary_kind,
+        planted_noise_divisor=args.planted_bug,
     )
     print()
     print(format_audit(result))
@@ -269,7 +271,20 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     audit.add_argument("--out", "-o", required=True, help="fresh audit directory (data/, run/, audit.json)")
     audit.add_argument("--canaries", "-m", type=int, required=True, help="number of canary users m")
-    audit.add_argument("--canary-items", type=int, default=20, help="items each canary rates (default 20)")
+    audit.add_argument("--canary-items", type=int, default=20, help="items each random canary rates (default 20)")
+    audit.add_argument(
+        "--canary-kind",
+        choices=["random", "dirac"],
+        default="random",
+        help="random: k catalog items; dirac: one item of its own, added to the catalog (stronger)",
+    )
+    audit.add_argument(
+        "--planted-bug",
+        type=float,
+        default=1.0,
+        metavar="DIVISOR",
+        help="test the audit: devices train with σ / DIVISOR while ledgers record σ (expect FAIL)",
+    )
     audit.add_argument("--guesses", type=int, help="fix the guesses per side (default: Bonferroni-corrected grid)")
     audit.add_argument("--confidence", type=float, default=0.95)
     audit.add_argument("--seed", type=int, help="seed of the canary profiles (default run.seed; coins are OS-random)")

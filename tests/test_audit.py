@@ -15,18 +15,18 @@ from scipy import stats
 
 from shared.config import StrataConfig
 from shared.data import RatingsData
+from shared.data.types import Catalog
 from shared.data.csv_loader import load_csv
 from shared.data.synthetic import make_synthetic
 from shared.data.validate import validate_path
 from shared.run_dir import RunDir
-from simulation.audit import (
+from simulation.audit import audit_p_value, bound_from_scores, epsilon_lower_bound, run_audit
+from simulation.canaries import (
+    CANARY_ITEM_PREFIX,
     CANARY_PREFIX,
-    audit_p_value,
-    bound_from_scores,
+    audit_catalog,
     draw_coins,
-    epsilon_lower_bound,
     make_canaries,
-    run_audit,
     write_audit_data,
 )
 
@@ -131,8 +131,41 @@ def test_canaries_refuse_bad_sizes_and_audited_data() -> None:
     with pytest.raises(ValueError, match="canary items"):
         make_canaries(data, m=10, k=41, seed=0)
     audited = dataclasses.replace(data, user_ids=(f"{CANARY_PREFIX}0", *data.user_ids[1:]))
-    with pytest.raises(ValueError, match="already has users named like canaries"):
+    with pytest.raises(ValueError, match="already has users or items named like canaries"):
         make_canaries(audited, m=10, k=5, seed=0)
+
+
+def test_dirac_canaries_each_hold_an_item_no_one_else_holds(tmp_path: Path) -> None:
+    data = _small_data()
+    canaries = make_canaries(data, m=12, k=5, seed=0, kind="dirac", coins=random.Random(1))
+    assert all(len(items) == 1 for items in canaries.items)
+    own = [items[0] for items in canaries.items]
+    assert len(set(own)) == 12 and own == list(canaries.new_items)
+    assert all(item.startswith(CANARY_ITEM_PREFIX) and item not in data.catalog.item_ids for item in own)
+    ratings_csv, catalog_csv = write_audit_data(data, canaries, tmp_path / "data")
+    loaded = load_csv(ratings_csv, catalog_csv)
+    # Every canary's item is in the public catalog, member or not: the catalog says nothing of the coins.
+    def rows(cat: Catalog) -> dict[str, tuple[object, ...]]:
+        return {i: (t, c, y) for i, t, c, y in zip(cat.item_ids, cat.titles, cat.categories, cat.years, strict=True)}
+
+    assert rows(loaded.catalog) == rows(audit_catalog(data.catalog, canaries))
+    assert set(rows(loaded.catalog)) == set(data.catalog.item_ids) | set(own)
+    held = {loaded.catalog.item_ids[i] for i in loaded.items}
+    assert held & set(own) == {item for item, keep in zip(own, canaries.included, strict=True) if keep}
+    with pytest.raises(ValueError, match="'random' or 'dirac'"):
+        make_canaries(data, m=4, k=1, seed=0, kind="gaussian")  # type: ignore[arg-type]
+
+
+def test_dirac_canaries_are_found_without_dp(tiny_config: StrataConfig, tmp_path: Path) -> None:
+    """Privacy off, the alignment score ranks members above non-members (AUC near 1) and shows ε > 0."""
+    cfg = tiny_config.replace({"train.epochs": 10})
+    result = run_audit(cfg, canaries=40, out=tmp_path / "audit", seed=2, pipeline="central", canary_kind="dirac")
+    assert result["canary_kind"] == "dirac" and result["status"] == "NO CLAIM"
+    members = [c["score"] for c in result["canaries"] if c["included"]]
+    others = [c["score"] for c in result["canaries"] if not c["included"]]
+    auc = np.mean([a > b for a in members for b in others])
+    assert auc >= 0.9, auc
+    assert result["epsilon_lower_bound"] > 0
 
 
 # --- end to end -----------------------------------------------------------------------------

@@ -63,3 +63,39 @@ def test_device_and_hub_partitions_cover_every_user_once(data: RatingsData) -> N
 def test_too_many_hubs_is_an_error(data: RatingsData) -> None:
     with pytest.raises(ValueError, match="more hubs than users"):
         hub_partition(data, data.n_users + 1)
+
+
+def _without_users(data: RatingsData, drop: set[int]) -> RatingsData:
+    """The same data set with the users in `drop` removed (a neighbour, or the data before canaries)."""
+    keep = np.array([u for u in range(data.n_users) if u not in drop])
+    new_index = np.full(data.n_users, -1)
+    new_index[keep] = np.arange(len(keep))
+    rows = np.isin(data.users, keep)
+    return RatingsData(
+        name=data.name,
+        users=new_index[data.users[rows]],
+        items=data.items[rows],
+        ratings=data.ratings[rows],
+        user_ids=tuple(data.user_ids[u] for u in keep),
+        catalog=data.catalog,
+        report=data.report,
+    )
+
+
+@pytest.mark.parametrize("assignment", ["iid", "dirichlet"])
+def test_a_users_hub_does_not_depend_on_other_users(data: RatingsData, assignment: str) -> None:
+    """Adding or removing users (canaries, a neighbouring data set) moves no one else between hubs."""
+
+    def hubs(d: RatingsData) -> dict[str, int]:
+        parts = hub_partition(d, 4, assignment=assignment, alpha=0.5, seed=11)
+        return {d.user_ids[u]: hub for hub, users in enumerate(parts) for u in users}
+
+    full = hubs(data)
+    smaller = hubs(_without_users(data, set(range(0, 60, 3))))
+    assert smaller == {uid: full[uid] for uid in smaller}
+    assert hubs(data) == full  # and it is deterministic
+
+
+def test_an_empty_hub_is_an_error_naming_it(data: RatingsData) -> None:
+    with pytest.raises(ValueError, match=r"hub \d+ of 60 gets no user"):
+        hub_partition(data, 60, seed=0)

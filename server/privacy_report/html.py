@@ -179,6 +179,20 @@ def render_html(report: PrivacyReport | Mapping[str, Any]) -> str:
     audit = report.get("audit")
     if audit:
         parts.append(f"<p>{_e(audit.get('verdict', ''))}</p>")
+        if audit.get("planted_noise_divisor", 1.0) != 1.0:
+            parts.append(
+                "<p><span class='status fail'>planted bug</span> This run was trained with the audit's planted "
+                f"bug: devices used σ / {_e(audit['planted_noise_divisor'])} while their ledgers record σ. "
+                "Its ε is false by design.</p>"
+            )
+        if "power_ceiling" in audit:
+            claimed = audit.get("reported_epsilon")
+            scale = [
+                ("ε lower bound (measured)", audit["epsilon_lower_bound"]),
+                ("claimed ε (the guarantee)", "none (privacy off)" if claimed is None else claimed),
+                ("power ceiling (all guesses right)", audit["power_ceiling"]),
+            ]
+            parts.append(_table(["the audit's scale", "ε"], scale))
         parts.append(_table(["field", "value"], [[k, v] for k, v in audit.items() if k != "verdict"]))
     else:
         parts.append(

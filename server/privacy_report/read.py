@@ -21,8 +21,8 @@ LAYOUT = RunDir(Path())
 MAX_REPLAY_POINTS = 40
 """At most this many rounds are replayed per client (evenly spaced, the last always)."""
 AUDIT_KEYS = (
-    "m", "r", "guesses_per_side", "correct", "epsilon_lower_bound", "confidence", "reported_epsilon", "passed",
-    "verdict",
+    "status", "m", "canary_kind", "r", "guesses_per_side", "correct", "epsilon_lower_bound", "power_ceiling",
+    "confidence", "delta", "reported_epsilon", "passed", "planted_noise_divisor", "verdict",
 )
 """The fields of a canary audit's result the report shows."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..seeds import PARTITION, make_rng
+from ..seeds import PARTITION, make_rng, make_seed
 from .types import RatingsData
 
 
@@ -28,6 +28,13 @@ def top_category(data: RatingsData) -> np.ndarray:
     return top
 
 
+def hub_of_user(user_id: str, num_hubs: int, seed: int, probs: np.ndarray | None = None) -> int:
+    """Return the hub of one user from (seed, user id) alone: uniform, or drawn from `probs` over hubs."""
+    if probs is None:
+        return make_seed(seed, PARTITION, user_id) % num_hubs
+    return int(make_rng(seed, PARTITION, user_id).choice(num_hubs, p=probs))
+
+
 def hub_partition(
     data: RatingsData,
     num_hubs: int,
@@ -38,32 +45,44 @@ def hub_partition(
 ) -> list[np.ndarray]:
     """Spread users over `num_hubs` hubs, IID or non-IID by a Dirichlet over top category.
 
-    Non-IID: for each category, a Dirichlet(alpha) draw over hubs decides which hub its
-    users go to (Hsu et al. 2019). Every hub receives at least one user.
+    Each user's hub depends only on (seed, user id) — and, non-IID, on the user's own top
+    category — never on who else is in the data: adding or removing a user (a canary, a
+    neighbouring data set) moves no one else. Non-IID: each category draws hub weights from
+    Dirichlet(alpha) (Hsu et al. 2019), keyed by the category's name.
     """
     if num_hubs < 1:
         raise ValueError("num_hubs must be at least 1.")
     if num_hubs > data.n_users:
         raise ValueError(f"Cannot spread {data.n_users} users over {num_hubs} hubs: more hubs than users.")
-    rng = make_rng(seed, PARTITION)
     if assignment == "iid":
-        hub_of = rng.permutation(np.arange(data.n_users) % num_hubs)
+        hub_of = np.fromiter(
+            (hub_of_user(uid, num_hubs, seed) for uid in data.user_ids), dtype=np.int64, count=data.n_users
+        )
     elif assignment == "dirichlet":
         if alpha <= 0:
             raise ValueError("dirichlet alpha must be positive.")
-        top = top_category(data)
-        hub_of = np.empty(data.n_users, dtype=np.int64)
-        for cat in np.unique(top):
-            members = np.flatnonzero(top == cat)
-            probs = rng.dirichlet(np.full(num_hubs, alpha))
-            hub_of[members] = rng.choice(num_hubs, size=len(members), p=probs)
-        # Give any empty hub a user from the largest hub, so no client is empty.
-        for hub in range(num_hubs):
-            if not np.any(hub_of == hub):
-                largest = np.bincount(hub_of, minlength=num_hubs).argmax()
-                hub_of[rng.choice(np.flatnonzero(hub_of == largest))] = hub
+        names = data.catalog.category_names
+        weights = {
+            cat: make_rng(seed, PARTITION, "category", names[cat]).dirichlet(np.full(num_hubs, alpha))
+            for cat in range(len(names))
+        }
+        uniform = np.full(num_hubs, 1.0 / num_hubs)
+        hub_of = np.fromiter(
+            (
+                hub_of_user(uid, num_hubs, seed, weights.get(int(cat), uniform))
+                for uid, cat in zip(data.user_ids, top_category(data), strict=True)
+            ),
+            dtype=np.int64,
+            count=data.n_users,
+        )
     else:
         raise ValueError(f"hub assignment must be 'iid' or 'dirichlet', not {assignment!r}.")
+    empty = [hub for hub in range(num_hubs) if not np.any(hub_of == hub)]
+    if empty:
+        raise ValueError(
+            f"hub {empty[0]} of {num_hubs} gets no user under the {assignment} assignment (seed {seed}, "
+            f"{data.n_users} users): use fewer hubs, another seed, or a larger dirichlet alpha."
+        )
     return [np.flatnonzero(hub_of == h).astype(np.int64) for h in range(num_hubs)]
 
 
