@@ -21,7 +21,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from shared.config import StrataConfig
-from shared.data.source import load_source
+from shared.data.source import load_catalog
 from shared.features import model_features
 from shared.metrics import ORACLE_LABEL
 from shared.model import build_model
@@ -117,9 +117,9 @@ def run_federation(
                 "release its census again and spend budget twice. Use a new --out, or more rounds to continue it."
             )
     run.write_config(config)
-    # The server uses only the public catalog (item index and features), never ratings.
-    data = load_source(config.data, config.run.seed)
-    model = build_model(data.n_items, config.model, model_features(data.catalog, config), seed=config.run.seed)
+    # The server reads only the public catalog (item index and features), never a rating.
+    catalog = load_catalog(config.data, config.run.seed)
+    model = build_model(catalog.n_items, config.model, model_features(catalog, config), seed=config.run.seed)
     weights = {k: v.detach().clone() for k, v in model.named_parameters()}
     run_id = ckpt.run_id if ckpt is not None else uuid.uuid4().hex[:12]
     federation = build_federation(config, run=run, run_id=run_id)
@@ -179,14 +179,14 @@ def run_federation(
         last_round = rnd
     elapsed = time.perf_counter() - started
     final = arrays.to_torch_state_dict()
-    manifest = run.write_model(final, config, data.catalog, rounds=last_round)
+    manifest = run.write_model(final, config, catalog, rounds=last_round)
     if fed.census:
         _, epsilons = interest_census(
             grid,
             config,
             model,
             final,
-            data.catalog,
+            catalog,
             model_fingerprint=manifest["weights_fingerprint"],
             run_id=run_id,
             server_ledger=server_ledger,

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from shared.clustering import choose_k
-from shared.data.source import load_source
+from shared.data.source import load_catalog
 from shared.data.types import Catalog
 from shared.model import StrataModel
 from shared.run_dir import TAXONOMY_FORMAT, JsonDict, RunDir
@@ -303,7 +303,7 @@ def taxonomy_fingerprint(taxonomy: JsonDict) -> str:
 def build_taxonomy(run: RunDir, params: TaxonomyParams | None = None) -> JsonDict:
     """Build the taxonomy of a run's final model and public catalog; write its `taxonomy.json`."""
     model, manifest, config = run.load_model()
-    catalog = load_source(config.data, config.run.seed).catalog  # only the public catalog is used
+    catalog = load_catalog(config.data, config.run.seed)
     taxonomy = taxonomy_from_model(
         model,
         catalog,

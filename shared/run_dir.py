@@ -32,7 +32,7 @@ import tomli_w
 import torch
 
 from .config import StrataConfig, from_flat
-from .data.source import catalog_fingerprint, load_source
+from .data.source import catalog_fingerprint, load_catalog
 from .data.types import Catalog
 from .features import model_features
 from .model import StrataModel, build_model
@@ -322,7 +322,7 @@ class RunDir:
         weights = self.load_weights()
         manifest = self.read_manifest()
         assert manifest is not None  # load_weights checked it
-        catalog = load_source(config.data, config.run.seed).catalog
+        catalog = load_catalog(config.data, config.run.seed)
         if list(catalog.item_ids) != manifest["item_index"]:
             raise ValueError(f"the catalog of {config.data.source!r} does not match the model's item index.")
         model = build_model(len(catalog.item_ids), config.model, model_features(catalog, config), config.run.seed)

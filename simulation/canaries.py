@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from shared.config import StrataConfig
+from shared.data.csv_writer import write_catalog_csv
 from shared.data.matrices import UserTensors, train_tensors
 from shared.model import StrataLoss
 from shared.data.split import split_configured
@@ -139,17 +140,12 @@ def write_audit_data(data: RatingsData, canaries: Canaries, out_dir: Path) -> tu
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     ratings_csv, catalog_csv = out_dir / "ratings.csv", out_dir / "ratings_catalog.csv"
-    cat = audit_catalog(data.catalog, canaries)
-    with open(catalog_csv, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["item", "title", "categories", "year"])
-        for item, title, cats, year in zip(cat.item_ids, cat.titles, cat.categories, cat.years, strict=True):
-            w.writerow([item, title, "|".join(cats), "" if year is None else year])
+    write_catalog_csv(audit_catalog(data.catalog, canaries), catalog_csv)
     with open(ratings_csv, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["user", "item", "rating"])
         for u, i, r in zip(data.users, data.items, data.ratings, strict=True):
-            w.writerow([data.user_ids[u], cat.item_ids[i], f"{float(r):g}"])
+            w.writerow([data.user_ids[u], data.catalog.item_ids[i], f"{float(r):g}"])
         for uid, items, keep in zip(canaries.user_ids, canaries.items, canaries.included, strict=True):
             if keep:
                 w.writerows([uid, item, f"{canaries.rating:g}"] for item in items)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.config import StrataConfig
-from shared.data.source import catalog_fingerprint, load_source
+from shared.data.source import catalog_fingerprint, load_catalog
 from shared.privacy.ledger import LedgerEntry, LedgerError, read_entries
 from server.instruction_log import Instruction, read_instructions
 from shared.run_dir import JsonDict, RunDir
@@ -120,12 +120,12 @@ def read_run(run: RunDir, *, strict: bool) -> RunFiles:
 
 
 def data_facts(config: StrataConfig) -> DataFacts:
-    """Return the catalog fingerprint of the run's data source, or why it could not be loaded."""
+    """Return the fingerprint of the run's public catalog, or why it could not be loaded."""
     try:
-        data = load_source(config.data, config.run.seed)
+        catalog = load_catalog(config.data, config.run.seed)
     except (OSError, ValueError, RuntimeError) as exc:
         return DataFacts(None, str(exc))
-    return DataFacts(catalog_fingerprint(data.catalog), None)
+    return DataFacts(catalog_fingerprint(catalog), None)
 
 
 def current_run(files: RunFiles) -> str | None:

@@ -58,9 +58,7 @@ def load_csv(
         raise ValueError(f"on_bad_rows must be 'error' or 'skip', not {on_bad_rows!r}.")
     ratings_path = Path(ratings_path)
     skipped: dict[str, int] = {}
-    catalog_rows = (
-        _read_catalog(Path(catalog_path), on_bad_rows, skipped) if catalog_path is not None else None
-    )
+    catalog_rows = _read_catalog(Path(catalog_path), on_bad_rows, skipped) if catalog_path is not None else None
 
     users: list[str] = []
     items: list[str] = []
@@ -104,9 +102,7 @@ def load_csv(
     report = LoadReport(source=str(ratings_path), rows_read=rows_read, skipped=skipped)
     if skipped:
         log.warning("%s", report.summary())
-    log.info(
-        "Loaded %s: %d users, %d items, %d ratings", ratings_path, len(user_ids), len(item_ids), len(values)
-    )
+    log.info("Loaded %s: %d users, %d items, %d ratings", ratings_path, len(user_ids), len(item_ids), len(values))
     return RatingsData(
         name=ratings_path.stem,
         users=np.fromiter((user_pos[u] for u in users), dtype=np.int64, count=len(users)),
@@ -116,6 +112,18 @@ def load_csv(
         catalog=catalog,
         report=report,
         timestamps=np.asarray(stamps, dtype=np.int64) if has_ts else None,
+    )
+
+
+def load_catalog_csv(catalog_path: str | Path) -> Catalog:
+    """Load only a catalog CSV (item,title,categories[,year]), in the item index `load_csv` gives it."""
+    rows = _read_catalog(Path(catalog_path), "error", {})
+    item_ids = _sort_ids(rows.keys())
+    return Catalog(
+        item_ids=tuple(item_ids),
+        titles=tuple(rows[k][0] for k in item_ids),
+        categories=tuple(rows[k][1] for k in item_ids),
+        years=tuple(rows[k][2] for k in item_ids),
     )
 
 
@@ -135,9 +143,7 @@ def _parse_rating_row(
     if not math.isfinite(rating):
         raise _BadRow("non-numeric rating", f"rating {row['rating']!r} is not a number")
     if rating_range is not None and not rating_range[0] <= rating <= rating_range[1]:
-        raise _BadRow(
-            "rating out of range", f"rating {rating:g} is outside {rating_range[0]:g}..{rating_range[1]:g}"
-        )
+        raise _BadRow("rating out of range", f"rating {rating:g} is outside {rating_range[0]:g}..{rating_range[1]:g}")
     ts = None
     if has_ts:
         if not _INT.fullmatch(row["timestamp"]):
@@ -159,9 +165,7 @@ def _read_catalog(path: Path, on_bad_rows: OnBadRows, skipped: dict[str, int]) -
             continue
         try:
             if len(fields) != len(columns):
-                raise _BadRow(
-                    "catalog: wrong field count", f"expected {len(columns)} fields, found {len(fields)}"
-                )
+                raise _BadRow("catalog: wrong field count", f"expected {len(columns)} fields, found {len(fields)}")
             row = dict(zip(columns, fields, strict=True))
             if not row["item"]:
                 raise _BadRow("catalog: empty item", "empty item id")
@@ -205,9 +209,7 @@ def _records(
         raise DataError(str(path), f"empty file; expected a header with columns {','.join(required)}.", 1)
 
 
-def _check_header(
-    path: Path, header: list[str], required: tuple[str, ...], optional: tuple[str, ...]
-) -> None:
+def _check_header(path: Path, header: list[str], required: tuple[str, ...], optional: tuple[str, ...]) -> None:
     missing = [c for c in required if c not in header]
     unknown = [c for c in header if c not in required + optional]
     dupes = sorted({c for c in header if header.count(c) > 1})
@@ -242,9 +244,7 @@ def _read_text(path: Path) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise DataError(
-            str(path), f"not valid UTF-8: {exc.reason}.", raw.count(b"\n", 0, exc.start) + 1
-        ) from exc
+        raise DataError(str(path), f"not valid UTF-8: {exc.reason}.", raw.count(b"\n", 0, exc.start) + 1) from exc
 
 
 def _sort_ids(ids: Iterable[str]) -> list[str]:

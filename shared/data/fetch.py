@@ -141,9 +141,7 @@ def _verify(path: Path, algorithm: str, expected: str) -> None:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     if digest.hexdigest() != expected:
-        raise FetchError(
-            f"{path.name}: {algorithm} {digest.hexdigest()} does not match the expected {expected}."
-        )
+        raise FetchError(f"{path.name}: {algorithm} {digest.hexdigest()} does not match the expected {expected}.")
     log.info("Verified %s %s of %s", algorithm, expected[:12], path.name)
 
 

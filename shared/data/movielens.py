@@ -130,9 +130,7 @@ def _read_ml100k_items(path: Path) -> _CatalogRows:
             continue
         fields = line.split("|")
         if len(fields) != n_fields:
-            raise DataError(
-                str(path), f"expected {n_fields} '|'-separated fields, found {len(fields)}.", line_no
-            )
+            raise DataError(str(path), f"expected {n_fields} '|'-separated fields, found {len(fields)}.", line_no)
         item = _parse_int(fields[0], path, line_no, "item id")
         flags = fields[5:]
         if any(f not in ("0", "1") for f in flags):
@@ -143,8 +141,7 @@ def _read_ml100k_items(path: Path) -> _CatalogRows:
     return rows
 
 
-def _load_ml100k_parquet(d: Path) -> RatingsData:
-    ratings_path, items_path = d / WIDEDEEP_FILES[0], d / WIDEDEEP_FILES[1]
+def _read_ml100k_parquet_items(items_path: Path) -> _CatalogRows:
     items = _read_parquet(items_path, ("movie_id", "movie_title", "release_date", *ML100K_GENRES))
     rows: _CatalogRows = {}
     flags = items[list(ML100K_GENRES)].to_numpy()
@@ -161,6 +158,12 @@ def _load_ml100k_parquet(d: Path) -> RatingsData:
         genres = tuple(g for g, f in zip(ML100K_GENRES, flags[row_no], strict=True) if f == 1)
         year = _year_from_date(date) or _year_from_title(title)
         _add_catalog_row(rows, int(item), (title, genres, year), items_path, None, row_no + 1)
+    return rows
+
+
+def _load_ml100k_parquet(d: Path) -> RatingsData:
+    ratings_path, items_path = d / WIDEDEEP_FILES[0], d / WIDEDEEP_FILES[1]
+    rows = _read_ml100k_parquet_items(items_path)
     data = _read_parquet(ratings_path, ("user_id", "movie_id", "rating", "timestamp"))
     frame = pd.DataFrame(
         {
@@ -195,13 +198,9 @@ def _read_ml1m_movies(path: Path) -> _CatalogRows:
             continue
         fields = line.split("::")
         if len(fields) != 3:
-            raise DataError(
-                str(path), f"expected MovieID::Title::Genres, found {len(fields)} fields.", line_no
-            )
+            raise DataError(str(path), f"expected MovieID::Title::Genres, found {len(fields)} fields.", line_no)
         item = _parse_int(fields[0], path, line_no, "movie id")
-        _add_catalog_row(
-            rows, item, (fields[1], _split_genres(fields[2]), _year_from_title(fields[1])), path, line_no
-        )
+        _add_catalog_row(rows, item, (fields[1], _split_genres(fields[2]), _year_from_title(fields[1])), path, line_no)
     return rows
 
 
@@ -219,9 +218,7 @@ def _read_latest_movies(path: Path) -> _CatalogRows:
         if len(fields) != len(header):
             raise DataError(str(path), f"expected {len(header)} fields, found {len(fields)}.", line_no)
         item = _parse_int(fields[0], path, line_no, "movie id")
-        _add_catalog_row(
-            rows, item, (fields[1], _split_genres(fields[2]), _year_from_title(fields[1])), path, line_no
-        )
+        _add_catalog_row(rows, item, (fields[1], _split_genres(fields[2]), _year_from_title(fields[1])), path, line_no)
     return rows
 
 
@@ -294,10 +291,36 @@ def _where(frame: pd.DataFrame, pos: int, first_line: int | None) -> tuple[int |
     return int(frame["_line"].iloc[pos]), ""
 
 
+def load_movielens_catalog(directory: str | Path) -> Catalog:
+    """Load only the item file of a MovieLens directory (u.item, movies.dat or movies.csv): no rating is read."""
+    d = Path(directory)
+    if (d / "u.item").exists():
+        return _catalog(_read_ml100k_items(d / "u.item"))
+    if (d / WIDEDEEP_FILES[1]).exists():
+        return _catalog(_read_ml100k_parquet_items(d / WIDEDEEP_FILES[1]))
+    if (d / "movies.dat").exists():
+        return _catalog(_read_ml1m_movies(d / "movies.dat"))
+    if (d / "movies.csv").exists():
+        return _catalog(_read_latest_movies(d / "movies.csv"))
+    raise DataError(str(d), "no MovieLens item file found (u.item, movies.dat, movies.csv).")
+
+
+def _catalog(rows: _CatalogRows) -> Catalog:
+    """Return the catalog of `rows` in numeric item order (the item index of every MovieLens loader)."""
+    keys = sorted(rows)
+    return Catalog(
+        item_ids=tuple(str(k) for k in keys),
+        titles=tuple(rows[k][0] for k in keys),
+        categories=tuple(rows[k][1] for k in keys),
+        years=tuple(rows[k][2] for k in keys),
+    )
+
+
 def _assemble(
     name: str, ratings_path: Path, frame: pd.DataFrame, *, first_line: int | None, catalog: _CatalogRows
 ) -> RatingsData:
     item_keys = np.array(sorted(catalog), dtype=np.int64)
+    cat = _catalog(catalog)
     raw_items = frame["item"].to_numpy(dtype=np.int64)
     pos = np.searchsorted(item_keys, raw_items)
     known = (pos < len(item_keys)) & (item_keys[np.minimum(pos, len(item_keys) - 1)] == raw_items)
@@ -314,13 +337,6 @@ def _assemble(
         user, item = int(frame["user"].iloc[bad]), int(frame["item"].iloc[bad])
         raise DataError(str(ratings_path), f"duplicate rating for user {user}, item {item}{where}.", line)
     user_keys, users = np.unique(frame["user"].to_numpy(dtype=np.int64), return_inverse=True)
-    entries = [catalog[int(k)] for k in item_keys]
-    cat = Catalog(
-        item_ids=tuple(str(k) for k in item_keys.tolist()),
-        titles=tuple(e[0] for e in entries),
-        categories=tuple(e[1] for e in entries),
-        years=tuple(e[2] for e in entries),
-    )
     report = LoadReport(source=str(ratings_path), rows_read=len(frame))
     log.info(
         "Loaded %s from %s: %d users, %d items, %d ratings",
@@ -353,9 +369,7 @@ def _read_text(path: Path, encoding: str) -> str:
     try:
         return raw.decode(encoding)
     except UnicodeDecodeError as exc:
-        raise DataError(
-            str(path), f"not valid {encoding}: {exc.reason}.", raw.count(b"\n", 0, exc.start) + 1
-        ) from exc
+        raise DataError(str(path), f"not valid {encoding}: {exc.reason}.", raw.count(b"\n", 0, exc.start) + 1) from exc
 
 
 def _parse_int(text: str, path: Path, line: int, what: str) -> int:

@@ -9,18 +9,49 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..config import DataConfig
-from .csv_loader import load_csv
+from .csv_loader import load_catalog_csv, load_csv
 from .fetch import fetch_ml100k
-from .movielens import load_ml100k, load_movielens
+from .movielens import load_ml100k, load_movielens, load_movielens_catalog
 from .synthetic import make_synthetic
 from .types import Catalog, RatingsData
 
 log = logging.getLogger(__name__)
 
 
+DEVICES = "devices"
+"""`data.source` of a deployed server: the ratings live on the devices; the server has `data.catalog`."""
+
+
+@lru_cache(maxsize=4)
+def load_catalog(data: DataConfig, seed: int) -> Catalog:
+    """Load the public catalog the config names without reading a rating: all a server may read.
+
+    `data.catalog` (a catalog CSV) when set; else the item file of `ml-100k` or a MovieLens
+    directory; else the synthetic generator's catalog (public, from the seed).
+    """
+    if data.catalog:
+        return load_catalog_csv(Path(data.catalog).expanduser())
+    if data.source == "ml-100k":
+        return load_movielens_catalog(fetch_ml100k(Path(data.cache_dir).expanduser()))
+    if data.source == "synthetic":
+        return load_source(data, seed).catalog  # the public generator: no one's data
+    path = Path(data.source).expanduser()
+    if path.is_dir():
+        return load_movielens_catalog(path)
+    raise ValueError(
+        f"data.source={data.source!r} has no public catalog: set data.catalog to the catalog CSV "
+        "(item,title,categories,year). The server never derives the item index from ratings."
+    )
+
+
 @lru_cache(maxsize=4)
 def load_source(data: DataConfig, seed: int) -> RatingsData:
     """Load the data set named by `data.source` (`ml-100k`, `synthetic`, a directory or a CSV)."""
+    if data.source == DEVICES:
+        raise ValueError(
+            "data.source = 'devices': the ratings live on the devices (each SuperNode's data-path); "
+            "only the catalog (data.catalog) is readable here."
+        )
     if data.source == "ml-100k":
         return load_ml100k(fetch_ml100k(Path(data.cache_dir).expanduser()))
     if data.source == "synthetic":

@@ -47,9 +47,7 @@ def make_synthetic(
     """Generate ratings with planted sub-interests; returns (data, planted_sub per item)."""
     n_subs = n_categories * subs_per_category
     if min(n_users, n_categories, subs_per_category) < 1 or n_items < n_subs:
-        raise ValueError(
-            f"need n_users, n_categories, subs_per_category >= 1 and n_items >= {n_subs} sub-interests."
-        )
+        raise ValueError(f"need n_users, n_categories, subs_per_category >= 1 and n_items >= {n_subs} sub-interests.")
     rng = np.random.default_rng(seed)
 
     # Items: balanced assignment to sub-interests, Zipf popularity by random rank within each.
@@ -72,9 +70,7 @@ def make_synthetic(
 
     # Users: 1-3 sub-interests with Dirichlet weights, log-normal profile lengths.
     mu = np.log(mean_profile_len) - _PROFILE_SIGMA**2 / 2
-    lengths = np.clip(np.rint(rng.lognormal(mu, _PROFILE_SIGMA, n_users)), _MIN_PROFILE, n_items).astype(
-        np.int64
-    )
+    lengths = np.clip(np.rint(rng.lognormal(mu, _PROFILE_SIGMA, n_users)), _MIN_PROFILE, n_items).astype(np.int64)
     user_bias = rng.normal(0.0, _USER_BIAS_SD, n_users)
     users_out, items_out, ratings_out = [], [], []
     for u in range(n_users):
@@ -89,16 +85,8 @@ def make_synthetic(
         chosen = np.argpartition(-keys, lengths[u] - 1)[: lengths[u]]
         in_sub = np.isin(planted_sub[chosen], subs)
         same_cat = np.isin(item_category[chosen], sub_category[subs])
-        affinity = np.where(
-            in_sub, _AFFINITY_IN_SUB, np.where(same_cat, _AFFINITY_SAME_CATEGORY, _AFFINITY_OTHER)
-        )
-        score = (
-            _MEAN_RATING
-            + user_bias[u]
-            + item_bias[chosen]
-            + affinity
-            + rng.normal(0.0, _NOISE_SD, len(chosen))
-        )
+        affinity = np.where(in_sub, _AFFINITY_IN_SUB, np.where(same_cat, _AFFINITY_SAME_CATEGORY, _AFFINITY_OTHER))
+        score = _MEAN_RATING + user_bias[u] + item_bias[chosen] + affinity + rng.normal(0.0, _NOISE_SD, len(chosen))
         users_out.append(np.full(len(chosen), u, dtype=np.int64))
         items_out.append(np.sort(chosen))
         ratings_out.append(np.clip(np.rint(score[np.argsort(chosen)]), 1, 5))
@@ -113,9 +101,7 @@ def make_synthetic(
     )
     catalog = Catalog(
         item_ids=tuple(str(i) for i in range(n_items)),
-        titles=tuple(
-            f"Item {i} (c{item_category[i]}-s{planted_sub[i] % subs_per_category})" for i in range(n_items)
-        ),
+        titles=tuple(f"Item {i} (c{item_category[i]}-s{planted_sub[i] % subs_per_category})" for i in range(n_items)),
         categories=cats,
         years=tuple(int(y) for y in years),
     )

@@ -44,9 +44,7 @@ class ValidationResult:
 
     def summary(self) -> str:
         """Return a readable report: one headline, then the load report, problems and warnings."""
-        head = (
-            f"{self.path}: {'OK' if self.ok else 'PROBLEMS'} - {self.n_users} users, {self.n_items} items, "
-        )
+        head = f"{self.path}: {'OK' if self.ok else 'PROBLEMS'} - {self.n_users} users, {self.n_items} items, "
         head += f"{self.n_ratings} ratings, density {self.density:.4%}"
         if self.rating_min is not None:
             head += f", ratings {self.rating_min:g}..{self.rating_max:g}"
@@ -121,8 +119,6 @@ def _summarise(data: RatingsData, result: ValidationResult, min_user_ratings: in
     result.users_below_min = int((per_user < min_user_ratings).sum())
     result.items_without_ratings = int((per_item == 0).sum())
     if result.users_below_min:
-        result.warnings.append(
-            f"{result.users_below_min} user(s) with fewer than {min_user_ratings} ratings."
-        )
+        result.warnings.append(f"{result.users_below_min} user(s) with fewer than {min_user_ratings} ratings.")
     if result.items_without_ratings:
         result.warnings.append(f"{result.items_without_ratings} catalog item(s) with no ratings.")
