@@ -18,7 +18,11 @@ from server.privacy_report import write_privacy_report  # noqa: E402
 from server.run_report import REAL_EXAMPLE_WARNING, write_run_report  # noqa: E402
 from server.taxonomy import build_taxonomy, render_tree  # noqa: E402
 from shared.config import StrataConfig, load_config  # noqa: E402
+from deploy.certs import make_certs  # noqa: E402
+from deploy.local import deploy_local  # noqa: E402
+from shared.data.device_files import CATALOG_NAME, split_devices  # noqa: E402
 from shared.data.fetch import DATASETS  # noqa: E402
+from shared.data.source import load_source  # noqa: E402
 from shared.data.validate import validate_path  # noqa: E402
 from shared.metrics import ORACLE_LABEL  # noqa: E402
 from shared.run_dir import JsonDict, RunDir  # noqa: E402
@@ -108,9 +112,56 @@ def cmd_data(args: argparse.Namespace) -> int:
         path = DATASETS[args.name](Path(args.cache_dir).expanduser())
         print(path)
         return 0
+    if args.data_cmd == "split-devices":
+        return _split_devices(args)
     result = validate_path(args.path)
     print(result.summary())
     return 0 if result.ok else 1
+
+
+def _split_devices(args: argparse.Namespace) -> int:
+    config = load_config(None, [f"data.source={json.dumps(args.source)}", *(args.set or [])])
+    data = load_source(config.data, args.seed)
+    out = Path(args.out)
+    files = split_devices(
+        data, out, topology=args.topology, num_hubs=args.num_hubs, assignment=args.hub_assignment, seed=args.seed
+    )
+    print(f"{len(files)} device files ({args.topology} topology) and the catalog in {out}:")
+    print(f"  catalog        {out / CATALOG_NAME}   (the server's data.catalog; every device's catalog-path)")
+    print(f"  devices        {out}/0.csv … {files[-1].name}   (each SuperNode's data-path; client id = file stem)")
+    print(f"  population     {data.n_users}   (set privacy.population = {data.n_users} on the server)")
+    return 0
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    """Run `strata certs`: CA, SuperLink certificate, SuperNode auth keys, device signing keys."""
+    files = make_certs(Path(args.dir), nodes=args.nodes, sans=tuple(args.san or ()))
+    print(f"Certificates and keys in {files.root} (private keys 0600):")
+    print(
+        f"  SuperLink      --ssl-ca-certfile {files.ca_cert} --ssl-certfile {files.server_cert} "
+        f"--ssl-keyfile {files.server_key}"
+    )
+    print(f"  SuperNodes     --root-certificates {files.ca_cert} --auth-supernode-private-key {files.node_key(0)} …")
+    print(f"  registration   flwr supernode register {files.node_public_key(0)} CONNECTION …")
+    if args.nodes:
+        print(f"  device ledgers --node-config \"signing-key='{files.signing_key(0)}' …\"")
+        print(f"  auditors       strata privacy-report RUN --verify --keys {files.public_keys}")
+    return 0
+
+
+def cmd_deploy_local(args: argparse.Namespace) -> int:
+    """Run `strata deploy-local`: SuperLink + N SuperNodes on loopback as real processes, one run."""
+    overrides = list(args.set or [])
+    if args.rounds is not None:
+        overrides.append(f"federation.rounds={args.rounds}")
+    config = load_config(args.config or "configs/deploy-local.toml", overrides)
+    result = deploy_local(config, Path(args.out), nodes=args.nodes, tls=not args.insecure, timeout_s=args.timeout)
+    print()
+    print(f"Run {result['run_id']}: {result['status']}, {result['rounds_trained']} rounds, {result['wall_s']} s")
+    print(f"Run directory: {result['run_dir']} (device ledgers collected into ledgers/)")
+    print(f"Process logs:  {result['logs']}")
+    print(f"Verify:        strata privacy-report {result['run_dir']} --verify --keys {result['keys']}")
+    return 0 if result["status"] == "finished:completed" else 1
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -180,7 +231,11 @@ def cmd_layers(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     """Run `strata generate`: synthetic user profiles from a run's model."""
     result = generate_profiles(
-        Path(args.run), n=args.n, out=Path(args.out), interest=args.interest, seed=args.seed,
+        Path(args.run),
+        n=args.n,
+        out=Path(args.out),
+        interest=args.interest,
+        seed=args.seed,
         compare_with_real=args.compare_to_real,
     )
     print(f"Synthetic users: {result['out']} (catalog {result['catalog']})")
@@ -243,7 +298,31 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--cache-dir", default="~/.cache/strata")
     validate = dsub.add_parser("validate", help="check a MovieLens directory or a ratings CSV")
     validate.add_argument("path")
+    split = dsub.add_parser("split-devices", help="one ratings CSV per device plus the catalog, for deployment")
+    split.add_argument("source", help="data source: ml-100k, synthetic, a MovieLens directory or a ratings CSV")
+    split.add_argument("--out", "-o", required=True, help="fresh directory for catalog.csv and <i>.csv per device")
+    split.add_argument("--topology", choices=["hub", "device"], default="hub")
+    split.add_argument("--num-hubs", type=int, default=10)
+    split.add_argument("--hub-assignment", choices=["iid", "dirichlet"], default="iid")
+    split.add_argument("--seed", type=int, default=0, help="run.seed of the deployment (the hub assignment)")
+    split.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="data.* config key, e.g. data.catalog")
     data.set_defaults(func=cmd_data)
+
+    certs = sub.add_parser("certs", help="CA, SuperLink TLS certificate, SuperNode auth keys, device signing keys")
+    certs.add_argument("dir", help="fresh directory for the certificates and keys")
+    certs.add_argument("--nodes", type=int, default=0, help="SuperNode auth keys and device signing keys to make")
+    certs.add_argument("--san", action="append", metavar="HOST", help="extra host name or IP of the SuperLink")
+    certs.set_defaults(func=cmd_certs)
+
+    dl = sub.add_parser("deploy-local", help="SuperLink + N SuperNodes on loopback (TLS, node auth), one real run")
+    dl.add_argument("--nodes", "-n", type=int, default=3, help="SuperNodes, one data file each (default 3)")
+    dl.add_argument("--out", "-o", default="runs/deploy-local", help="fresh directory for everything")
+    dl.add_argument("--config", "-c", help="TOML preset (default configs/deploy-local.toml)")
+    dl.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    dl.add_argument("--rounds", type=int, help="federation.rounds")
+    dl.add_argument("--insecure", action="store_true", help="no TLS and no node authentication (testing only)")
+    dl.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the run (default 3600)")
+    dl.set_defaults(func=cmd_deploy_local)
 
     sim = sub.add_parser("simulate", help="federated run on Flower's simulation engine")
     _add_config_args(sim)
@@ -257,7 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("run", help="run directory")
     pr.add_argument("--verify", action="store_true", help="recompute ε from the ledgers with two accountants")
     pr.add_argument(
-        "--tolerance", type=float, default=0.0,
+        "--tolerance",
+        type=float,
+        default=0.0,
         help="allowed relative disagreement of a logged ε with its replay (default 0: the same accountant agrees)",
     )
     pr.add_argument(
@@ -294,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     layers = sub.add_parser("layers", help="build and print the interest taxonomy of a run")
     layers.add_argument("run", help="run directory")
     layers.add_argument(
-        "--evaluate", action="store_true",
+        "--evaluate",
+        action="store_true",
         help="also measure the layers on the run's held-out ratings (L3 lift, L2 coherence, plain vs layered lists)",
     )
     layers.set_defaults(func=cmd_layers)
@@ -306,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--interest", help="condition on an L2 interest id of the taxonomy, e.g. Drama/1")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument(
-        "--compare-to-real", action="store_true",
+        "--compare-to-real",
+        action="store_true",
         help="also write <stem>_comparison_NOT_PRIVATE.json: exact statistics of the real ratings next to the "
         "synthetic ones (NOT private; for the operator only, never to publish)",
     )
@@ -315,7 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="report.html of a run: utility, ε, taxonomy, census, example user")
     report.add_argument("run", help="run directory")
     report.add_argument(
-        "--example-user", metavar="ID",
+        "--example-user",
+        metavar="ID",
         help="show this real user's profile and recommendations instead of a synthetic one sampled from the model "
         "(NOT private: the page then holds one user's exact data)",
     )
