@@ -180,7 +180,9 @@ class LocalStack:
         """Register SuperNode `i`'s public key with the SuperLink (`flwr supernode register`)."""
         self.flwr("supernode", "register", str(self.certs.node_public_key(i)), CONNECTION)
 
-    def start_supernode(self, i: int, *, key: Path | None = None, insecure: bool = False) -> subprocess.Popen[bytes]:
+    def start_supernode(
+        self, i: int, *, key: Path | None = None, insecure: bool = False, name: str | None = None
+    ) -> subprocess.Popen[bytes]:
         """Start SuperNode `i` with its node config (its key, or `key`; `insecure`: no TLS at all)."""
         argv = [
             _bin("flower-supernode"),
@@ -202,7 +204,7 @@ class LocalStack:
                 "--auth-supernode-private-key",
                 str(key or self.certs.node_key(i)),
             ]
-        return self.procs.start(f"supernode-{i}", argv)
+        return self.procs.start(name or f"supernode-{i}", argv)
 
     def submit(self, run_config: Path) -> int:
         """`flwr run` the app with `run_config`; return the run id."""
