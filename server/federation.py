@@ -76,6 +76,7 @@ def build_federation(config: StrataConfig, *, run: RunDir, run_id: str) -> Feder
         rating_range=(config.data.rating_min, config.data.rating_max),
         client_eval_noise_std=eval_noise if holder == "client" else 0.0,
         instructions=instructions,
+        max_update_norm=fed.max_update_norm,
     )
     if not p.central_dp:
         return Federation(inner, None, instructions)

@@ -35,6 +35,7 @@ from shared.privacy.release import (
 from shared.protocol import ProtocolError, ReleaseIns, ReleaseRes
 from shared.run_dir import JsonDict, RunDir
 
+from .replies import match_replies
 from .instruction_log import InstructionLog, Kind, Outcome
 from .taxonomy import taxonomy_from_model, write_taxonomy
 
@@ -114,11 +115,11 @@ def collect_release(
                 outcome=outcome,
             )
 
-    for msg in grid.send_and_receive(messages, timeout=timeout):
-        node = msg.metadata.src_node_id
-        if msg.has_error():
+    for node, msg in match_replies(messages, grid.send_and_receive(messages, timeout=timeout)):
+        if msg is None or msg.has_error():
             out.failed += 1
-            log.warning("%s release: client %d failed: %s", kind, node, msg.error.reason)
+            why = "no reply within the timeout" if msg is None else msg.error.reason
+            log.warning("%s release: client %d failed: %s", kind, node, why)
             record(node, "", "failed")
             continue
         try:

@@ -10,6 +10,8 @@ releases into noisy means with their noise std. Central DP wraps this strategy
 
 from __future__ import annotations
 
+import math
+
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -27,6 +29,7 @@ from shared.protocol import RUN_ID, EvaluateIns, EvaluateRes, ProtocolError, Tra
 
 from .instruction_log import InstructionLog, Kind, Outcome
 from .server_optimizer import ServerOptimizer
+from .replies import match_replies
 from .update_check import InvalidUpdate, check_update
 
 log = logging.getLogger(__name__)
@@ -62,6 +65,7 @@ class FedAvgStrategy(Strategy):
         rating_range: tuple[float, float] = (1.0, 5.0),
         client_eval_noise_std: float = 0.0,
         instructions: InstructionLog | None = None,
+        max_update_norm: float = 0.0,
     ) -> None:
         if not 0 < fraction_train <= 1 or not 0 < fraction_evaluate <= 1:
             raise ValueError("The fractions of clients sampled should be in (0, 1].")
@@ -76,6 +80,8 @@ class FedAvgStrategy(Strategy):
         self.fraction_evaluate = fraction_evaluate
         self.min_train_clients = min_train_clients
         self.rating_range = rating_range
+        self.max_update_norm = max_update_norm
+        """Largest L2 norm of a reply's change to the global weights that is averaged (0: no bound)."""
         self.client_eval_noise_std = client_eval_noise_std
         """Std of the noise each client adds to its evaluation sum (0 when it adds none)."""
         self.instructions = instructions
@@ -88,6 +94,8 @@ class FedAvgStrategy(Strategy):
         self.client_epsilon: dict[int, float] = {}
         """Latest ε each client reported (node id -> ε)."""
         self.rejected: list[str] = []
+        self.outbox: list[Message] = []
+        """The instructions of the current step (their ids are set when the grid sends them)."""
 
     # ------------------------------------------------------------------ state
 
@@ -133,10 +141,10 @@ class FedAvgStrategy(Strategy):
         if self.log_train:
             self._log(server_round, "train", node, device, outcome)
 
-    @staticmethod
-    def messages(nodes: list[int], content: RecordDict, kind: str) -> list[Message]:
-        """Build one message of `kind` with `content` for each node."""
-        return [Message(content=content, message_type=kind, dst_node_id=n) for n in nodes]
+    def messages(self, nodes: list[int], content: RecordDict, kind: str) -> list[Message]:
+        """Build one message of `kind` with `content` for each node; kept as the outbox replies are matched to."""
+        self.outbox = [Message(content=content, message_type=kind, dst_node_id=n) for n in nodes]
+        return self.outbox
 
     def screen(
         self,
@@ -148,11 +156,11 @@ class FedAvgStrategy(Strategy):
         """Yield the replies whose update may be aggregated; failures, refusals, malformed replies
         and invalid updates are counted in `tally` and logged, never averaged."""
         assert self.current is not None, "configure_train must run before the replies are screened"
-        for msg in replies:
-            node = msg.metadata.src_node_id
-            if msg.has_error():
+        for node, msg in match_replies(self.outbox, replies):
+            if msg is None or msg.has_error():
                 tally.failed += 1
-                log.warning("round %d: client %d failed: %s", server_round, node, msg.error.reason)
+                why = "no reply within the round's timeout" if msg is None else msg.error.reason
+                log.warning("round %d: client %d failed: %s", server_round, node, why)
                 self._log_train(server_round, node, "", "failed")
                 continue
             try:
@@ -183,6 +191,15 @@ class FedAvgStrategy(Strategy):
             tally.accepted += 1
             self._log_train(server_round, node, reply.key, "accepted")
             yield update, reply
+
+    def _check_norm(self, update: Weights, reply: TrainRes) -> None:  # noqa: ARG002
+        """Reject a change to the global weights larger than `max_update_norm`."""
+        if self.max_update_norm <= 0:
+            return
+        assert self.current is not None
+        norm = math.sqrt(sum(float((update[k].double() - v.double()).pow(2).sum()) for k, v in self.current.items()))
+        if norm > self.max_update_norm:
+            raise InvalidUpdate(f"update norm {norm:.4g} exceeds federation.max-update-norm {self.max_update_norm:g}")
 
     def apply(self, delta: Weights) -> Weights:
         """Return the new global weights: the server optimizer's step from the current ones by `delta`."""
@@ -223,7 +240,7 @@ class FedAvgStrategy(Strategy):
         # rounding noise in unchanged coordinates into full ±lr steps).
         acc: Weights = OrderedDict((k, torch.zeros_like(v, dtype=torch.float64)) for k, v in current.items())
         tally = Tally()
-        for weights, _ in self.screen(server_round, replies, tally):
+        for weights, _ in self.screen(server_round, replies, tally, self._check_norm):
             for k, v in weights.items():
                 acc[k].add_(v)
         record = self.record(tally)
@@ -249,10 +266,10 @@ class FedAvgStrategy(Strategy):
     def collect_evaluation(self, server_round: int, replies: Iterable[Message]) -> tuple[np.ndarray, int, int]:
         """Add up the clients' evaluation sums: (total, clients that contributed, clients that refused)."""
         total, answered, refused = np.zeros(len(EVAL_FIELDS)), 0, 0
-        for msg in replies:
-            node = msg.metadata.src_node_id
-            if msg.has_error():
-                log.warning("round %d: evaluation failed on node %d: %s", server_round, node, msg.error.reason)
+        for node, msg in match_replies(self.outbox, replies):
+            if msg is None or msg.has_error():
+                why = "no reply within the round's timeout" if msg is None else msg.error.reason
+                log.warning("round %d: evaluation failed on node %d: %s", server_round, node, why)
                 self._log(server_round, "evaluate", node, "", "failed")
                 continue
             try:

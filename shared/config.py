@@ -234,6 +234,9 @@ class FederationConfig:
     """How long the server waits for min-available-clients before giving up with an error."""
     min_train_clients: int = 1
     """A round with fewer successful replies is skipped (logged), never averaged over nothing."""
+    max_update_norm: float = 1000.0
+    """Largest L2 norm of a reply's change to the global weights that plain FedAvg averages (0: no
+    bound); a larger one is rejected and logged. Under central DP the public clipping bound applies."""
     eval_every: int = 1
     """Evaluation every this many rounds (and always after the last)."""
     eval_release: Literal["every", "final", "none"] = "final"
@@ -258,6 +261,8 @@ class FederationConfig:
     def __post_init__(self) -> None:
         if self.topology not in ("device", "hub"):
             raise ValueError(f"federation.topology must be 'device' or 'hub', not {self.topology!r}.")
+        if self.max_update_norm < 0:
+            raise ValueError("federation.max-update-norm must be >= 0 (0: no bound).")
         if self.rounds < 1 or self.num_hubs < 1 or self.eval_every < 1:
             raise ValueError("federation.rounds, num-hubs and eval-every must be >= 1.")
         if not 0.0 < self.fraction_train <= 1.0 or not 0.0 < self.fraction_evaluate <= 1.0:
