@@ -2,14 +2,17 @@
 
 Replies are the typed values of `shared.protocol`: the accounted mechanism's weights and
 release sums, the device's ε and refusal reasons; no counts, losses, ids or per-user values.
+A real device answers an instruction it already answered (a resumed run) with the same reply
+(`replay.py`), so nothing is trained or spent twice.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
-from flwr.app import Context, Message
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from shared.config import StrataConfig, config_from_run_config
@@ -23,6 +26,7 @@ from .budget import ClientBudget
 from .policy import Policy, effective_max_epsilon, policy_for
 from .ledger_store import open_ledger, save_to_state
 from .release import contribute, evaluate
+from .replay import ReplyCache
 from .rounds import train_round
 from .store import DeviceStore, store_for
 
@@ -52,6 +56,25 @@ def _budget(config: StrataConfig, context: Context, store: DeviceStore, policy: 
     return ClientBudget.from_config(config.privacy, ledger=ledger, max_epsilon=cap), ledger
 
 
+def _replies(config: StrataConfig, context: Context, client_id: str, kind: str) -> ReplyCache | None:
+    """Return the cache of this device's last reply to `kind` (real devices only: a node config with `ledger-dir`)."""
+    if not context.node_config.get("ledger-dir"):
+        return None
+    return ReplyCache.beside(_ledger_path(config, context, client_id), kind)
+
+
+def _answer(cache: ReplyCache | None, run_id: str, server_round: int, make: Callable[[], RecordDict]) -> RecordDict:
+    """Return the cached reply to (run, round) if this device already sent one, else a new one (then cached)."""
+    if cache is not None:
+        earlier = cache.get(run_id, server_round)
+        if earlier is not None:
+            return earlier
+    content = make()
+    if cache is not None:
+        cache.put(run_id, server_round, content)
+    return content
+
+
 def build_client_app(config: StrataConfig | None = None) -> ClientApp:
     """Build a ClientApp for a fixed config (simulation CLI) or reading `context.run_config` (`flwr run`)."""
     app = ClientApp()
@@ -66,9 +89,15 @@ def build_client_app(config: StrataConfig | None = None) -> ClientApp:
         store = store_for(c, dict(context.node_config))
         policy = policy_for(c, dict(context.node_config))
         budget, ledger = _budget(c, context, store, policy)
-        reply = train_round(store, c, TrainIns.from_record(msg.content), budget, policy)
+        ins = TrainIns.from_record(msg.content)
+        content = _answer(
+            _replies(c, context, store.client_id, "train"),
+            ins.run_id,
+            ins.server_round,
+            lambda: train_round(store, c, ins, budget, policy).to_record(),
+        )
         save_to_state(context, ledger)
-        return Message(content=reply.to_record(), reply_to=msg)
+        return Message(content=content, reply_to=msg)
 
     @app.evaluate()
     def evaluation(msg: Message, context: Context) -> Message:
@@ -77,9 +106,15 @@ def build_client_app(config: StrataConfig | None = None) -> ClientApp:
         store = store_for(c, dict(context.node_config))
         policy = policy_for(c, dict(context.node_config))
         budget, ledger = _budget(c, context, store, policy)
-        reply = evaluate(store, c, EvaluateIns.from_record(msg.content), budget, policy)
+        ins = EvaluateIns.from_record(msg.content)
+        content = _answer(
+            _replies(c, context, store.client_id, "evaluate"),
+            ins.run_id,
+            ins.server_round,
+            lambda: evaluate(store, c, ins, budget, policy).to_record(),
+        )
         save_to_state(context, ledger)
-        return Message(content=reply.to_record(), reply_to=msg)
+        return Message(content=content, reply_to=msg)
 
     @app.query()
     def release(msg: Message, context: Context) -> Message:
@@ -88,9 +123,15 @@ def build_client_app(config: StrataConfig | None = None) -> ClientApp:
         store = store_for(c, dict(context.node_config))
         policy = policy_for(c, dict(context.node_config))
         budget, ledger = _budget(c, context, store, policy)
-        reply = contribute(store, c, ReleaseIns.from_record(msg.content), budget, policy)
+        ins = ReleaseIns.from_record(msg.content)
+        content = _answer(
+            _replies(c, context, store.client_id, f"release-{ins.kind}"),
+            ins.run_id,
+            ins.server_round,
+            lambda: contribute(store, c, ins, budget, policy).to_record(),
+        )
         save_to_state(context, ledger)
-        return Message(content=reply.to_record(), reply_to=msg)
+        return Message(content=content, reply_to=msg)
 
     return app
 
