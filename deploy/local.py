@@ -140,8 +140,8 @@ class LocalStack:
         text = tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: conn}})
         (self.layout.flwr_home / "config.toml").write_text(text, encoding="utf-8")
 
-    def start_superlink(self, *, timeout_s: float = 60.0) -> None:
-        """Start the SuperLink (sqlite state under root) and wait until it listens."""
+    def start_superlink(self, *, timeout_s: float = 60.0, name: str = "superlink") -> None:
+        """Start the SuperLink (sqlite state under root: a restart keeps its nodes) and wait until it listens."""
         argv = [
             _bin("flower-superlink"),
             "--host",
@@ -164,7 +164,7 @@ class LocalStack:
             ]
         else:
             argv.append("--insecure")
-        process = self.procs.start("superlink", argv)
+        process = self.procs.start(name, argv)
         wait_for_port(self.port, process, timeout_s=timeout_s, what="the SuperLink")
 
     def flwr(self, *args: str, timeout_s: float = 120.0, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -181,9 +181,16 @@ class LocalStack:
         self.flwr("supernode", "register", str(self.certs.node_public_key(i)), CONNECTION)
 
     def start_supernode(
-        self, i: int, *, key: Path | None = None, insecure: bool = False, name: str | None = None
+        self,
+        i: int,
+        *,
+        key: Path | None = None,
+        insecure: bool = False,
+        name: str | None = None,
+        max_retries: int | None = 3,
     ) -> subprocess.Popen[bytes]:
-        """Start SuperNode `i` with its node config (its key, or `key`; `insecure`: no TLS at all)."""
+        """Start SuperNode `i` with its node config (its key, or `key`; `insecure`: no TLS at all;
+        `max_retries` None: reconnect forever, e.g. across a SuperLink restart)."""
         argv = [
             _bin("flower-supernode"),
             "--superlink",

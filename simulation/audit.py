@@ -30,7 +30,7 @@ import numpy as np
 from scipy import stats
 
 from shared.config import StrataConfig
-from shared.data.source import load_source
+from shared.data.source import load_catalog, load_source
 from shared.features import model_features
 from shared.model import build_model
 from shared.run_dir import JsonDict, RunDir
@@ -255,12 +255,13 @@ def run_audit(
             1.0 - confidence,
             (1.0 - confidence) / (2 * canaries),
         )
-    load_source.cache_clear()  # the CSV path may have held other data earlier in this process
+    load_source.cache_clear()  # the CSV paths may have held other data earlier in this process
+    load_catalog.cache_clear()
     with planted_bug(planted_noise_divisor):
         train(audited)
 
     model, manifest, run_config = RunDir.of(run_dir).load_model()
-    catalog = load_source(run_config.data, run_config.run.seed).catalog
+    catalog = load_catalog(run_config.data, run_config.run.seed)
     initial = build_model(catalog.n_items, run_config.model, model_features(catalog, run_config), run_config.run.seed)
     scores = canary_scores(model, planted, run_config, catalog, initial=initial)
     bound = bound_from_scores(scores, planted.included, delta=delta, confidence=confidence, guesses=guesses)
