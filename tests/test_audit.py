@@ -19,6 +19,7 @@ from shared.data.types import Catalog
 from shared.data.csv_loader import load_csv
 from shared.data.synthetic import make_synthetic
 from shared.data.validate import validate_path
+from server.privacy_report import write_privacy_report
 from shared.run_dir import RunDir
 from simulation.audit import audit_p_value, bound_from_scores, epsilon_lower_bound, run_audit
 from simulation.canaries import (
@@ -201,6 +202,11 @@ def test_tiny_central_audit_end_to_end(
     expected = "FAIL" if bound > claim else ("INCONCLUSIVE" if claim >= ceiling else "PASS")
     assert saved["status"] == expected and saved["passed"] == {"PASS": True, "FAIL": False}.get(expected)
     assert saved["canaries_included"] == sum(c["included"] for c in saved["canaries"])
+    # The auditor's page shows the bound beside the claim and the ceiling.
+    write_privacy_report(run, verify=False)
+    html = run.privacy_report_html.read_text(encoding="utf-8")
+    assert "power ceiling (all guesses right)" in html and f"{saved['power_ceiling']:.3f}" in html
+    assert f"{saved['epsilon_lower_bound']:.3f}" in html and "planted bug" not in html
     with pytest.raises(ValueError, match="fresh --out"):
         run_audit(cfg, canaries=20, out=out, seed=5, canary_items=6, pipeline="central")
 

@@ -188,9 +188,9 @@ def render_html(report: PrivacyReport | Mapping[str, Any]) -> str:
         if "power_ceiling" in audit:
             claimed = audit.get("reported_epsilon")
             scale = [
-                ("ε lower bound (measured)", audit["epsilon_lower_bound"]),
-                ("claimed ε (the guarantee)", "none (privacy off)" if claimed is None else claimed),
-                ("power ceiling (all guesses right)", audit["power_ceiling"]),
+                ("ε lower bound (measured)", f"{audit['epsilon_lower_bound']:.3f}"),
+                ("claimed ε (the guarantee)", "none (privacy off)" if claimed is None else f"{claimed:.3f}"),
+                ("power ceiling (all guesses right)", f"{audit['power_ceiling']:.3f}"),
             ]
             parts.append(_table(["the audit's scale", "ε"], scale))
         parts.append(_table(["field", "value"], [[k, v] for k, v in audit.items() if k != "verdict"]))
