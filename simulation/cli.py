@@ -18,6 +18,7 @@ from server.privacy_report import write_privacy_report  # noqa: E402
 from server.run_report import REAL_EXAMPLE_WARNING, write_run_report  # noqa: E402
 from server.taxonomy import build_taxonomy, render_tree  # noqa: E402
 from shared.config import StrataConfig, load_config  # noqa: E402
+from deploy.bench import render_deploy, run_deploy_bench, write_section  # noqa: E402
 from deploy.certs import make_certs  # noqa: E402
 from deploy.local import deploy_local  # noqa: E402
 from shared.data.device_files import CATALOG_NAME, split_devices  # noqa: E402
@@ -177,9 +178,27 @@ def cmd_central(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Run `strata bench`: the benchmark table."""
+    """Run `strata bench`: the benchmark table (or, with `--only deploy`, the deployment under load)."""
+    if args.only and "deploy" in args.only:
+        if args.only != ["deploy"]:
+            print(
+                "--only deploy runs alone (it starts real processes); give the other rows separately.", file=sys.stderr
+            )
+            return 2
+        return _bench_deploy(args)
     run_bench(seeds=args.seeds, out=Path(args.out), runs_dir=Path(args.runs_dir), only=args.only, quick=args.quick)
     return 0
+
+
+def _bench_deploy(args: argparse.Namespace) -> int:
+    config = load_config("configs/deploy-local.toml", [f"federation.rounds={args.rounds}", *(args.set or [])])
+    root = Path(args.runs_dir) / f"deploy-{args.nodes}"
+    result = run_deploy_bench(config, root, nodes=args.nodes)
+    command = "strata " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("strata") else "strata bench"
+    write_section(Path(args.out), render_deploy(result, command=command))
+    (root / "deploy-bench.json").write_text(json.dumps(result, indent=1))
+    print(render_deploy(result, command=command))
+    return 0 if result["status"] == "finished:completed" and result["failures"] == 0 else 1
 
 
 def cmd_privacy_report(args: argparse.Namespace) -> int:
@@ -424,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
         "'layers': re-measure the interest layers of the runs already in --runs-dir",
     )
     bench.add_argument("--quick", action="store_true", help="tiny synthetic version, to check the pipeline")
+    bench.add_argument("--nodes", type=int, default=50, help="--only deploy: SuperNodes on loopback (default 50)")
+    bench.add_argument("--rounds", type=int, default=5, help="--only deploy: rounds (default 5)")
+    bench.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="--only deploy: config override")
     bench.set_defaults(func=cmd_bench)
     return parser
 
