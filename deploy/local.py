@@ -140,18 +140,13 @@ class LocalStack:
         text = tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: conn}})
         (self.layout.flwr_home / "config.toml").write_text(text, encoding="utf-8")
 
-    def start_superlink(self, *, timeout_s: float = 60.0, name: str = "superlink") -> None:
-        """Start the SuperLink (sqlite state under root: a restart keeps its nodes) and wait until it listens."""
-        argv = [
-            _bin("flower-superlink"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--database",
-            str(self.layout.root / "state.db"),
-            "--disable-runtime-dependency-installation",
-        ]
+    def start_superlink(self, *, timeout_s: float = 60.0, name: str = "superlink", persist: bool = True) -> None:
+        """Start the SuperLink and wait until it listens. `persist`: sqlite state under root (a restart
+        keeps its nodes and runs); else Flower's in-memory state (lost with the process)."""
+        argv = [_bin("flower-superlink"), "--host", "127.0.0.1", "--port", str(self.port)]
+        argv.append("--disable-runtime-dependency-installation")
+        if persist:
+            argv += ["--database", str(self.layout.root / "state.db")]
         if self.tls:
             argv += [
                 "--ssl-ca-certfile",

@@ -193,7 +193,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _bench_deploy(args: argparse.Namespace) -> int:
     config = load_config("configs/deploy-local.toml", [f"federation.rounds={args.rounds}", *(args.set or [])])
     root = Path(args.runs_dir) / f"deploy-{args.nodes}"
-    result = run_deploy_bench(config, root, nodes=args.nodes)
+    result = run_deploy_bench(config, root, nodes=args.nodes, persist=args.sqlite)
     command = "strata " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("strata") else "strata bench"
     write_section(Path(args.out), render_deploy(result, command=command))
     (root / "deploy-bench.json").write_text(json.dumps(result, indent=1))
@@ -445,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="tiny synthetic version, to check the pipeline")
     bench.add_argument("--nodes", type=int, default=50, help="--only deploy: SuperNodes on loopback (default 50)")
     bench.add_argument("--rounds", type=int, default=5, help="--only deploy: rounds (default 5)")
+    bench.add_argument(
+        "--sqlite", action="store_true", help="--only deploy: SuperLink state in sqlite (default memory)"
+    )
     bench.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="--only deploy: config override")
     bench.set_defaults(func=cmd_bench)
     return parser

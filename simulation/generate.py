@@ -54,6 +54,7 @@ import torch
 from client.recommend import recommend
 from server.run_report import SYNTHETIC_EXAMPLE_LABEL
 from server.taxonomy import load_taxonomy
+from shared.data.csv_writer import write_catalog_csv
 from shared.data.source import load_source
 from shared.data.split import UserRatings
 from shared.data.types import Catalog, RatingsData
@@ -144,7 +145,7 @@ def generate_profiles(
     out.parent.mkdir(parents=True, exist_ok=True)
     catalog_path = out.with_name(f"{out.stem}_catalog.csv")
     write_profiles_csv(out, profiles, catalog)
-    write_catalog_csv(catalog_path, catalog)
+    write_catalog_csv(catalog, catalog_path)
     privacy = privacy_statement(run, config.privacy.mode)
     summary: JsonDict = {
         "out": str(out),
@@ -332,17 +333,6 @@ def write_profiles_csv(path: Path, profiles: Profiles, catalog: Catalog) -> None
         w.writerow(["user", "item", "rating"])
         for u, i, r in zip(profiles.users, profiles.items, profiles.ratings, strict=True):
             w.writerow([synthetic_user_id(int(u), profiles.n_users), catalog.item_ids[int(i)], f"{float(r):g}"])
-
-
-def write_catalog_csv(path: Path, catalog: Catalog) -> None:
-    """Write the public catalog as `item,title,categories,year` (categories joined by `|`)."""
-    with open(path, "w", encoding="utf-8", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["item", "title", "categories", "year"])
-        for item, title, cats, year in zip(
-            catalog.item_ids, catalog.titles, catalog.categories, catalog.years, strict=True
-        ):
-            w.writerow([item, title, "|".join(cats), "" if year is None else year])
 
 
 def privacy_statement(run: RunDir, mode: str) -> JsonDict:
