@@ -129,7 +129,7 @@ def run_deploy_bench(
                 status = stack.status(run_id)
                 if status.startswith("finished") or footprint.low_memory:
                     break
-                time.sleep(2.0)
+                time.sleep(5.0)  # each poll starts a `flwr` process
         finally:
             footprint.stop()
             sampler.join()

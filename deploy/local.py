@@ -235,7 +235,7 @@ class LocalStack:
                 shown = len(lines)
             if status.startswith("finished"):
                 return status
-            time.sleep(1.0)
+            time.sleep(3.0)  # each poll starts a `flwr` process: keep it rare
         raise TimeoutError(f"run {run_id} did not finish within {timeout_s:.0f} s (last status {status!r}).")
 
 
