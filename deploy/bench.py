@@ -112,13 +112,9 @@ def run_deploy_bench(
     status = "not started"
     with Processes(layout.logs, deployment_env(layout)) as procs:
         stack = LocalStack(layout, certs, procs)
-        stack.write_connection()
-        stack.start_superlink(persist=persist)
-        for i in range(nodes):
-            stack.register(i)
+        nodes_started = stack.boot(nodes, persist=persist)
         roots = {"superlink": procs.started["superlink"].pid}
-        for i in range(nodes):
-            roots[f"supernode-{i}"] = stack.start_supernode(i).pid
+        roots.update({f"supernode-{i}": node.pid for i, node in enumerate(nodes_started)})
         footprint = Footprint(roots)
         sampler = threading.Thread(target=footprint.run, daemon=True)
         sampler.start()

@@ -208,6 +208,16 @@ class LocalStack:
             ]
         return self.procs.start(name or f"supernode-{i}", argv)
 
+    def boot(self, nodes: int, *, persist: bool = True) -> list[subprocess.Popen[bytes]]:
+        """Write the connection, start the SuperLink, register every node key (with TLS) and start
+        SuperNodes 0..nodes-1; return the SuperNode processes."""
+        self.write_connection()
+        self.start_superlink(persist=persist)
+        if self.tls:
+            for i in range(nodes):
+                self.register(i)
+        return [self.start_supernode(i) for i in range(nodes)]
+
     def submit(self, run_config: Path) -> int:
         """`flwr run` the app with `run_config`; return the run id."""
         result = self.flwr("run", str(APP_DIR), CONNECTION, "--run-config", str(run_config), "--format", "json")
@@ -306,13 +316,7 @@ def deploy_local(
     started = time.perf_counter()
     with Processes(layout.logs, deployment_env(layout)) as procs:
         stack = LocalStack(layout, certs, procs, tls=tls)
-        stack.write_connection()
-        stack.start_superlink()
-        if tls:
-            for i in range(nodes):
-                stack.register(i)
-        for i in range(nodes):
-            stack.start_supernode(i)
+        stack.boot(nodes)
         run_id = stack.submit(run_config)
         log.info("submitted run %d to the SuperLink at 127.0.0.1:%d (%d SuperNodes)", run_id, stack.port, nodes)
         status = stack.wait(run_id, timeout_s=timeout_s, progress=RunDir.of(layout.run).metrics_path)

@@ -50,11 +50,7 @@ def test_a_supernode_killed_mid_run_fails_its_round_and_the_others_go_on(tmp_pat
     run = RunDir.of(layout.run)
     with Processes(layout.logs, deployment_env(layout)) as procs:
         stack = LocalStack(layout, certs, procs)
-        stack.write_connection()
-        stack.start_superlink()
-        for i in range(3):
-            stack.register(i)
-            stack.start_supernode(i)
+        stack.boot(3)
         run_id = stack.submit(run_config)
         _wait_for_rounds(run, 1, timeout_s=600)
         procs.kill("supernode-2")  # round 2's instructions are already on their way

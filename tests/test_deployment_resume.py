@@ -62,11 +62,7 @@ def _deploy(root: Path, *, kill_after_round: int | None) -> RunDir:
     run = RunDir.of(layout.run)
     with Processes(layout.logs, deployment_env(layout)) as procs:
         stack = LocalStack(layout, certs, procs)
-        stack.write_connection()
-        stack.start_superlink()
-        for i in range(2):
-            stack.register(i)
-            stack.start_supernode(i)
+        stack.boot(2)
         run_id = stack.submit(run_config)
         if kill_after_round is None:
             status = stack.wait(run_id, timeout_s=900)
