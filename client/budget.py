@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 
 from shared.config import PrivacyConfig
-from shared.privacy.accounting import calibrate_noise_multiplier, check_delta, epsilon_of
+from shared.privacy.accounting import EpsilonCache, calibrate_noise_multiplier, check_delta, epsilon_of
 from shared.privacy.ledger import Ledger, LedgerEntry
 
 
@@ -20,7 +20,14 @@ class ClientBudget:
     """What a device has spent and may still spend, over every run in its ledger."""
 
     def __init__(
-        self, *, ledger: Ledger, delta: float, population: int, accountant: str = "pld", max_epsilon: float = 0.0
+        self,
+        *,
+        ledger: Ledger,
+        delta: float,
+        population: int,
+        accountant: str = "pld",
+        max_epsilon: float = 0.0,
+        cache: EpsilonCache | None = None,
     ) -> None:
         check_delta(delta, population)
         if max_epsilon < 0:
@@ -30,9 +37,18 @@ class ClientBudget:
         self.population = population
         self.accountant = accountant
         self.max_epsilon = max_epsilon
+        self.cache = cache
+        """ε values computed earlier (a real device's file), or None: the in-process cache only."""
 
     @classmethod
-    def from_config(cls, privacy: PrivacyConfig, *, ledger: Ledger, max_epsilon: float | None = None) -> ClientBudget:
+    def from_config(
+        cls,
+        privacy: PrivacyConfig,
+        *,
+        ledger: Ledger,
+        max_epsilon: float | None = None,
+        cache: EpsilonCache | None = None,
+    ) -> ClientBudget:
         """Build the budget `privacy` sets: δ and N from the public population, never from the device's data.
 
         `max_epsilon` (the device policy's cap, already tightened by the run) replaces the run's own.
@@ -44,6 +60,7 @@ class ClientBudget:
             population=privacy.population,
             accountant=privacy.accountant,
             max_epsilon=0.0 if math.isinf(cap) else cap,
+            cache=cache,
         )
 
     @property
@@ -53,11 +70,13 @@ class ClientBudget:
 
     def spent(self) -> float:
         """ε(δ) of every entry in the ledger (0 for an empty one)."""
-        return epsilon_of(self.ledger.entries, self.delta, self.accountant) if len(self.ledger) else 0.0
+        if not len(self.ledger):
+            return 0.0
+        return epsilon_of(self.ledger.entries, self.delta, self.accountant, cache=self.cache)
 
     def epsilon_after(self, entry: LedgerEntry) -> float:
         """ε(δ) if `entry` were spent too."""
-        return epsilon_of([*self.ledger.entries, entry], self.delta, self.accountant)
+        return epsilon_of([*self.ledger.entries, entry], self.delta, self.accountant, cache=self.cache)
 
     def would_exceed(self, entry: LedgerEntry) -> bool:
         """Whether spending `entry` would take ε above max-epsilon (never, without a limit)."""
@@ -88,14 +107,23 @@ class ClientBudget:
         """σ such that `steps` DP-SGD steps at `sample_rate`, with what earlier runs spent and
         this run's `planned` releases, bring the device's total ε to `target_epsilon`."""
         prior = (*(e for e in self.ledger.entries if e.run_id != run_id), *planned)
-        return _calibrated(target_epsilon, self.delta, self.population, sample_rate, steps, self.accountant, prior)
+        return _calibrated(
+            target_epsilon, self.delta, self.population, sample_rate, steps, self.accountant, prior, self.cache
+        )
 
 
 @lru_cache(maxsize=1024)
 def _calibrated(
-    target: float, delta: float, population: int, q: float, steps: int, accountant: str, prior: tuple[LedgerEntry, ...]
+    target: float,
+    delta: float,
+    population: int,
+    q: float,
+    steps: int,
+    accountant: str,
+    prior: tuple[LedgerEntry, ...],
+    cache: EpsilonCache | None,
 ) -> float:
     return calibrate_noise_multiplier(
         target_epsilon=target, delta=delta, population=population, sample_rate=q, steps=steps,
-        accountant=accountant, prior=prior,
+        accountant=accountant, prior=prior, cache=cache,
     )

@@ -17,6 +17,7 @@ from flwr.clientapp import ClientApp
 
 from shared.config import StrataConfig, config_from_run_config
 from shared.logs import show_strata_logs
+from shared.privacy.accounting import EpsilonCache
 from shared.privacy.ledger import Ledger
 from shared.privacy.signing import SigningKey
 from shared.protocol import EvaluateIns, ReleaseIns, TrainIns
@@ -53,7 +54,10 @@ def _budget(config: StrataConfig, context: Context, store: DeviceStore, policy: 
     path = _ledger_path(config, context, store.client_id)
     ledger = open_ledger(context, path, _signer(config, context, store.client_id))
     cap = effective_max_epsilon(policy, config)
-    return ClientBudget.from_config(config.privacy, ledger=ledger, max_epsilon=cap), ledger
+    # A real device (its own ledger-dir) keeps computed ε values: each message is a fresh process.
+    real_device = bool(context.node_config.get("ledger-dir"))
+    cache = EpsilonCache(path.parent / "epsilons" / f"{path.stem}.json") if real_device else None
+    return ClientBudget.from_config(config.privacy, ledger=ledger, max_epsilon=cap, cache=cache), ledger
 
 
 def _replies(config: StrataConfig, context: Context, client_id: str, kind: str) -> ReplyCache | None:

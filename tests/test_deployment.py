@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +98,14 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+def test_the_device_app_does_not_load_the_simulation_data_stack() -> None:
+    """Every message starts a fresh ClientApp process on a SuperNode: it must not import pandas or
+    pyarrow (about 95 MiB), which only the MovieLens loaders of simulation use."""
+    probe = "import sys, client.client_app; print(sorted({'pandas', 'pyarrow'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]"
 
 
 def test_a_real_deployment_with_tls_and_node_auth(tmp_path: Path) -> None:

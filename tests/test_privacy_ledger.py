@@ -20,7 +20,14 @@ from client.store import DeviceStore, simulation_store
 from client.trainer import parameters_of
 from shared.config import StrataConfig
 from shared.model import build_model
-from shared.privacy.accounting import PRV_EPS_ERROR, calibrate_noise_multiplier, epsilon_of, prv_epsilon
+from shared.privacy import accounting
+from shared.privacy.accounting import (
+    PRV_EPS_ERROR,
+    EpsilonCache,
+    calibrate_noise_multiplier,
+    epsilon_of,
+    prv_epsilon,
+)
 from shared.privacy.ledger import Ledger, LedgerEntry, LedgerError
 from shared.protocol import TrainIns, TrainRes
 from shared.run_dir import RunDir
@@ -85,6 +92,34 @@ def test_calibration_hits_the_target() -> None:
     )
     spent = epsilon_of([entry], 1e-4)
     assert 3.9 <= spent <= 4.0
+
+
+def test_a_devices_epsilon_cache_returns_what_the_accountant_computes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A SuperNode answers each message in a new process: the file-backed cache makes the second
+    calibration free, and gives exactly the σ and ε the accountant gives (they are public functions)."""
+    path = tmp_path / "epsilons" / "client-0.json"
+    plan = {"target_epsilon": 3.0, "delta": 1e-5, "population": 1000, "sample_rate": 0.05, "steps": 150}
+    first = calibrate_noise_multiplier(**plan, cache=EpsilonCache(path))  # type: ignore[arg-type]
+    assert first == calibrate_noise_multiplier(**plan)  # type: ignore[arg-type]
+    assert path.is_file()
+
+    def no_accountant(*args: object) -> float:
+        raise AssertionError("the accountant ran although every value was cached")
+
+    with monkeypatch.context() as m:  # a new process: the in-process cache is empty, the file is not
+        m.setattr(accounting, "_epsilon", no_accountant)
+        assert calibrate_noise_multiplier(**plan, cache=EpsilonCache(path)) == first  # type: ignore[arg-type]
+    entry = LedgerEntry.dp_sgd(
+        noise_multiplier=first, sample_rate=0.05, steps=150, run_id="r", round=1, client="c", max_grad_norm=1.0
+    )
+    assert epsilon_of([entry], 1e-5, cache=EpsilonCache(path)) == epsilon_of([entry], 1e-5)
+
+    path.write_text("{not json")  # a damaged cache is ignored (and said), never trusted
+    with caplog.at_level(logging.WARNING):
+        assert epsilon_of([entry], 1e-5, cache=EpsilonCache(path)) == epsilon_of([entry], 1e-5)
+    assert "unreadable ε cache" in caplog.text
 
 
 def test_calibration_counts_what_was_already_spent() -> None:

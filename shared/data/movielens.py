@@ -12,12 +12,15 @@ import io
 import logging
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from .errors import DataError
 from .types import Catalog, LoadReport, RatingsData
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +165,8 @@ def _read_ml100k_parquet_items(items_path: Path) -> _CatalogRows:
 
 
 def _load_ml100k_parquet(d: Path) -> RatingsData:
+    import pandas as pd  # imported on use: a device reading its CSV never loads pandas (nor pyarrow)
+
     ratings_path, items_path = d / WIDEDEEP_FILES[0], d / WIDEDEEP_FILES[1]
     rows = _read_ml100k_parquet_items(items_path)
     data = _read_parquet(ratings_path, ("user_id", "movie_id", "rating", "timestamp"))
@@ -178,6 +183,8 @@ def _load_ml100k_parquet(d: Path) -> RatingsData:
 
 
 def _read_parquet(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    import pandas as pd
+
     try:
         frame = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several unrelated types for bad files
@@ -234,6 +241,8 @@ def _split_genres(text: str) -> tuple[str, ...]:
 
 def _read_ratings_frame(path: Path, source: Path | io.StringIO, *, sep: str, header: bool) -> pd.DataFrame:
     """Read user, item, rating, timestamp columns; blank lines are kept as all-NaN rows for line numbers."""
+    import pandas as pd
+
     if isinstance(source, Path) and not source.exists():
         raise DataError(str(path), "file not found.")
     try:
@@ -266,6 +275,8 @@ def _read_ratings_frame(path: Path, source: Path | io.StringIO, *, sep: str, hea
 
 def _check_numeric(frame: pd.DataFrame, path: Path, first_line: int | None) -> None:
     """Coerce columns in place to numbers; the first bad value is a DataError with its line (or row)."""
+    import pandas as pd
+
     for col in ("user", "item", "rating", "timestamp"):
         values = pd.to_numeric(frame[col], errors="coerce")
         bad = values.isna().to_numpy() | ~np.isfinite(values.to_numpy(dtype=float, na_value=np.nan))

@@ -5,9 +5,13 @@ GDP is never used: it under-estimates ε at small sample rates.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import os
 from collections.abc import Iterable
 from functools import lru_cache
+from pathlib import Path
 
 import dp_accounting
 import numpy as np
@@ -15,6 +19,8 @@ from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
 from .ledger import LedgerEntry
+
+log = logging.getLogger(__name__)
 
 PLD_DISCRETIZATION = 1e-4
 """Value discretisation of the PLD accountant (smaller is tighter and slower)."""
@@ -46,7 +52,11 @@ def _event(noise_multiplier: float, sample_rate: float, steps: int) -> dp_accoun
     return dp_accounting.SelfComposedDpEvent(step, steps)
 
 
-def _grouped(entries: Iterable[LedgerEntry]) -> tuple[tuple[float, float, int], ...]:
+Groups = tuple[tuple[float, float, int], ...]
+"""Ledger entries merged by (σ, q): sorted (σ, q, steps) triples."""
+
+
+def _grouped(entries: Iterable[LedgerEntry]) -> Groups:
     """Merge entries with identical (σ, q) so the accountant composes fewer, larger events."""
     totals: dict[tuple[float, float], int] = {}
     for e in entries:
@@ -56,8 +66,70 @@ def _grouped(entries: Iterable[LedgerEntry]) -> tuple[tuple[float, float, int], 
     return tuple(sorted((s, q, n) for (s, q), n in totals.items()))
 
 
+class EpsilonCache:
+    """ε values already computed, in a JSON file (a device keeps one beside its ledger).
+
+    ε is a pure function of public quantities, the (σ, q, steps) groups, δ and the accountant,
+    so a remembered value is what the accountant would return again. A SuperNode answers every
+    message in a fresh ClientApp process, where the in-process cache is empty: without this file
+    each round would redo the noise calibration (seconds of PLD composition). Editing the file
+    changes nothing an auditor trusts: `privacy-report --verify` recomputes σ and ε from the plan.
+    """
+
+    MAX_ENTRIES = 1024
+    """Oldest values are dropped beyond this many (a calibration adds about a dozen)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._values: dict[str, float] | None = None
+
+    @staticmethod
+    def key(groups: Groups, delta: float, accountant: str) -> str:
+        """Return the exact inputs as JSON (floats round-trip exactly)."""
+        return json.dumps([accountant, delta, [list(g) for g in groups]])
+
+    def _load(self) -> dict[str, float]:
+        if self._values is None:
+            self._values = {}
+            if self.path.exists():
+                try:
+                    values = json.loads(self.path.read_text())
+                    self._values = {str(k): float(v) for k, v in values.items()}
+                except (OSError, ValueError, AttributeError) as exc:
+                    log.warning("ignoring unreadable ε cache %s (%s): values are recomputed", self.path, exc)
+        return self._values
+
+    def get(self, key: str) -> float | None:
+        """Return the remembered ε for `key`, if any."""
+        return self._load().get(key)
+
+    def put(self, key: str, value: float) -> None:
+        """Remember `value` for `key` and write the file (atomically)."""
+        values = self._load()
+        values[key] = value
+        while len(values) > self.MAX_ENTRIES:
+            del values[next(iter(values))]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(values))
+        os.replace(tmp, self.path)
+
+
+def _remembered(groups: Groups, delta: float, accountant: str, cache: EpsilonCache | None) -> float:
+    """`_epsilon`, consulting and filling `cache` when one is given."""
+    if cache is None:
+        return _epsilon(groups, delta, accountant)
+    key = EpsilonCache.key(groups, delta, accountant)
+    known = cache.get(key)
+    if known is not None:
+        return known
+    value = _epsilon(groups, delta, accountant)
+    cache.put(key, value)
+    return value
+
+
 @lru_cache(maxsize=4096)
-def _epsilon(groups: tuple[tuple[float, float, int], ...], delta: float, accountant: str) -> float:
+def _epsilon(groups: Groups, delta: float, accountant: str) -> float:
     if not groups:
         return 0.0
     if accountant == "pld":
@@ -94,11 +166,13 @@ def prv_epsilon(entries: Iterable[LedgerEntry], delta: float, eps_error: float =
     return _prv_epsilon(_grouped(entries), delta, eps_error)
 
 
-def epsilon_of(entries: Iterable[LedgerEntry], delta: float, accountant: str = "pld") -> float:
+def epsilon_of(
+    entries: Iterable[LedgerEntry], delta: float, accountant: str = "pld", *, cache: EpsilonCache | None = None
+) -> float:
     """Return ε(δ) of the composition of every entry, by the named accountant."""
     if not 0 < delta < 1:
         raise ValueError(f"delta must be in (0, 1), got {delta}.")
-    return _epsilon(_grouped(entries), delta, accountant)
+    return _remembered(_grouped(entries), delta, accountant, cache)
 
 
 def calibrate_noise_multiplier(
@@ -111,6 +185,7 @@ def calibrate_noise_multiplier(
     accountant: str = "pld",
     tolerance: float = 0.01,
     prior: Iterable[LedgerEntry] = (),
+    cache: EpsilonCache | None = None,
 ) -> float:
     """Find the smallest σ (within `tolerance` relative) such that the `prior` entries plus `steps`
     subsampled Gaussian steps with σ spend at most `target_epsilon` in total.
@@ -124,11 +199,11 @@ def calibrate_noise_multiplier(
     if steps < 1:
         raise ValueError("steps must be at least 1.")
     spent = list(_grouped(prior))
-    if spent and _epsilon(tuple(spent), delta, accountant) >= target_epsilon:
+    if spent and _remembered(tuple(spent), delta, accountant, cache) >= target_epsilon:
         raise ValueError(f"the ledger already spends ε ≥ {target_epsilon}: no noise level fits the target.")
 
     def eps(sigma: float) -> float:
-        return _epsilon(tuple(sorted([*spent, (sigma, sample_rate, steps)])), delta, accountant)
+        return _remembered(tuple(sorted([*spent, (sigma, sample_rate, steps)])), delta, accountant, cache)
 
     lo, hi = 0.05, 1.0
     while eps(hi) > target_epsilon:
