@@ -141,6 +141,8 @@ def run_deploy_bench(
         "nodes": nodes,
         "state": "sqlite" if persist else "in memory",
         "rounds": config.federation.rounds,
+        "fraction_train": config.federation.fraction_train,
+        "fraction_evaluate": config.federation.fraction_evaluate,
         "status": status,
         "rounds_done": len(metrics),
         "round_s": [float(m["round_s"]) for m in metrics],
@@ -167,7 +169,9 @@ def render_deploy(result: JsonDict, *, command: str) -> str:
         f"{platform.system()}, the same shared 2-core machine. Real processes on loopback: one SuperLink "
         f"(TLS, node authentication, state {result['state']}) and {result['nodes']} SuperNodes, local DP-SGD on "
         "ML-100K split "
-        "one hub per node (`configs/deploy-local.toml`)."
+        f"one hub per node (`configs/deploy-local.toml`); each round samples fraction-train "
+        f"{result.get('fraction_train', 1.0):g} of the nodes to train and fraction-evaluate "
+        f"{result.get('fraction_evaluate', 1.0):g} to evaluate."
     )
     per_round = f"{statistics.median(rounds):.1f} ({min(rounds):.1f}–{max(rounds):.1f})" if rounds else "—"
     node_rss = f"{statistics.median(peaks) / mib:.0f} MiB ({max(peaks) / mib:.0f} MiB)"
@@ -184,7 +188,7 @@ def render_deploy(result: JsonDict, *, command: str) -> str:
         "|---|---|",
         f"| Status | {result['status']} ({result['rounds_done']} of {result['rounds']} rounds) |",
         f"| Failed or refused replies | {result['failures']} (accepted per round: {result['accepted']}) |",
-        f"| Seconds per round, median (min–max) | {per_round} |",
+        f"| Seconds per round, median (min–max) | {per_round}; each: {[round(r) for r in rounds]} |",
         f"| SuperNode peak RSS (node + its ClientApp), median (max) | {node_rss} |",
         f"| SuperNode peak PSS (shared pages split among processes), median (max) | {node_pss} |",
         f"| All processes' peak PSS together | {result['total_peak_pss'] / 2**30:.2f} GiB |",
