@@ -218,9 +218,12 @@ class LocalStack:
                 self.register(i)
         return [self.start_supernode(i) for i in range(nodes)]
 
-    def submit(self, run_config: Path) -> int:
-        """`flwr run` the app with `run_config`; return the run id."""
-        result = self.flwr("run", str(APP_DIR), CONNECTION, "--run-config", str(run_config), "--format", "json")
+    def submit(self, run_config: Path, *, timeout_s: float = 600.0) -> int:
+        """`flwr run` the app with `run_config`; return the run id. Generous timeout: just after a
+        boot, dozens of SuperNodes starting up leave a small machine's CPUs little for `flwr`."""
+        result = self.flwr(
+            "run", str(APP_DIR), CONNECTION, "--run-config", str(run_config), "--format", "json", timeout_s=timeout_s
+        )
         try:
             return int(json.loads(result.stdout)["run-id"])
         except (ValueError, KeyError) as exc:
