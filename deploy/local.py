@@ -231,7 +231,7 @@ class LocalStack:
 
     def status(self, run_id: int) -> str:
         """Return the run's status as `flwr ls` shows it (e.g. `running`, `finished:completed`)."""
-        result = self.flwr("ls", CONNECTION, "--run-id", str(run_id), "--format", "json")
+        result = self.flwr("ls", CONNECTION, "--run-id", str(run_id), "--format", "json", timeout_s=300.0)
         runs = json.loads(result.stdout).get("runs", [])
         return str(runs[0]["status"]) if runs else "unknown"
 
