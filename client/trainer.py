@@ -51,9 +51,27 @@ class TrainOutcome:
     steps: int
 
 
+_templates: dict[tuple[int, object, int], tuple[torch.Tensor, StrataModel]] = {}
+"""Per process: one freshly built model per (items, model config, seed), copied for each client."""
+
+
+def _template(store: DeviceStore, config: StrataConfig) -> StrataModel:
+    """Return the model of `config` over the store's catalog, built once per process (its random
+    initialisation, overwritten by the received weights anyway, cost 2/3 of a simulated client)."""
+    key = (store.n_items, config.model, config.run.seed)
+    cached = _templates.get(key)
+    if cached is None or cached[0] is not store.features:
+        if len(_templates) >= 4:
+            _templates.clear()
+        cached = (store.features, build_model(store.n_items, config.model, store.features, seed=config.run.seed))
+        _templates[key] = cached
+    return cached[1]
+
+
 def model_for(store: DeviceStore, config: StrataConfig, weights: dict[str, torch.Tensor]) -> StrataModel:
-    """Build the model of `config` over the device's catalog, holding `weights`."""
-    model = build_model(store.n_items, config.model, store.features, seed=config.run.seed)
+    """Return a model of `config` over the device's catalog, holding `weights` (a copy of the
+    process's template: training never touches the template)."""
+    model = copy.deepcopy(_template(store, config))
     missing = set(dict(model.named_parameters())) ^ set(weights)
     if missing:
         raise ValueError(f"received weights do not match the model: differing keys {sorted(missing)[:5]}")

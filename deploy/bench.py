@@ -201,12 +201,13 @@ def render_deploy(result: JsonDict, *, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the deploy section of `path` (or append it), leaving everything else as it is."""
+def write_section(path: Path, section: str, *, start: str = START, end: str = END) -> None:
+    """Replace the section of `path` between `start` and `end` (the deploy section by default) or
+    append it, leaving everything else as it is."""
     text = path.read_text(encoding="utf-8") if path.is_file() else ""
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        tail = rest.split(end, 1)[1].lstrip("\n")
         text = head + section + ("\n" + tail if tail else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section

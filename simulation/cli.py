@@ -30,6 +30,9 @@ from shared.run_dir import JsonDict, RunDir  # noqa: E402
 
 from .audit import format_audit, run_audit  # noqa: E402
 from .bench import run_bench  # noqa: E402
+from .scale_bench import END as SCALE_END  # noqa: E402
+from .scale_bench import START as SCALE_START  # noqa: E402
+from .scale_bench import render_scale, run_scale_bench  # noqa: E402
 from .central import run_central  # noqa: E402
 from .generate import generate_profiles, synthetic_example  # noqa: E402
 from .layer_eval import evaluate_layers, format_layer_metrics  # noqa: E402
@@ -179,14 +182,24 @@ def cmd_central(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run `strata bench`: the benchmark table (or, with `--only deploy`, the deployment under load)."""
-    if args.only and "deploy" in args.only:
-        if args.only != ["deploy"]:
-            print(
-                "--only deploy runs alone (it starts real processes); give the other rows separately.", file=sys.stderr
-            )
-            return 2
-        return _bench_deploy(args)
+    for alone in ("deploy", "scale"):
+        if args.only and alone in args.only:
+            if args.only != [alone]:
+                print(f"--only {alone} runs alone; give the other rows separately.", file=sys.stderr)
+                return 2
+            return _bench_deploy(args) if alone == "deploy" else _bench_scale(args)
     run_bench(seeds=args.seeds, out=Path(args.out), runs_dir=Path(args.runs_dir), only=args.only, quick=args.quick)
+    return 0
+
+
+def _bench_scale(args: argparse.Namespace) -> int:
+    root = Path(args.runs_dir) / "scale"
+    result = run_scale_bench(root, rounds=args.rounds, overrides=args.set)
+    command = "strata " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("strata") else "strata bench"
+    section = render_scale(result, command=command)
+    write_section(Path(args.out), section, start=SCALE_START, end=SCALE_END)
+    (root / "scale-bench.json").write_text(json.dumps(result, indent=1))
+    print(section)
     return 0
 
 
@@ -444,11 +457,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--quick", action="store_true", help="tiny synthetic version, to check the pipeline")
     bench.add_argument("--nodes", type=int, default=50, help="--only deploy: SuperNodes on loopback (default 50)")
-    bench.add_argument("--rounds", type=int, default=5, help="--only deploy: rounds (default 5)")
+    bench.add_argument("--rounds", type=int, default=5, help="--only deploy / scale: rounds (default 5)")
     bench.add_argument(
         "--sqlite", action="store_true", help="--only deploy: SuperLink state in sqlite (default memory)"
     )
-    bench.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="--only deploy: config override")
+    bench.add_argument(
+        "--set", "-s", action="append", metavar="KEY=VALUE", help="--only deploy / scale: config override"
+    )
     bench.set_defaults(func=cmd_bench)
     return parser
 

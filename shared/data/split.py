@@ -70,9 +70,7 @@ def split_users(
     """
     if holdout not in ("test", "validation"):
         raise ValueError(f"holdout must be 'test' or 'validation', not {holdout!r}.")
-    order = np.argsort(data.users, kind="stable")
-    sorted_users = data.users[order]
-    bounds = np.searchsorted(sorted_users, np.arange(data.n_users + 1))
+    order, bounds = data.user_rows
     wanted = np.arange(data.n_users) if users is None else np.asarray(users, dtype=np.int64)
     out = []
     for u in wanted:
