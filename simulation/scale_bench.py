@@ -116,7 +116,7 @@ def _profile_rows(text: str) -> str:
     rows = []
     for line in text.splitlines():
         parts = line.split(None, 5)
-        if len(parts) == 6 and parts[0].replace("/", "").isdigit():
+        if len(parts) == 6 and parts[0].replace("/", "").isdigit() and parts[1].replace(".", "").isdigit():
             where = parts[5].replace(str(Path.cwd()) + "/", "")
             where = where.split("site-packages/")[-1]
             rows.append(f"| {parts[0]} | {float(parts[1]):.3f} | {float(parts[3]):.3f} | `{where}` |")
