@@ -17,11 +17,16 @@ from shared.privacy.signing import SigningKey
 STATE_KEY = "strata-ledger"
 
 
+def _state_key(path: Path) -> str:
+    """One state record per ledger file: a simulated cohort node holds several devices' ledgers."""
+    return f"{STATE_KEY}:{path.name}"
+
+
 def open_ledger(context: Context, path: Path, signer: SigningKey | None = None) -> Ledger:
     """Open the client's ledger from disk, checked against the copy in `context.state`; new
     entries are signed by `signer`."""
     on_disk = read_entries(path) if path.exists() else []
-    record = context.state.config_records.get(STATE_KEY)
+    record = context.state.config_records.get(_state_key(path))
     in_state = [str(x) for x in record["entries"]] if record is not None else []  # type: ignore[union-attr]
     disk_lines = [e.to_json() for e in on_disk]
     if disk_lines[: len(in_state)] != in_state:
@@ -34,4 +39,6 @@ def open_ledger(context: Context, path: Path, signer: SigningKey | None = None) 
 
 def save_to_state(context: Context, ledger: Ledger) -> None:
     """Copy the ledger into this run's `context.state`."""
-    context.state.config_records[STATE_KEY] = ConfigRecord({"entries": ledger.to_lines()})
+    if ledger.path is None:
+        raise ValueError("only a file-backed ledger is mirrored in the run's state.")
+    context.state.config_records[_state_key(ledger.path)] = ConfigRecord({"entries": ledger.to_lines()})

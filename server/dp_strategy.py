@@ -33,7 +33,7 @@ from shared.training import update_norm
 
 from .central_dp import CLIP_SLACK, CentralDP
 from .strategy import FedAvgStrategy, Tally, Weights
-from .update_check import InvalidUpdate
+from shared.update_check import InvalidUpdate
 
 log = logging.getLogger(__name__)
 

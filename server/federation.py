@@ -60,6 +60,37 @@ class Federation:
         return self.strategy.client_epsilon
 
 
+def cohort_devices(config: StrataConfig) -> int:
+    """Return the public number of devices cohort mode samples from (0 outside cohort mode).
+
+    The hub count, or in the `device` topology the public population N (one user per device).
+    Central DP's secret Poisson sampling and the one-shot releases still address one node per
+    device: cohort mode refuses them rather than run them differently."""
+    fed, p = config.federation, config.privacy
+    if not fed.cohorts:
+        return 0
+    unsupported = [
+        name
+        for name, on in (
+            (f"privacy.mode = {p.mode!r}", p.central_dp),
+            ("model.popularity-prior", config.model.popularity_prior),
+            ("federation.census", fed.census),
+        )
+        if on
+    ]
+    if unsupported:
+        raise ValueError(
+            f"federation.cohorts = {fed.cohorts} does not support {', '.join(unsupported)} yet: "
+            "set federation.cohorts = 0 (one Flower node per device)."
+        )
+    devices = fed.num_hubs if fed.topology == "hub" else p.population
+    if devices < 1:
+        raise ValueError(
+            "federation.cohorts needs privacy.population (the public number of devices) in the device topology."
+        )
+    return devices
+
+
 def build_federation(config: StrataConfig, *, run: RunDir, run_id: str) -> Federation:
     """FedAvg/FedAdam from the config, wrapped in DP-FedAvg under central privacy."""
     fed, p = config.federation, config.privacy
@@ -77,6 +108,8 @@ def build_federation(config: StrataConfig, *, run: RunDir, run_id: str) -> Feder
         client_eval_noise_std=eval_noise if holder == "client" else 0.0,
         instructions=instructions,
         max_update_norm=fed.max_update_norm,
+        cohorts=fed.cohorts,
+        devices=cohort_devices(config),
     )
     if not p.central_dp:
         return Federation(inner, None, instructions)
@@ -137,10 +170,11 @@ def run_federation(
     fed = config.federation
     n_nodes = _wait_for_clients(grid, fed.min_available_clients, fed.wait_for_clients_s)
     log.info(
-        "run %s: %d clients (%s topology), %d rounds, privacy %s; writing %s",
+        "run %s: %d clients (%s topology%s), %d rounds, privacy %s; writing %s",
         run_id,
-        n_nodes,
+        cohort_devices(config) or n_nodes,
         fed.topology,
+        f", run by {n_nodes} cohort nodes" if fed.cohorts else "",
         fed.rounds,
         config.privacy.mode,
         run,
@@ -200,7 +234,7 @@ def run_federation(
         "run_id": run_id,
         "run_dir": str(run),
         "rounds": last_round,
-        "clients": n_nodes,
+        "clients": cohort_devices(config) or n_nodes,
         "wall_s": round(elapsed, 2),
         "epsilon": max(federation.client_epsilon.values(), default=0.0),
         "final_eval": last_eval,

@@ -1,6 +1,7 @@
 """Strata's aggregation strategy (Flower Message API): FedAvg or FedAdam over screened replies.
 
-Samples a fixed fraction of the clients, screens every reply (failures, refusals and
+Samples a fixed fraction of the clients (Flower nodes; in simulation's cohort mode, devices
+that `cohorts` nodes run in turn), screens every reply (failures, refusals and
 invalid updates are counted and logged, never averaged), averages the client weights with
 equal weights (a client's user or example count is private: it never leaves the device),
 applies the server optimizer to the averaged update, and adds up the clients' evaluation
@@ -10,7 +11,6 @@ releases into noisy means with their noise std. Central DP wraps this strategy
 
 from __future__ import annotations
 
-import math
 
 import logging
 from collections import OrderedDict
@@ -25,12 +25,21 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from shared.metrics import EVAL_FIELDS, release_means
-from shared.protocol import RUN_ID, EvaluateIns, EvaluateRes, ProtocolError, TrainIns, TrainRes
+from shared.protocol import (
+    RUN_ID,
+    CohortRes,
+    EvaluateIns,
+    EvaluateRes,
+    ProtocolError,
+    TrainIns,
+    TrainRes,
+    cohort_ins,
+)
 
 from .instruction_log import InstructionLog, Kind, Outcome
 from .server_optimizer import ServerOptimizer
 from .replies import match_replies
-from .update_check import InvalidUpdate, check_update
+from shared.update_check import InvalidUpdate, check_change_norm, check_update
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +75,8 @@ class FedAvgStrategy(Strategy):
         client_eval_noise_std: float = 0.0,
         instructions: InstructionLog | None = None,
         max_update_norm: float = 0.0,
+        cohorts: int = 0,
+        devices: int = 0,
     ) -> None:
         if not 0 < fraction_train <= 1 or not 0 < fraction_evaluate <= 1:
             raise ValueError("The fractions of clients sampled should be in (0, 1].")
@@ -73,6 +84,8 @@ class FedAvgStrategy(Strategy):
             raise ValueError("min-train-clients should be at least 1.")
         if client_eval_noise_std < 0:
             raise ValueError("the clients' evaluation noise std must be >= 0.")
+        if cohorts and devices < 1:
+            raise ValueError("cohort mode needs the public number of devices.")
         self.optimizer = optimizer
         self.rng = rng
         """Seeded: fixed-size sampling of training and evaluation clients."""
@@ -96,6 +109,12 @@ class FedAvgStrategy(Strategy):
         self.rejected: list[str] = []
         self.outbox: list[Message] = []
         """The instructions of the current step (their ids are set when the grid sends them)."""
+        self.cohorts = cohorts
+        """Simulation: this many Flower nodes run the sampled devices in turn (0: one node per device)."""
+        self.devices = devices
+        """The public number of devices sampling chooses among in cohort mode."""
+        self.cohort_of_node: dict[int, tuple[int, ...]] = {}
+        """Cohort mode: the devices each node of the current step runs."""
 
     # ------------------------------------------------------------------ state
 
@@ -124,9 +143,13 @@ class FedAvgStrategy(Strategy):
 
     # ------------------------------------------------------------------ building blocks
 
+    def candidates(self, grid: Grid) -> list[int]:
+        """Return what sampling chooses among: the connected Flower nodes, or in cohort mode the devices."""
+        return list(range(self.devices)) if self.cohorts else sorted(grid.get_node_ids())
+
     def sample(self, grid: Grid, fraction: float) -> list[int]:
-        """Sample round(fraction · N) connected nodes (at least one)."""
-        nodes = sorted(grid.get_node_ids())
+        """Sample round(fraction · N) connected nodes, or devices in cohort mode (at least one)."""
+        nodes = self.candidates(grid)
         k = max(1, int(round(len(nodes) * fraction)))
         picked = self.rng.choice(len(nodes), size=min(k, len(nodes)), replace=False)
         return [nodes[i] for i in sorted(picked.tolist())]
@@ -141,10 +164,81 @@ class FedAvgStrategy(Strategy):
         if self.log_train:
             self._log(server_round, "train", node, device, outcome)
 
-    def messages(self, nodes: list[int], content: RecordDict, kind: str) -> list[Message]:
-        """Build one message of `kind` with `content` for each node; kept as the outbox replies are matched to."""
-        self.outbox = [Message(content=content, message_type=kind, dst_node_id=n) for n in nodes]
+    def messages(self, nodes: list[int], content: RecordDict, kind: str, grid: Grid | None = None) -> list[Message]:
+        """Build one message of `kind` with `content` for each node, kept as the outbox replies are matched
+        to. In cohort mode `nodes` are devices, split into contiguous cohorts, one per Flower node of `grid`."""
+        if not self.cohorts:
+            self.outbox = [Message(content=content, message_type=kind, dst_node_id=n) for n in nodes]
+            return self.outbox
+        assert grid is not None, "cohort mode needs the grid's nodes"
+        workers = sorted(grid.get_node_ids())[: self.cohorts]
+        chunks = [c for c in np.array_split(np.asarray(nodes, dtype=np.int64), len(workers)) if len(c)]
+        self.cohort_of_node = {w: tuple(int(d) for d in c) for w, c in zip(workers, chunks, strict=False)}
+        self.outbox = [
+            Message(content=cohort_ins(content, devices), message_type=kind, dst_node_id=w)
+            for w, devices in self.cohort_of_node.items()
+        ]
         return self.outbox
+
+    def _cohort_replies(
+        self, server_round: int, kind: Kind, replies: Iterable[Message], tally: Tally
+    ) -> Iterator[CohortRes]:
+        """Cohort mode: yield each cohort's reply after counting, logging and noting ε of every device in it.
+
+        A node that failed, or a reply that does not account for exactly its devices, fails all of them."""
+        for node, msg in match_replies(self.outbox, replies):
+            devices = self.cohort_of_node.get(node, ())
+            why = ""
+            res = None
+            if msg is None or msg.has_error():
+                why = "no reply within the round's timeout" if msg is None else str(msg.error.reason)
+            else:
+                try:
+                    res = CohortRes.from_record(msg.content)
+                    if sorted(o.device for o in res.outcomes) != sorted(devices):
+                        raise ProtocolError(f"the reply accounts for devices {[o.device for o in res.outcomes]}")
+                except ProtocolError as exc:
+                    why, res = f"malformed cohort reply: {exc}", None
+            if res is None:
+                tally.failed += len(devices)
+                log.warning("round %d: cohort node %d (%d devices) failed: %s", server_round, node, len(devices), why)
+                for d in devices:
+                    self._log_step(kind, server_round, d, "", "failed")
+                continue
+            for o in res.outcomes:
+                self.client_epsilon[o.device] = o.epsilon
+                if o.outcome == "accepted":
+                    tally.accepted += 1
+                elif o.outcome == "refused":
+                    tally.refused += 1
+                    log.info("round %d: device %d refused: %s", server_round, o.device, o.reason)
+                else:
+                    tally.failed += 1
+                    self.rejected.append(f"round {server_round}, device {o.device}: {o.reason}")
+                    log.warning("round %d: device %d %s: %s", server_round, o.device, o.outcome, o.reason)
+                self._log_step(kind, server_round, o.device, o.key, o.outcome)
+            yield res
+
+    def _log_step(self, kind: Kind, server_round: int, node: int, device: str, outcome: Outcome) -> None:
+        if kind == "train":
+            self._log_train(server_round, node, device, outcome)
+        else:
+            self._log(server_round, kind, node, device, outcome)
+
+    def _cohort_sums(self, server_round: int, replies: Iterable[Message], tally: Tally) -> Iterator[Weights]:
+        """Cohort mode: yield each cohort's sum of accepted updates (names, shapes and values checked)."""
+        assert self.current is not None
+        for res in self._cohort_replies(server_round, "train", replies, tally):
+            if (res.weights is None) != (res.accepted == 0):
+                raise RuntimeError(f"round {server_round}: a cohort's sum does not match its accepted devices")
+            if res.weights is None:
+                continue
+            total = OrderedDict(res.weights)
+            if set(total) != set(self.current) or any(
+                total[k].shape != v.shape or not torch.isfinite(total[k]).all() for k, v in self.current.items()
+            ):
+                raise RuntimeError(f"round {server_round}: a cohort's sum does not fit the global model")
+            yield total
 
     def screen(
         self,
@@ -194,12 +288,8 @@ class FedAvgStrategy(Strategy):
 
     def _check_norm(self, update: Weights, reply: TrainRes) -> None:  # noqa: ARG002
         """Reject a change to the global weights larger than `max_update_norm`."""
-        if self.max_update_norm <= 0:
-            return
         assert self.current is not None
-        norm = math.sqrt(sum(float((update[k].double() - v.double()).pow(2).sum()) for k, v in self.current.items()))
-        if norm > self.max_update_norm:
-            raise InvalidUpdate(f"update norm {norm:.4g} exceeds federation.max-update-norm {self.max_update_norm:g}")
+        check_change_norm(update, self.current, self.max_update_norm)
 
     def apply(self, delta: Weights) -> Weights:
         """Return the new global weights: the server optimizer's step from the current ones by `delta`."""
@@ -226,7 +316,7 @@ class FedAvgStrategy(Strategy):
         self.current = arrays.to_torch_state_dict()
         self._run_id = _run_id(config)
         content = TrainIns(arrays=arrays, server_round=server_round, run_id=_run_id(config)).to_record()
-        return self.messages(self.sample(grid, self.fraction_train), content, MessageType.TRAIN)
+        return self.messages(self.sample(grid, self.fraction_train), content, MessageType.TRAIN, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -240,7 +330,11 @@ class FedAvgStrategy(Strategy):
         # rounding noise in unchanged coordinates into full ±lr steps).
         acc: Weights = OrderedDict((k, torch.zeros_like(v, dtype=torch.float64)) for k, v in current.items())
         tally = Tally()
-        for weights, _ in self.screen(server_round, replies, tally, self._check_norm):
+        if self.cohorts:
+            sums: Iterable[Weights] = self._cohort_sums(server_round, replies, tally)
+        else:
+            sums = (weights for weights, _ in self.screen(server_round, replies, tally, self._check_norm))
+        for weights in sums:
             for k, v in weights.items():
                 acc[k].add_(v)
         record = self.record(tally)
@@ -261,11 +355,19 @@ class FedAvgStrategy(Strategy):
         """Ask a seeded fraction of the clients for an evaluation release of the weights."""
         self._run_id = _run_id(config)
         content = EvaluateIns(arrays=arrays, server_round=server_round, run_id=_run_id(config)).to_record()
-        return self.messages(self.sample(grid, self.fraction_evaluate), content, MessageType.EVALUATE)
+        return self.messages(self.sample(grid, self.fraction_evaluate), content, MessageType.EVALUATE, grid)
 
     def collect_evaluation(self, server_round: int, replies: Iterable[Message]) -> tuple[np.ndarray, int, int]:
         """Add up the clients' evaluation sums: (total, clients that contributed, clients that refused)."""
         total, answered, refused = np.zeros(len(EVAL_FIELDS)), 0, 0
+        if self.cohorts:
+            tally = Tally()
+            for res in self._cohort_replies(server_round, "evaluate", replies, tally):
+                if res.total is not None:
+                    if res.total.shape != total.shape or not np.all(np.isfinite(res.total)):
+                        raise RuntimeError(f"round {server_round}: a cohort's evaluation sum has the wrong shape")
+                    total += res.total
+            return total, tally.accepted, tally.refused
         for node, msg in match_replies(self.outbox, replies):
             if msg is None or msg.has_error():
                 why = "no reply within the round's timeout" if msg is None else msg.error.reason

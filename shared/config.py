@@ -254,6 +254,11 @@ class FederationConfig:
     server_lr: float = 1e-3
     num_cpus_per_client: float = 1.0
     """Ray resources per virtual client in simulation."""
+    cohorts: int = 0
+    """Simulation only. 0: one Flower node per device (every device a message). k >= 1: k Flower
+    nodes, each running its share of the round's sampled devices in turn, so Flower carries one
+    message per cohort; every device is still sampled, trained, noised, accounted and ledgered
+    on its own (the cohort node screens and adds up their replies)."""
     census: bool = False
     """After training, build the interest taxonomy and release a census of how many users
     hold each interest (`census.json`; DP under local or central privacy)."""
@@ -269,6 +274,8 @@ class FederationConfig:
             raise ValueError("federation.fraction-train and fraction-evaluate must be in (0, 1].")
         if self.eval_release not in ("every", "final", "none"):
             raise ValueError(f"federation.eval-release must be 'every', 'final' or 'none', not {self.eval_release!r}.")
+        if self.cohorts < 0:
+            raise ValueError("federation.cohorts must be >= 0 (0: one Flower node per device).")
 
 
 @dataclass(frozen=True)

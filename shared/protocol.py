@@ -17,6 +17,10 @@ message                    direction      content
                                           item × interest matrix for the census
 `ReleaseRes`               dev. → server  the (noised) sum of the users' bounded
                                           vectors; ε; refusal reason
+`CohortIns`                server → node  simulation only: a `TrainIns` or `EvaluateIns`
+                                          for several virtual devices run in turn
+`CohortRes`                node → server  the sum of their accepted replies and each
+                                          device's outcome, ε, key and reason
 =========================  =============  ==============================================
 
 A reply carries only the accounted mechanism's output (weights, a release sum with its
@@ -32,8 +36,8 @@ holds every real reply to it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import ClassVar, Self
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal, Self
 
 import numpy as np
 import torch
@@ -45,6 +49,7 @@ CONFIG = "config"
 METRICS = "metrics"
 RELEASE = "release"
 INTERESTS = "interests"
+COHORT = "cohort"
 
 # Keys inside them.
 SERVER_ROUND = "server-round"
@@ -56,6 +61,11 @@ REASON = "reason"
 KEY = "key"
 SUM = "sum"
 L2_MATRIX = "l2"
+DEVICES = "devices"
+OUTCOMES = "outcomes"
+EPSILONS = "epsilons"
+KEYS = "keys"
+REASONS = "reasons"
 
 Weights = dict[str, torch.Tensor]
 
@@ -120,10 +130,13 @@ class _GlobalWeightsIns:
     arrays: ArrayRecord
     server_round: int
     run_id: str
+    _decoded: dict[str, Weights] = field(default_factory=dict, compare=False, repr=False)
 
     def weights(self) -> Weights:
-        """Return the global weights as a torch state dict."""
-        return dict(self.arrays.to_torch_state_dict())
+        """Return the global weights as a torch state dict (decoded once; callers do not modify it)."""
+        if "weights" not in self._decoded:
+            self._decoded["weights"] = dict(self.arrays.to_torch_state_dict())
+        return self._decoded["weights"]
 
     def to_record(self) -> RecordDict:
         """Encode as a Flower `RecordDict`."""
@@ -320,9 +333,117 @@ class ReleaseRes(_SumRes):
     """A device's part of a one-shot release (popularity prior, census)."""
 
 
+def cohort_of(content: RecordDict) -> tuple[int, ...] | None:
+    """Return the devices of a cohort instruction (`CohortIns`), or None for a one-device one."""
+    if COHORT not in content:
+        return None
+    record = _record(content, COHORT, ConfigRecord)
+    assert isinstance(record, ConfigRecord)
+    devices = record.get(DEVICES)
+    if not isinstance(devices, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in devices):
+        raise ProtocolError(f"{COHORT}[{DEVICES!r}] must be a list of device indices, got {devices!r}.")
+    return tuple(int(d) for d in devices)
+
+
+def cohort_ins(content: RecordDict, devices: tuple[int, ...]) -> RecordDict:
+    """Return `content` (a `TrainIns` or `EvaluateIns` record) addressed to a cohort of `devices`."""
+    out = RecordDict(dict(content.items()))
+    out[COHORT] = ConfigRecord({DEVICES: list(devices)})
+    return out
+
+
+Outcome = Literal["accepted", "refused", "rejected", "failed"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceOutcome:
+    """What became of one device of a cohort."""
+
+    device: int
+    outcome: Outcome
+    epsilon: float = 0.0
+    key: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CohortRes:
+    """A cohort node's reply (simulation only): the sum of its devices' accepted replies (weights
+    for training, release sums for an evaluation) and every device's outcome.
+
+    Each device was screened on its own before the sum (`shared.update_check`), as the server
+    screens a device's own reply; the sum is what the server would have added up."""
+
+    outcomes: tuple[DeviceOutcome, ...]
+    weights: Weights | None = None
+    """Sum of the accepted devices' weights (training); None when none was accepted."""
+    total: np.ndarray | None = None
+    """Sum of the accepted devices' release vectors (evaluation); None when none was accepted."""
+
+    SCHEMA: ClassVar[dict[str, dict[str, str]]] = {
+        ARRAYS: {"*": "tensor"},
+        RELEASE: {SUM: "array"},
+        COHORT: {DEVICES: "list", OUTCOMES: "list", EPSILONS: "list", KEYS: "list", REASONS: "list"},
+    }
+
+    @property
+    def accepted(self) -> int:
+        """Devices whose reply is in the sum."""
+        return sum(o.outcome == "accepted" for o in self.outcomes)
+
+    def to_record(self) -> RecordDict:
+        """Encode as a Flower `RecordDict`."""
+        content = RecordDict(
+            {
+                COHORT: ConfigRecord(
+                    {
+                        DEVICES: [o.device for o in self.outcomes],
+                        OUTCOMES: [str(o.outcome) for o in self.outcomes],
+                        EPSILONS: [float(o.epsilon) for o in self.outcomes],
+                        KEYS: [o.key for o in self.outcomes],
+                        REASONS: [o.reason for o in self.outcomes],
+                    }
+                )
+            }
+        )
+        if self.weights is not None:
+            content[ARRAYS] = ArrayRecord(self.weights)
+        if self.total is not None:
+            content[RELEASE] = ArrayRecord({SUM: Array(np.asarray(self.total, dtype=np.float64))})
+        return content
+
+    @classmethod
+    def from_record(cls, content: RecordDict) -> CohortRes:
+        """Decode a received `RecordDict`; raise `ProtocolError` naming a missing or ill-typed key."""
+        record = _record(content, COHORT, ConfigRecord)
+        assert isinstance(record, ConfigRecord)
+        columns = [record.get(k) for k in (DEVICES, OUTCOMES, EPSILONS, KEYS, REASONS)]
+        if not all(isinstance(c, list) for c in columns) or len({len(c) for c in columns}) != 1:  # type: ignore[arg-type]
+            raise ProtocolError(f"{COHORT} must hold equally long lists {DEVICES}, {OUTCOMES}, {EPSILONS}, ...")
+        outcomes = []
+        for device, outcome, epsilon, key, reason in zip(*columns, strict=True):
+            if outcome not in ("accepted", "refused", "rejected", "failed"):
+                raise ProtocolError(f"{COHORT}: device {device} has outcome {outcome!r}.")
+            outcomes.append(
+                DeviceOutcome(
+                    device=int(device), outcome=outcome, epsilon=float(epsilon), key=str(key), reason=str(reason)
+                )
+            )
+        weights = dict(_arrays(content).to_torch_state_dict()) if ARRAYS in content else None
+        total = None
+        if RELEASE in content:
+            release = _record(content, RELEASE, ArrayRecord)
+            assert isinstance(release, ArrayRecord)
+            if SUM not in release:
+                raise ProtocolError(f"message record {RELEASE!r} has no {SUM!r} array.")
+            total = release[SUM].numpy()
+        return cls(outcomes=tuple(outcomes), weights=weights, total=total)
+
+
 REPLY_SCHEMAS: dict[type, dict[str, dict[str, str]]] = {
     TrainRes: TrainRes.SCHEMA,
     EvaluateRes: EvaluateRes.SCHEMA,
     ReleaseRes: ReleaseRes.SCHEMA,
+    CohortRes: CohortRes.SCHEMA,
 }
 """Reply type → record → key → kind ("*" stands for every weight name)."""

@@ -9,6 +9,7 @@ from flwr.simulation import run_simulation
 
 from client.client_app import build_client_app
 from client.store import num_clients
+from server.federation import cohort_devices
 from server.server_app import build_server_app
 from shared.config import StrataConfig
 from shared.run_dir import JsonDict, RunDir
@@ -59,8 +60,20 @@ def simulate(config: StrataConfig) -> JsonDict:
         )
         return {**finished, "already_finished": True}
     n = num_clients(config)
-    config = config.replace({"federation.min-available-clients": n})  # start only once all are registered
-    log.info("simulating %d virtual clients on Flower's simulation engine", n)
+    nodes = n
+    if config.federation.cohorts:
+        devices = cohort_devices(config)
+        if devices != n:
+            raise ValueError(
+                f"the {config.federation.topology} topology has {n} clients but the public count cohort mode samples "
+                f"from is {devices} (privacy.population or federation.num-hubs): make them agree."
+            )
+        nodes = min(config.federation.cohorts, n)
+    config = config.replace({"federation.min-available-clients": nodes})  # start only once all are registered
+    if nodes < n:
+        log.info("simulating %d virtual clients in %d cohorts on Flower's simulation engine", n, nodes)
+    else:
+        log.info("simulating %d virtual clients on Flower's simulation engine", n)
     ledgers = run.client_ledger_paths()
     if ledgers:
         log.warning(
@@ -74,7 +87,7 @@ def simulate(config: StrataConfig) -> JsonDict:
     run_simulation(
         server_app=build_server_app(config, oracle=oracle),
         client_app=build_client_app(config),
-        num_supernodes=n,
+        num_supernodes=nodes,
         backend_config=backend_config(config),  # type: ignore[arg-type]
     )
     summary = run.read_summary()

@@ -1,0 +1,39 @@
+"""Validation of a client's reply before it is averaged: keys, shapes, dtypes, finite values, norm.
+
+The server screens every reply with it; a simulated cohort node screens each of its devices the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+
+
+class InvalidUpdate(ValueError):
+    """A client's weights cannot be aggregated."""
+
+
+def check_update(weights: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]) -> None:
+    """Raise InvalidUpdate naming the first problem; a broken client must not poison the model."""
+    if set(weights) != set(reference):
+        diff = sorted(set(weights) ^ set(reference))[:5]
+        raise InvalidUpdate(f"parameter names differ from the global model: {diff}")
+    for k, ref in reference.items():
+        w = weights[k]
+        if w.shape != ref.shape:
+            raise InvalidUpdate(f"{k}: shape {tuple(w.shape)}, expected {tuple(ref.shape)}")
+        if w.dtype != ref.dtype:
+            raise InvalidUpdate(f"{k}: dtype {w.dtype}, expected {ref.dtype}")
+        if not torch.isfinite(w).all():
+            raise InvalidUpdate(f"{k}: contains NaN or infinite values")
+
+
+def check_change_norm(weights: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor], bound: float) -> None:
+    """Raise InvalidUpdate when `weights` are farther than `bound` (L2) from `reference` (0: no bound)."""
+    if bound <= 0:
+        return
+    norm = math.sqrt(sum(float((weights[k].double() - v.double()).pow(2).sum()) for k, v in reference.items()))
+    if norm > bound:
+        raise InvalidUpdate(f"update norm {norm:.4g} exceeds federation.max-update-norm {bound:g}")

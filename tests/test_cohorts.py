@@ -1,0 +1,109 @@
+"""Cohort mode (simulation): a few Flower nodes run many virtual devices in turn, with every
+device's privacy semantics unchanged.
+
+The same small federation (40 one-user devices, every device sampled every round) runs on
+Flower's engine with one node per device and with 3 cohort nodes: the devices' ledgers hold the
+same releases (mechanism, round, σ, q, steps, clip), the rounds count the same devices, and
+without DP the final model is the same. Refusals and rejections inside a cohort are counted per
+device, and a real device refuses a cohort instruction.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, Context, Message, MessageType, RecordDict
+from fakes import deliver
+
+from client.client_app import build_client_app
+from shared.config import StrataConfig
+from shared.model import build_model
+from shared.privacy.ledger import Ledger
+from shared.protocol import CohortRes, TrainIns, cohort_ins
+from shared.run_dir import RunDir
+from simulation.simulate import simulate
+
+DEVICE_FEDERATION = {
+    "federation.topology": "device",
+    "federation.fraction-train": 1.0,
+    "federation.fraction-evaluate": 1.0,
+    "train.batch-size": 1,
+}
+
+
+def _ledgers(run: RunDir) -> dict[str, list[tuple[object, ...]]]:
+    """Each device's releases, without what differs by construction (run id, signatures, chain)."""
+    return {
+        path.name: [
+            (e.mechanism, e.round, e.noise_multiplier, e.sample_rate, e.steps, e.max_grad_norm, e.client)
+            for e in Ledger.open(path).entries
+        ]
+        for path in run.client_ledger_paths()
+    }
+
+
+def _runs(config: StrataConfig, tmp_path: Path) -> tuple[RunDir, RunDir]:
+    one = config.replace({"run.out": str(tmp_path / "per-device")})
+    cohorts = config.replace({"run.out": str(tmp_path / "cohorts"), "federation.cohorts": 3})
+    simulate(one)
+    summary = simulate(cohorts)
+    assert summary["clients"] == 40
+    return RunDir.of(one.run_dir), RunDir.of(cohorts.run_dir)
+
+
+def test_cohorts_keep_every_devices_ledger_and_count(tiny_config: StrataConfig, tmp_path: Path) -> None:
+    config = tiny_config.replace(
+        {
+            **DEVICE_FEDERATION,
+            "privacy.mode": "local",
+            "privacy.target-epsilon": 4.0,
+            "federation.eval-release": "final",
+            "privacy.eval-noise-multiplier": 2.0,
+        }
+    )
+    per_device, cohorts = _runs(config, tmp_path)
+    ledgers = _ledgers(per_device)
+    assert len(ledgers) == 40
+    assert _ledgers(cohorts) == ledgers  # same releases, same σ calibrated from the same public plan
+    expected = [("dp-sgd", 1), ("dp-sgd", 2), ("gaussian-sum", 2)]
+    assert all([e[:2] for e in entries] == expected for entries in ledgers.values())
+    for a, b in zip(per_device.read_metrics(), cohorts.read_metrics(), strict=True):
+        assert a["train"]["clients"] == b["train"]["clients"] == 40
+        assert a["epsilon"] == pytest.approx(b["epsilon"], rel=1e-12)
+    last, reference = cohorts.read_metrics()[-1]["eval"], per_device.read_metrics()[-1]["eval"]
+    assert last["clients"] == 40 and last["noise-std"] == pytest.approx(reference["noise-std"])
+
+
+def test_cohorts_without_dp_train_the_same_model(tiny_config: StrataConfig, tmp_path: Path) -> None:
+    config = tiny_config.replace({**DEVICE_FEDERATION, "federation.eval-release": "none"})
+    per_device, cohorts = _runs(config, tmp_path)
+    a, b = per_device.load_weights(), cohorts.load_weights()
+    assert set(a) == set(b)
+    for k in a:  # the same updates, summed in another order (in float64)
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+def test_a_cohort_counts_refusals_per_device_and_a_real_device_refuses_cohorts(
+    tiny_config: StrataConfig, tmp_path: Path
+) -> None:
+    # Each device's own policy allows δ ≤ 1e-5, below the run's 1/(100·40): every one refuses, and says why.
+    config = tiny_config.replace(
+        {**DEVICE_FEDERATION, "privacy.mode": "local", "privacy.target-epsilon": 4.0, "device-policy.apply": True}
+    )
+    model = build_model(config.data.synthetic_items, config.model, None, seed=0)
+    arrays = ArrayRecord({k: v.detach().clone() for k, v in model.named_parameters()})
+    content = cohort_ins(TrainIns(arrays=arrays, server_round=1, run_id="r").to_record(), (0, 1, 2))
+    app = build_client_app(config)
+    context = Context(run_id=1, node_id=5, node_config={}, state=RecordDict(), run_config={})
+    reply = app(deliver(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=5)), context)
+    assert not reply.has_error(), reply.error
+    res = CohortRes.from_record(reply.content)
+    assert [o.device for o in res.outcomes] == [0, 1, 2]
+    assert all(o.outcome == "refused" and "max-delta" in o.reason for o in res.outcomes)
+    assert res.weights is None and res.accepted == 0
+
+    real = Context(run_id=1, node_id=6, node_config={"data-path": "x.csv"}, state=RecordDict(), run_config={})
+    with pytest.raises(ValueError, match="simulation only"):  # Flower turns it into an error reply
+        app(deliver(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=6)), real)
