@@ -381,10 +381,12 @@ class CohortRes:
     """Sum of the accepted devices' release vectors (evaluation); None when none was accepted."""
 
     SCHEMA: ClassVar[dict[str, dict[str, str]]] = {
-        ARRAYS: {"*": "tensor"},
+        ARRAYS: {"*": "float64-tensor"},
         RELEASE: {SUM: "array"},
         COHORT: {DEVICES: "list", OUTCOMES: "list", EPSILONS: "list", KEYS: "list", REASONS: "list"},
     }
+    """`arrays` (training) or `release` (evaluation), never both; the sum stays in float64 (FedAdam
+    would turn float32 rounding of a partial sum into full steps in unchanged coordinates)."""
 
     @property
     def accepted(self) -> int:

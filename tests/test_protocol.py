@@ -28,13 +28,17 @@ from shared.metrics import EVAL_FIELDS
 from shared.model import build_model
 from shared.protocol import (
     REPLY_SCHEMAS,
+    CohortRes,
     EvaluateIns,
     EvaluateRes,
     ProtocolError,
     ReleaseIns,
     ReleaseRes,
     TrainIns,
+    DeviceOutcome,
     TrainRes,
+    cohort_ins,
+    cohort_of,
 )
 
 Schema = dict[str, dict[str, str]]
@@ -58,8 +62,15 @@ EXPECTED_SCHEMAS: dict[type, Schema] = {
         "metrics": {"epsilon": "float", "refused": "int"},
         "config": {"reason": "str", "key": "str"},
     },
+    # Simulation only: a cohort node's sum over its devices (training: "arrays"; evaluation:
+    # "release") and one entry per device in each list of "cohort".
+    CohortRes: {
+        "arrays": {"*": "float64-tensor"},
+        "release": {"sum": "array"},
+        "cohort": {"devices": "list", "outcomes": "list", "epsilons": "list", "keys": "list", "reasons": "list"},
+    },
 }
-KINDS = {"tensor", "array", "int", "float", "str"}
+KINDS = {"tensor", "float64-tensor", "array", "int", "float", "str", "list"}
 N_INTERESTS = 5
 
 
@@ -73,20 +84,23 @@ def test_the_protocol_lists_exactly_these_schemas() -> None:
 # ------------------------------------------------------------------------- checking a reply
 
 
-def assert_matches(content: RecordDict, schema: Schema, *, weights: Weights, dim: int | None = None) -> None:
+def assert_matches(
+    content: RecordDict, schema: Schema, *, weights: Weights, dim: int | None = None, devices: int = 0
+) -> None:
     """`content` has exactly the records and keys of `schema`, each value of its kind:
     int/float scalars in a MetricRecord, the global model's tensors in "arrays", a 1-D float
-    array of length `dim` for an "array"."""
+    array of length `dim` for an "array", one entry per device of a cohort in each "list"."""
     assert set(content.keys()) == set(schema), f"records {sorted(content.keys())}, schema {sorted(schema)}"
     for name, keys in schema.items():
         record = content[name]
-        if keys == {"*": "tensor"}:
+        if keys in ({"*": "tensor"}, {"*": "float64-tensor"}):
             assert isinstance(record, ArrayRecord), (name, type(record))
             assert set(record.keys()) == set(weights), f"{name}: {sorted(record.keys())}"
             for key, array in record.items():
                 assert isinstance(array, Array)
                 assert tuple(array.shape) == tuple(weights[key].shape), (key, array.shape)
-                assert array.dtype == str(weights[key].numpy().dtype), (key, array.dtype)
+                dtype = "float64" if keys["*"] == "float64-tensor" else str(weights[key].numpy().dtype)
+                assert array.dtype == dtype, (key, array.dtype)
             continue
         assert set(record.keys()) == set(keys), f"{name}: {sorted(record.keys())}, schema {sorted(keys)}"
         for key, kind in keys.items():
@@ -98,6 +112,9 @@ def assert_matches(content: RecordDict, schema: Schema, *, weights: Weights, dim
             elif kind == "str":
                 assert isinstance(record, ConfigRecord), (name, type(record))
                 assert isinstance(value, str), f"{where}: expected str"
+            elif kind == "list":
+                assert isinstance(record, ConfigRecord), (name, type(record))
+                assert isinstance(value, list) and len(value) == devices, f"{where}: expected {devices} entries"
             elif kind == "array":
                 assert isinstance(record, ArrayRecord), (name, type(record))
                 assert isinstance(value, Array), where
@@ -192,6 +209,18 @@ INSTRUCTIONS: tuple[tuple[str, type, str, Callable[[Weights, int], RecordDict], 
     ("popularity", ReleaseRes, MessageType.QUERY, _popularity, lambda n: n),
     ("census", ReleaseRes, MessageType.QUERY, _census, lambda n: N_INTERESTS),
 )
+COHORT = (0, 1)
+"""The devices a cohort instruction of these cases addresses."""
+
+
+def _cohort_train(weights: Weights, n_items: int) -> RecordDict:
+    return cohort_ins(_train(weights, n_items), COHORT)
+
+
+def _cohort_evaluate(weights: Weights, n_items: int) -> RecordDict:
+    return cohort_ins(_evaluate(weights, n_items), COHORT)
+
+
 CASES = [
     Case(f"{name}-{mode}-{topology}", reply, kind, {"privacy.mode": mode, "federation.topology": topology}, content,
          dim)
@@ -199,10 +228,20 @@ CASES = [
     for mode in MODES
     for topology in TOPOLOGIES
 ]
+COHORT_CASES = [  # simulation's cohort mode supports privacy off and local
+    Case(f"cohort-{name}-{mode}-{topology}", CohortRes, kind, {"privacy.mode": mode, "federation.topology": topology},
+         content, dim)
+    for name, kind, content, dim in (
+        ("train", MessageType.TRAIN, _cohort_train, lambda n: None),
+        ("evaluate", MessageType.EVALUATE, _cohort_evaluate, lambda n: len(EVAL_FIELDS)),
+    )
+    for mode in ("off", "local")
+    for topology in TOPOLOGIES
+]
 
 
 def test_every_reply_type_is_asked_of_the_client_app() -> None:
-    assert {case.reply for case in CASES} == set(REPLY_SCHEMAS)
+    assert {case.reply for case in CASES + COHORT_CASES} == set(REPLY_SCHEMAS)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -216,6 +255,20 @@ def test_real_reply_is_exactly_its_schema(tiny_config: StrataConfig, case: Case)
     parsed = case.reply.from_record(reply.content)  # type: ignore[attr-defined]
     assert not parsed.refused and parsed.reason == ""
     assert len(bytes.fromhex(parsed.key)) == 32  # the public key that signs the device's ledger
+
+
+@pytest.mark.parametrize("case", COHORT_CASES, ids=[c.id for c in COHORT_CASES])
+def test_real_cohort_reply_is_exactly_its_schema(tiny_config: StrataConfig, case: Case) -> None:
+    cfg = tiny_config.replace(case.overrides)
+    weights = _weights(cfg)
+    n_items = cfg.data.synthetic_items
+    reply = _ask(DirectGrid(cfg), case.content(weights, n_items), case.kind)
+    training = case.kind == MessageType.TRAIN
+    schema = {k: v for k, v in EXPECTED_SCHEMAS[CohortRes].items() if k != ("release" if training else "arrays")}
+    assert_matches(reply.content, schema, weights=weights, dim=case.dim(n_items), devices=len(COHORT))
+    parsed = CohortRes.from_record(reply.content)
+    assert [o.device for o in parsed.outcomes] == list(COHORT) and parsed.accepted == len(COHORT)
+    assert all(o.reason == "" and len(bytes.fromhex(o.key)) == 32 for o in parsed.outcomes)
 
 
 def test_refused_train_reply_is_the_schema_without_weights(tiny_config: StrataConfig) -> None:
@@ -276,6 +329,31 @@ def test_round_trip(message: Any) -> None:
         if isinstance(message, ReleaseRes | EvaluateRes) and message.refused:
             del schema["release"]
         assert_matches(message.to_record(), schema, weights=_weights_example())
+
+
+def test_cohort_reply_round_trip_and_malformed() -> None:
+    summed = {k: v.double() * 2 for k, v in _weights_example().items()}
+    outcomes = (
+        DeviceOutcome(device=4, outcome="accepted", epsilon=0.5, key="ab" * 32),
+        DeviceOutcome(device=9, outcome="refused", epsilon=1.0, key="cd" * 32, reason="budget: over"),
+        DeviceOutcome(device=11, outcome="rejected", epsilon=0.5, key="ef" * 32, reason="enc.bias: contains NaN"),
+    )
+    for message in (
+        CohortRes(outcomes=outcomes, weights=summed),
+        CohortRes(outcomes=outcomes, total=np.array([3.0, 1.5, 0.75, 0.1, 0.2, 0.9])),
+        CohortRes(outcomes=outcomes[1:]),
+    ):
+        again = CohortRes.from_record(message.to_record())
+        assert _same(again, message), (again, message)
+    bad_lengths, bad_outcome = CohortRes(outcomes=outcomes).to_record(), CohortRes(outcomes=outcomes).to_record()
+    _edit(bad_lengths, "cohort")["keys"] = ["ab" * 32]
+    _edit(bad_outcome, "cohort")["outcomes"] = ["accepted", "refused", "averaged"]
+    for bad, why in ((bad_lengths, "equally long"), (bad_outcome, "averaged")):
+        with pytest.raises(ProtocolError, match=why):
+            CohortRes.from_record(bad)
+    with pytest.raises(ProtocolError, match="devices"):
+        cohort_of(RecordDict({"cohort": ConfigRecord({"devices": ["1"]})}))
+    assert cohort_of(cohort_ins(RecordDict(), (3, 5))) == (3, 5) and cohort_of(RecordDict()) is None
 
 
 def test_every_message_type_has_a_round_trip_sample() -> None:
