@@ -44,7 +44,7 @@ def train_cohort(config: StrataConfig, context: Context, ins: TrainIns, devices:
     total: OrderedDict[str, torch.Tensor] | None = None
     outcomes = []
     for index in devices:
-        device = open_device(config, context, {**context.node_config, "partition-id": index})
+        device = open_device(config, context, {**context.node_config, "partition-id": index}, mirror=False)
         reply = train_round(device.store, config, ins, device.budget, device.policy)
         device.close(context)
         if reply.weights is None:
@@ -70,7 +70,7 @@ def evaluate_cohort(config: StrataConfig, context: Context, ins: EvaluateIns, de
     total: np.ndarray | None = None
     outcomes = []
     for index in devices:
-        device = open_device(config, context, {**context.node_config, "partition-id": index})
+        device = open_device(config, context, {**context.node_config, "partition-id": index}, mirror=False)
         reply = evaluate(device.store, config, ins, device.budget, device.policy)
         device.close(context)
         if reply.total is None:

@@ -36,6 +36,8 @@ class Device:
     ledger_path: Path
     real: bool
     """A real device (its own `ledger-dir`): it keeps its replies and computed ε values on disk."""
+    mirrored: bool = True
+    """Whether the ledger is mirrored in the run's `context.state` (not for a cohort's devices)."""
 
     def replies(self, kind: str) -> ReplyCache | None:
         """Return the cache of this device's last reply to `kind` (real devices only)."""
@@ -43,7 +45,8 @@ class Device:
 
     def close(self, context: Context) -> None:
         """Mirror the ledger into the run's state (checked against the file at the next message)."""
-        save_to_state(context, self.ledger)
+        if self.mirrored:
+            save_to_state(context, self.ledger)
 
 
 def _ledger_path(config: StrataConfig, node_config: JsonDict, client_id: str) -> Path:
@@ -61,15 +64,22 @@ def _signer(node_config: JsonDict, ledger_path: Path) -> SigningKey:
     return SigningKey.load_or_create(ledger_path.parent.parent / "keys" / f"{ledger_path.stem}.pem")
 
 
-def open_device(config: StrataConfig, context: Context, node_config: JsonDict) -> Device:
-    """Open the device `node_config` describes (a real one, or the simulated `partition-id`)."""
+def open_device(config: StrataConfig, context: Context, node_config: JsonDict, *, mirror: bool = True) -> Device:
+    """Open the device `node_config` describes (a real one, or the simulated `partition-id`).
+
+    `mirror=False` keeps no copy of the ledger in `context.state`: a cohort node runs thousands of
+    devices and Flower's RecordDict rebuilds its record views on every access, so a copy per device
+    would make each access cost O(devices). Their ledgers stay on disk, append-only, chained and signed.
+    """
     store = store_for(config, node_config)
     policy = policy_for(config, node_config)
     path = _ledger_path(config, node_config, store.client_id)
-    ledger = open_ledger(context, path, _signer(node_config, path))
+    ledger = open_ledger(context if mirror else None, path, _signer(node_config, path))
     real = bool(node_config.get("ledger-dir"))
     # A real device keeps computed ε values: each message is a fresh ClientApp process.
     cache = EpsilonCache(path.parent / "epsilons" / f"{path.stem}.json") if real else None
     cap = effective_max_epsilon(policy, config)
     budget = ClientBudget.from_config(config.privacy, ledger=ledger, max_epsilon=cap, cache=cache)
-    return Device(store=store, policy=policy, budget=budget, ledger=ledger, ledger_path=path, real=real)
+    return Device(
+        store=store, policy=policy, budget=budget, ledger=ledger, ledger_path=path, real=real, mirrored=mirror
+    )

@@ -22,10 +22,12 @@ def _state_key(path: Path) -> str:
     return f"{STATE_KEY}:{path.name}"
 
 
-def open_ledger(context: Context, path: Path, signer: SigningKey | None = None) -> Ledger:
-    """Open the client's ledger from disk, checked against the copy in `context.state`; new
-    entries are signed by `signer`."""
+def open_ledger(context: Context | None, path: Path, signer: SigningKey | None = None) -> Ledger:
+    """Open the client's ledger from disk, checked against the copy in `context.state` (None: no
+    copy is kept, see `client.cohort`); new entries are signed by `signer`."""
     on_disk = read_entries(path) if path.exists() else []
+    if context is None:
+        return Ledger(on_disk, path, signer)
     record = context.state.config_records.get(_state_key(path))
     in_state = [str(x) for x in record["entries"]] if record is not None else []  # type: ignore[union-attr]
     disk_lines = [e.to_json() for e in on_disk]

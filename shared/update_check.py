@@ -34,6 +34,9 @@ def check_change_norm(weights: Mapping[str, torch.Tensor], reference: Mapping[st
     """Raise InvalidUpdate when `weights` are farther than `bound` (L2) from `reference` (0: no bound)."""
     if bound <= 0:
         return
-    norm = math.sqrt(sum(float((weights[k].double() - v.double()).pow(2).sum()) for k, v in reference.items()))
+    # The difference in the weights' own precision, its norm accumulated in float64: one pass, no copies in float64.
+    norm = math.sqrt(
+        sum(float(torch.linalg.vector_norm(weights[k] - v, dtype=torch.float64)) ** 2 for k, v in reference.items())
+    )
     if norm > bound:
         raise InvalidUpdate(f"update norm {norm:.4g} exceeds federation.max-update-norm {bound:g}")
