@@ -143,10 +143,18 @@ def run_scale_bench(runs_dir: Path, *, rounds: int = 6, overrides: list[str] | N
     flower = _flower(config)
     log.info("scale bench: the in-process floor")
     floor, profile = _floor(config, int(flower["clients_per_round"]), 3)
-    log.info("scale bench: the oracle evaluation")
-    oracle_s = _oracle(config)
+    oracle_s = 0.0
+    if config.federation.oracle_eval:
+        log.info("scale bench: the oracle evaluation")
+        oracle_s = _oracle(config)
+    m, fed = config.model, config.federation
     return {
         "preset": PRESET,
+        "overrides": list(overrides or []),
+        "setting": (
+            f"{config.data.source} data, {m.hidden_dim}/{m.latent_dim} model, privacy {config.privacy.mode}, "
+            + (f"{fed.cohorts} cohort nodes" if fed.cohorts else "one Flower node per device")
+        ),
         "clients": num_clients(config),
         "rounds": rounds,
         "flower": flower,
@@ -163,8 +171,9 @@ def render_scale(result: JsonDict, *, command: str) -> str:
     flower, floor = result["flower"], result["floor"]
     intro = (
         f"Produced by `{command}` on {time.strftime('%Y-%m-%d')}, machine: {platform.machine()} {platform.system()}, "
-        f"{os.cpu_count()} cores, the shared development machine. `{result['preset']}` ({result['clients']} one-user "
-        f"clients, {flower['clients_per_round']:.0f} per round, 600/200 model, no DP), {result['rounds']} rounds."
+        f"{os.cpu_count()} cores, the shared development machine. `{result['preset']}` with "
+        f"{' '.join(result.get('overrides', [])) or 'no overrides'}: {result['clients']} one-user clients, "
+        f"{flower['clients_per_round']:.0f} per round, {result.get('setting', '')}; {result['rounds']} rounds."
     )
     floor_row = (
         f"| Floor: the same clients in one loop, clients per second | {floor['clients_per_s']:.1f} "
@@ -184,7 +193,9 @@ def render_scale(result: JsonDict, *, command: str) -> str:
         floor_row,
         f"| Flower / floor | {result['floor_share']:.2f} |",
         f"| Peak memory of the process tree (PSS; RSS summed) | {memory} |",
-        f"| Oracle evaluation of every user (median of 3) | {result['oracle_s']:.2f} s |",
+        f"| Oracle evaluation of every user (median of 3) | {result['oracle_s']:.2f} s |"
+        if result["oracle_s"]
+        else "| Oracle evaluation | off |",
         "",
         "Where a client's time goes in the floor loop (cProfile, one round, top entries by own time):",
         "",

@@ -42,3 +42,32 @@ def test_central_run_is_reproducible(tiny_config: StrataConfig, tmp_path: Path) 
     a = run_central(cfg.replace({"run.out": str(tmp_path / "a")}))
     b = run_central(cfg.replace({"run.out": str(tmp_path / "b")}))
     assert a["weights_fingerprint"] == b["weights_fingerprint"]
+
+
+def test_scale_bench_profile_rows_and_section() -> None:
+    """The cProfile table becomes markdown rows (its summary and header lines are not rows), and
+    the section carries its markers, so `write_section` can replace it in docs/benchmarks.md."""
+    import cProfile
+    import io
+    import pstats
+
+    from simulation.scale_bench import END, START, _profile_rows, render_scale
+
+    profile = cProfile.Profile()
+    profile.enable()
+    sorted(range(10_000), key=lambda x: -x)
+    profile.disable()
+    out = io.StringIO()
+    pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(3)
+    rows = _profile_rows(out.getvalue()).splitlines()
+    assert 1 <= len(rows) <= 3 and all(r.startswith("| ") and r.count("|") == 5 for r in rows)
+    result = {
+        "preset": "configs/ml100k-device.toml", "overrides": ["federation.cohorts=2"], "setting": "s", "clients": 943,
+        "rounds": 3, "floor_share": 0.5, "oracle_s": 0.1, "profile": "\n".join(rows),
+        "flower": {"clients_per_s": 50.0, "round_s": [9.0, 2.0, 2.0], "clients_per_round": 94, "peak_pss": 2**31,
+                   "peak_rss": 2**32},
+        "floor": {"clients_per_s": 100.0, "round_s": [0.9, 1.0]},
+    }
+    section = render_scale(result, command="strata bench --only scale")
+    assert section.startswith(START) and section.rstrip().endswith(END)
+    assert "| Flower / floor | 0.50 |" in section and "2.00 GiB (4.00 GiB)" in section
