@@ -38,5 +38,5 @@ def check_change_norm(weights: Mapping[str, torch.Tensor], reference: Mapping[st
     norm = math.sqrt(
         sum(float(torch.linalg.vector_norm(weights[k] - v, dtype=torch.float64)) ** 2 for k, v in reference.items())
     )
-    if norm > bound:
+    if not norm <= bound:  # NaN compares false: a non-finite update never passes
         raise InvalidUpdate(f"update norm {norm:.4g} exceeds federation.max-update-norm {bound:g}")
