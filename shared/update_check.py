@@ -26,7 +26,9 @@ def check_update(weights: Mapping[str, torch.Tensor], reference: Mapping[str, to
             raise InvalidUpdate(f"{k}: shape {tuple(w.shape)}, expected {tuple(ref.shape)}")
         if w.dtype != ref.dtype:
             raise InvalidUpdate(f"{k}: dtype {w.dtype}, expected {ref.dtype}")
-        if not torch.isfinite(w).all():
+        # A finite sum means every value is finite (NaN and ±Inf propagate); only a non-finite sum
+        # (or an overflowing one) needs the element-wise check, 30x slower on a large layer.
+        if not torch.isfinite(w.sum()) and not torch.isfinite(w).all():
             raise InvalidUpdate(f"{k}: contains NaN or infinite values")
 
 
