@@ -117,6 +117,15 @@ def _instruction_config(content: RecordDict) -> tuple[int, str]:
     return _int(config, SERVER_ROUND, CONFIG), _str(config, RUN_ID, CONFIG)
 
 
+def _named_array(content: RecordDict, name: str, key: str) -> np.ndarray:
+    """Return array `key` of the ArrayRecord `name`; raise `ProtocolError` when either is missing."""
+    record = _record(content, name, ArrayRecord)
+    assert isinstance(record, ArrayRecord)
+    if key not in record:
+        raise ProtocolError(f"message record {name!r} has no {key!r} array.")
+    return record[key].numpy()
+
+
 def _arrays(content: RecordDict) -> ArrayRecord:
     arrays = _record(content, ARRAYS, ArrayRecord)
     assert isinstance(arrays, ArrayRecord)
@@ -263,13 +272,7 @@ class _SumRes:
     def from_record(cls, content: RecordDict) -> Self:
         """Decode a received `RecordDict`; raise `ProtocolError` naming a missing or ill-typed key."""
         refused, epsilon, reason, key = _status(content)
-        total = None
-        if not refused:
-            release = _record(content, RELEASE, ArrayRecord)
-            assert isinstance(release, ArrayRecord)
-            if SUM not in release:
-                raise ProtocolError(f"message record {RELEASE!r} has no {SUM!r} array.")
-            total = release[SUM].numpy()
+        total = None if refused else _named_array(content, RELEASE, SUM)
         return cls(total=total, epsilon=epsilon, reason=reason, key=key)
 
 
@@ -314,11 +317,7 @@ class ReleaseIns:
         assert isinstance(config, ConfigRecord)
         interests = None
         if INTERESTS in content:
-            record = _record(content, INTERESTS, ArrayRecord)
-            assert isinstance(record, ArrayRecord)
-            if L2_MATRIX not in record:
-                raise ProtocolError(f"message record {INTERESTS!r} has no {L2_MATRIX!r} array.")
-            interests = record[L2_MATRIX].numpy()
+            interests = _named_array(content, INTERESTS, L2_MATRIX)
         return cls(
             kind=_str(config, RELEASE_KIND, CONFIG),
             server_round=server_round,
@@ -432,13 +431,7 @@ class CohortRes:
                 )
             )
         weights = dict(_arrays(content).to_torch_state_dict()) if ARRAYS in content else None
-        total = None
-        if RELEASE in content:
-            release = _record(content, RELEASE, ArrayRecord)
-            assert isinstance(release, ArrayRecord)
-            if SUM not in release:
-                raise ProtocolError(f"message record {RELEASE!r} has no {SUM!r} array.")
-            total = release[SUM].numpy()
+        total = _named_array(content, RELEASE, SUM) if RELEASE in content else None
         return cls(outcomes=tuple(outcomes), weights=weights, total=total)
 
 
