@@ -170,7 +170,7 @@ def cmd_deploy_local(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Run `strata simulate`: the federation on Flower's simulation engine."""
-    _print_headline(simulate(_config(args)))
+    _print_headline(simulate(_config(args), ray_address=args.ray_address))
     return 0
 
 
@@ -358,6 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="federated run on Flower's simulation engine")
     _add_config_args(sim)
+    sim.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="run the virtual clients on this running Ray cluster (its head's address) instead of this machine",
+    )
     sim.set_defaults(func=cmd_simulate)
 
     central = sub.add_parser("central", help="central reference training on the same split")

@@ -20,11 +20,22 @@ from .population import with_public_population
 log = logging.getLogger(__name__)
 
 
-def backend_config(config: StrataConfig) -> dict[str, dict[str, object]]:
-    """Ray resources per virtual client, and Ray's own start-up arguments."""
+def backend_config(config: StrataConfig, ray_address: str | None = None) -> dict[str, dict[str, object]]:
+    """Ray resources per virtual client, and Ray's own start-up arguments.
+
+    Without `ray_address` Flower starts a private Ray instance on this machine's cores. With it,
+    Flower joins that running cluster (`ray start --head` and `ray start --address ...` on other
+    machines) and sizes its actor pool from the cluster's CPUs; every node must have Strata
+    installed at the same path as this one.
+    """
+    init_args: dict[str, object] = {"include_dashboard": False}
+    if ray_address:
+        init_args["address"] = ray_address  # an existing cluster: its nodes bring their own CPUs
+    else:
+        init_args["num_cpus"] = os.cpu_count() or 1
     return {
         "client_resources": {"num_cpus": config.federation.num_cpus_per_client, "num_gpus": 0.0},
-        "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False},
+        "init_args": init_args,
     }
 
 
@@ -45,8 +56,12 @@ def finished_summary(run: RunDir, config: StrataConfig) -> JsonDict | None:
     return summary if done else None
 
 
-def simulate(config: StrataConfig) -> JsonDict:
-    """Simulate the federation of `config` and return the run summary (also in summary.json)."""
+def simulate(config: StrataConfig, ray_address: str | None = None) -> JsonDict:
+    """Simulate the federation of `config` and return the run summary (also in summary.json).
+
+    `ray_address` (host:port of a running Ray cluster's head) runs the virtual clients on that
+    cluster instead of a private Ray instance; the run, its ledgers and results are the same.
+    """
     config = with_public_population(config)
     run = RunDir.of(config.run_dir)
     finished = finished_summary(run, config)
@@ -70,6 +85,8 @@ def simulate(config: StrataConfig) -> JsonDict:
             )
         nodes = min(config.federation.cohorts, n)
     config = config.replace({"federation.min-available-clients": nodes})  # start only once all are registered
+    if ray_address:
+        log.info("joining the Ray cluster at %s", ray_address)
     if nodes < n:
         log.info("simulating %d virtual clients in %d cohorts on Flower's simulation engine", n, nodes)
     else:
@@ -88,7 +105,7 @@ def simulate(config: StrataConfig) -> JsonDict:
         server_app=build_server_app(config, oracle=oracle),
         client_app=build_client_app(config),
         num_supernodes=nodes,
-        backend_config=backend_config(config),  # type: ignore[arg-type]
+        backend_config=backend_config(config, ray_address),  # type: ignore[arg-type]
     )
     summary = run.read_summary()
     if summary is None:
