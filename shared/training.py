@@ -12,15 +12,15 @@ import logging
 import math
 import secrets
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from .config import ModelConfig
 from .data.matrices import UserTensors
+from .bookkeeping import BookKeeping
 from .model import StrataLoss, StrataModel
 
 log = logging.getLogger(__name__)
@@ -110,32 +110,45 @@ def train_users(
     sampling_rng = torch.Generator().manual_seed(secrets.randbits(63))
     noise_rng = torch.Generator().manual_seed(secrets.randbits(63))
     poisson_loader = DPDataLoader(dataset, sample_rate=dp.sample_rate, generator=sampling_rng)
+    if dp.ghost_clipping:
+        # Per-user norms and the clipped sum from one backward pass (`shared.bookkeeping`);
+        # Opacus' optimizer adds N(0, σ²C²) to that sum, divides by the public batch size and steps.
+        from opacus.optimizers import DPOptimizerFastGradientClipping
+
+        keeper = BookKeeping(model, dp.max_grad_norm)
+        dp_opt = DPOptimizerFastGradientClipping(
+            optimizer,
+            noise_multiplier=dp.noise_multiplier,
+            max_grad_norm=dp.max_grad_norm,
+            expected_batch_size=batch_size,  # public normaliser, not len(dataset) * sample_rate
+            loss_reduction="mean",
+            generator=noise_rng,
+        )
+        try:
+            stats = _dp_loop(model, poisson_loader, dp_opt, criterion, epochs, beta, keeper)
+        finally:
+            keeper.close()
+        return TrainStats(steps=stats[0], sample_rate=dp.sample_rate, mean_loss=stats[1], users=n)
     with warnings.catch_warnings():
         # Secure mode is not needed: sampling and noise use the OS-seeded generators above.
         warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
         warnings.filterwarnings("ignore", message=".*non-full backward hook.*")
         engine = PrivacyEngine(secure_mode=False)
-        kwargs: dict[str, Any] = {
-            "module": model,
-            "optimizer": optimizer,
-            "data_loader": poisson_loader,
-            "noise_multiplier": dp.noise_multiplier,
-            "max_grad_norm": dp.max_grad_norm,
-            "poisson_sampling": False,  # the loader above already samples users by Poisson sampling
-            "noise_generator": noise_rng,
-            "loss_reduction": "mean",
-        }
-        if dp.ghost_clipping:
-            private_model, dp_opt, dp_crit, dp_loader = engine.make_private(
-                **kwargs, criterion=criterion, grad_sample_mode="ghost"
-            )
-        else:
-            private_model, dp_opt, dp_loader = engine.make_private(**kwargs, grad_sample_mode="hooks")
-            dp_crit = criterion
+        private_model, dp_opt, dp_loader = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            data_loader=poisson_loader,
+            noise_multiplier=dp.noise_multiplier,
+            max_grad_norm=dp.max_grad_norm,
+            poisson_sampling=False,  # the loader above already samples users by Poisson sampling
+            noise_generator=noise_rng,
+            loss_reduction="mean",
+            grad_sample_mode="hooks",
+        )
     # Public normaliser: the configured batch size, not len(dataset) * sample_rate.
     dp_opt.expected_batch_size = batch_size
     sample_rate = float(dp_loader.sample_rate)
-    stats = _dp_loop(private_model, dp_loader, dp_opt, dp_crit, criterion, epochs, beta)
+    stats = _dp_loop(private_model, dp_loader, dp_opt, criterion, epochs, beta)
     private_model._close()  # remove Opacus hooks; `model` keeps the trained weights
     return TrainStats(steps=stats[0], sample_rate=sample_rate, mean_loss=stats[1], users=n)
 
@@ -173,17 +186,19 @@ def _dp_loop(
     model: torch.nn.Module,
     loader: Iterable[tuple[torch.Tensor, ...]],
     optimizer: torch.optim.Optimizer,
-    dp_criterion: Callable[..., Any],
     criterion: StrataLoss,
     epochs: int,
     beta: float | list[float],
+    keeper: BookKeeping | None = None,
 ) -> tuple[int, float]:
+    """DP-SGD steps: with `keeper` the clipped sum is book-kept from one backward pass, without
+    it `model` is Opacus' per-sample-gradient wrapper and its optimizer clips."""
     # An empty Poisson sample is secret: Opacus' "First batch is empty" warning would log it.
     opacus_loader_log = logging.getLogger("opacus.data_loader")
     opacus_loader_log.addFilter(_drop_empty_batch_warning)
     try:
         with warnings.catch_warnings():
-            # Opacus' ghost clipping runs backward hooks on layers whose inputs need no grad.
+            # Opacus' per-sample hooks fire on layers whose inputs need no grad.
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
             steps, total, count = 0, 0.0, 0
             for _ in range(epochs):
@@ -195,8 +210,13 @@ def _dp_loop(
                         steps += 1
                         continue
                     out = model(x, r, m)
-                    loss = dp_criterion(out, x, r, m)
-                    loss.backward()
+                    if keeper is not None:
+                        per_user = criterion.per_user(out, x, r, m)
+                        keeper.clipped_sum(per_user)
+                        loss = per_user.mean().detach()
+                    else:
+                        loss = criterion(out, x, r, m)
+                        loss.backward()
                     optimizer.step()
                     steps += 1
                     total += float(loss.item()) * len(x)

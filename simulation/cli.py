@@ -33,6 +33,9 @@ from .bench import run_bench  # noqa: E402
 from .scale_bench import END as SCALE_END  # noqa: E402
 from .scale_bench import START as SCALE_START  # noqa: E402
 from .scale_bench import render_scale, run_scale_bench  # noqa: E402
+from .dp_step_bench import END as DPSTEP_END  # noqa: E402
+from .dp_step_bench import START as DPSTEP_START  # noqa: E402
+from .dp_step_bench import render_dp_step, run_dp_step_bench  # noqa: E402
 from .central import run_central  # noqa: E402
 from .generate import generate_profiles, synthetic_example  # noqa: E402
 from .layer_eval import evaluate_layers, format_layer_metrics  # noqa: E402
@@ -182,12 +185,13 @@ def cmd_central(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run `strata bench`: the benchmark table (or, with `--only deploy`, the deployment under load)."""
-    for alone in ("deploy", "scale"):
+    alone_runs = {"deploy": _bench_deploy, "scale": _bench_scale, "dp-step": _bench_dp_step}
+    for alone, bench in alone_runs.items():
         if args.only and alone in args.only:
             if args.only != [alone]:
                 print(f"--only {alone} runs alone; give the other rows separately.", file=sys.stderr)
                 return 2
-            return _bench_deploy(args) if alone == "deploy" else _bench_scale(args)
+            return bench(args)
     run_bench(seeds=args.seeds, out=Path(args.out), runs_dir=Path(args.runs_dir), only=args.only, quick=args.quick)
     return 0
 
@@ -199,6 +203,18 @@ def _bench_scale(args: argparse.Namespace) -> int:
     section = render_scale(result, command=command)
     write_section(Path(args.out), section, start=SCALE_START, end=SCALE_END)
     (root / "scale-bench.json").write_text(json.dumps(result, indent=1))
+    print(section)
+    return 0
+
+
+def _bench_dp_step(args: argparse.Namespace) -> int:
+    result = run_dp_step_bench()
+    command = "strata " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("strata") else "strata bench"
+    section = render_dp_step(result, command=command)
+    write_section(Path(args.out), section, start=DPSTEP_START, end=DPSTEP_END)
+    root = Path(args.runs_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dp-step-bench.json").write_text(json.dumps(result, indent=1))
     print(section)
     return 0
 
@@ -458,7 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--only",
         action="append",
         help="run only these rows (repeatable); 'frontier': every privacy-utility frontier row; "
-        "'layers': re-measure the interest layers of the runs already in --runs-dir",
+        "'layers': re-measure the interest layers of the runs already in --runs-dir; "
+        "'deploy', 'scale' and 'dp-step' run alone and replace only their section",
     )
     bench.add_argument("--quick", action="store_true", help="tiny synthetic version, to check the pipeline")
     bench.add_argument("--nodes", type=int, default=50, help="--only deploy: SuperNodes on loopback (default 50)")

@@ -1,0 +1,102 @@
+"""Book-keeping clipping (`shared.bookkeeping`): the clipped sum of one backward pass equals the
+sum of every user's own gradient clipped alone, and models it cannot handle are refused."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pytest
+import torch
+from torch import nn
+
+from shared.bookkeeping import BookKeeping
+from shared.config import ModelConfig
+from shared.data.matrices import train_tensors
+from shared.data.split import split_users
+from shared.data.synthetic import make_synthetic
+from shared.features import catalog_features
+from shared.model import StrataLoss, build_model
+
+
+def _setup(side: Literal["learned", "catalog", "both"]):  # type: ignore[no-untyped-def]
+    data, _ = make_synthetic(n_users=24, n_items=30, n_categories=2, subs_per_category=2, seed=3)
+    t = train_tensors(split_users(data, seed=0), data.n_items, 4.0)
+    feats = torch.from_numpy(catalog_features(data.catalog))
+    model = build_model(data.n_items, ModelConfig(hidden_dim=10, latent_dim=4, rating_dim=3, item_side=side), feats, 0)
+    model.eval()  # deterministic forward (no dropout, z = μ): the same function for a batch and for one row
+    return model, t
+
+
+@pytest.mark.parametrize("side", ["learned", "catalog", "both"])
+def test_clipped_sum_equals_each_users_gradient_clipped_alone(side: Literal["learned", "catalog", "both"]) -> None:
+    model, t = _setup(side)
+    crit = StrataLoss(beta=0.1, rating_weight=1.0, reduction="none")
+    params = [p for p in model.parameters() if p.requires_grad]
+    # The reference: each user's gradient on its own, its norm, clipped at C, summed.
+    own = []
+    for i in range(t.n_users):
+        x, r, m = (v[i : i + 1] for v in t.as_tuple())
+        own.append(torch.autograd.grad(crit(model(x, r, m), x, r, m).sum(), params))
+    own_norms = torch.stack([torch.cat([g.double().flatten() for g in grads]).norm() for grads in own])
+    clip = float(own_norms.median())  # about half the users are clipped
+    factors = [min(1.0, clip / (float(n) + 1e-6)) for n in own_norms]
+    expected = [
+        torch.stack([grads[k].double() * f for grads, f in zip(own, factors, strict=True)]).sum(0)
+        for k in range(len(params))
+    ]
+    keeper = BookKeeping(model, clip)
+    with torch.enable_grad():
+        norms = keeper.clipped_sum(crit(model(*t.as_tuple()), *t.as_tuple()))
+    keeper.close()
+    assert torch.allclose(norms.double(), own_norms, rtol=1e-4, atol=1e-6)
+    for p, want in zip(params, expected, strict=True):
+        assert p.grad is not None and torch.allclose(p.grad.double(), want, rtol=1e-4, atol=1e-6)
+
+
+def test_one_users_contribution_is_bounded_by_the_clip() -> None:
+    model, t = _setup("both")
+    crit = StrataLoss(reduction="none")
+    keeper = BookKeeping(model, 1e-3)
+    x, r, m = (v[:1] for v in t.as_tuple())
+    norms = keeper.clipped_sum(crit(model(x, r, m), x, r, m))
+    assert float(norms[0]) > 1e-2  # the raw gradient is far larger than C
+    total = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters() if p.grad is not None))
+    assert float(total) == pytest.approx(1e-3, rel=1e-4)
+
+
+def test_models_the_identity_does_not_hold_for_are_refused() -> None:
+    class Shared(nn.Module):  # one layer applied twice
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.Linear(3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = self.layer(self.layer(x))
+            return out
+
+    shared = Shared()
+    BookKeeping(shared, 1.0)
+    with pytest.raises(RuntimeError, match="ran twice"):
+        shared(torch.ones(2, 3))
+
+    class Sequence(nn.Module):  # a 3-D input: per-user gradients are sums of outer products
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.Linear(3, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = self.layer(x)
+            return out
+
+    seq = Sequence()
+    BookKeeping(seq, 1.0)
+    with pytest.raises(RuntimeError, match="3-D input"):
+        seq(torch.ones(2, 4, 3))
+
+    class Embedded(nn.Module):  # a parameter outside any nn.Linear
+        def __init__(self) -> None:
+            super().__init__()
+            self.table = nn.Embedding(5, 2)
+
+    with pytest.raises(ValueError, match="table.weight"):
+        BookKeeping(Embedded(), 1.0)
