@@ -9,8 +9,10 @@ tensors ("book-keeping", Bu et al. 2023) — where Opacus' ghost clipping runs a
 
 The identity only holds when every trainable parameter belongs to an `nn.Linear` applied
 exactly once per forward to a 2-D (users × features) input; `BookKeeping` checks all three
-on every step and raises otherwise. Noise, scaling and the step stay Opacus'
-(`DPOptimizerFastGradientClipping` takes this clipped sum as `p.grad`).
+on every step and raises otherwise. The caller's per-user losses must each depend on that
+user's row only (no batch statistics): true of `StrataModel`, whose layers are all row-wise.
+Noise, scaling and the step stay Opacus' (`DPOptimizerFastGradientClipping` takes this
+clipped sum as `p.grad`).
 """
 
 from __future__ import annotations
@@ -57,10 +59,14 @@ class BookKeeping:
 
         `per_user_loss` holds ℓ_i of the forward pass just recorded (one entry per input row).
         """
-        layers = [(self.layers[i], *self._seen[i]) for i in sorted(self._seen)]
-        self._seen = {}
-        if len(layers) != len([layer for layer in self.layers if layer.weight.requires_grad]):
-            raise RuntimeError("a trainable linear layer did not run in this forward pass.")
+        seen, self._seen = self._seen, {}
+        trainable = [i for i, layer in enumerate(self.layers) if any(p.requires_grad for p in layer.parameters())]
+        missing = [self.layers[i] for i in trainable if i not in seen]
+        if missing:
+            raise RuntimeError(f"trainable layers did not run in this forward pass: {missing}")
+        layers = [(self.layers[i], *seen[i]) for i in sorted(seen)]
+        if any(a.shape[0] != per_user_loss.shape[0] for _, a, _ in layers):
+            raise RuntimeError(f"{per_user_loss.shape[0]} per-user losses for a forward pass over a different batch.")
         outputs = [out for _, _, out in layers]
         grads = torch.autograd.grad(per_user_loss.sum(), outputs, allow_unused=True)
         norms_sq = per_user_loss.new_zeros(per_user_loss.shape[0])
@@ -83,10 +89,6 @@ class BookKeeping:
             if layer.bias is not None and layer.bias.requires_grad:
                 layer.bias.grad = scaled.sum(0)
         return norms
-
-    def discard(self) -> None:
-        """Forget a recorded forward pass that will not be stepped on (e.g. an empty batch)."""
-        self._seen = {}
 
     def close(self) -> None:
         """Remove the hooks from the model."""

@@ -93,6 +93,20 @@ def test_models_the_identity_does_not_hold_for_are_refused() -> None:
     with pytest.raises(RuntimeError, match="3-D input"):
         seq(torch.ones(2, 4, 3))
 
+    class Skipping(nn.Module):  # a trainable layer that does not run: its gradient would be missing
+        def __init__(self) -> None:
+            super().__init__()
+            self.used, self.unused = nn.Linear(3, 1), nn.Linear(3, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = self.used(x)
+            return out
+
+    skipping = Skipping()
+    keeper = BookKeeping(skipping, 1.0)
+    with pytest.raises(RuntimeError, match="did not run"):
+        keeper.clipped_sum(skipping(torch.ones(2, 3)).squeeze(1))
+
     class Embedded(nn.Module):  # a parameter outside any nn.Linear
         def __init__(self) -> None:
             super().__init__()
