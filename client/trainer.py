@@ -69,19 +69,32 @@ def _template(store: DeviceStore, config: StrataConfig) -> StrataModel:
 
 
 def model_for(store: DeviceStore, config: StrataConfig, weights: dict[str, torch.Tensor]) -> StrataModel:
-    """Return a model of `config` over the device's catalog, holding `weights` (a copy of the
-    process's template: training never touches the template)."""
-    model = copy.deepcopy(_template(store, config))
-    missing = set(dict(model.named_parameters())) ^ set(weights)
+    """Return a model of `config` over the device's catalog, holding a copy of `weights` (the
+    process's template is copied with its parameters replaced: training never touches it)."""
+    template = _template(store, config)
+    params = dict(template.named_parameters())
+    missing = set(params) ^ set(weights)
     if missing:
         raise ValueError(f"received weights do not match the model: differing keys {sorted(missing)[:5]}")
-    model.load_state_dict(weights, strict=False)
-    return model
+    for name, p in params.items():
+        if weights[name].shape != p.shape:
+            raise ValueError(
+                f"received weights do not match the model: {name} has shape "
+                f"{tuple(weights[name].shape)}, expected {tuple(p.shape)}"
+            )
+    # deepcopy's memo maps each template parameter to a fresh one over a copy of the received
+    # tensor: one copy of the weights, not a copy of the template overwritten by a second one.
+    memo = {
+        id(p): torch.nn.Parameter(weights[name].detach().to(p.dtype, copy=True), requires_grad=p.requires_grad)
+        for name, p in params.items()
+    }
+    return copy.deepcopy(template, memo)
 
 
-def parameters_of(model: torch.nn.Module) -> Weights:
-    """Only trainable parameters travel (buffers such as public features stay)."""
-    return OrderedDict((k, v.detach().clone()) for k, v in model.named_parameters())
+def parameters_of(model: torch.nn.Module, *, clone: bool = True) -> Weights:
+    """Only trainable parameters travel (buffers such as public features stay). `clone=False` for a
+    model that is dropped right after: its own tensors become the reply."""
+    return OrderedDict((k, v.detach().clone() if clone else v.detach()) for k, v in model.named_parameters())
 
 
 def local_plan(config: StrataConfig) -> tuple[float, int]:
@@ -114,7 +127,7 @@ def train_locally(
     seed = make_seed(config.run.seed, LOCAL_TRAINING, store.client_id, server_round)
     stats = _seeded_train(model, data, config, kl_weight(server_round, config.model), seed, dp)
     return TrainOutcome(
-        weights=parameters_of(model),
+        weights=parameters_of(model, clone=False),  # the model is this call's own
         examples=data.n_ratings,
         mean_loss=stats.mean_loss,
         sample_rate=stats.sample_rate,

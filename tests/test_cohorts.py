@@ -107,3 +107,25 @@ def test_a_cohort_counts_refusals_per_device_and_a_real_device_refuses_cohorts(
     real = Context(run_id=1, node_id=6, node_config={"data-path": "x.csv"}, state=RecordDict(), run_config={})
     with pytest.raises(ValueError, match="simulation only"):  # Flower turns it into an error reply
         app(deliver(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=6)), real)
+
+
+def test_a_devices_model_owns_its_weights(tiny_config: StrataConfig) -> None:
+    """`model_for` copies the received weights once: training the device's model changes neither
+    them (shared by every device of a cohort) nor the process's template."""
+    from client.store import simulation_store
+    from client.trainer import _template, model_for, train_locally
+
+    store = simulation_store(tiny_config, 0)
+    other = build_model(store.n_items, tiny_config.model, None, seed=7)
+    received = {k: v.detach().clone() for k, v in other.named_parameters()}
+    kept = {k: v.clone() for k, v in received.items()}
+    template = {k: v.detach().clone() for k, v in _template(store, tiny_config).named_parameters()}
+    model = model_for(store, tiny_config, received)
+    assert all(torch.equal(p, received[k]) for k, p in model.named_parameters())
+    assert all(p.data_ptr() != received[k].data_ptr() for k, p in model.named_parameters())
+    outcome = train_locally(store, tiny_config, received, server_round=1, dp=None)
+    assert any(not torch.equal(outcome.weights[k], kept[k]) for k in kept)  # it trained
+    assert all(torch.equal(received[k], kept[k]) for k in kept)
+    assert all(torch.equal(p, template[k]) for k, p in _template(store, tiny_config).named_parameters())
+    with pytest.raises(ValueError, match="has shape"):
+        model_for(store, tiny_config, {**received, "enc_out.bias": torch.zeros(3)})
