@@ -18,7 +18,6 @@ from server.privacy_report import write_privacy_report  # noqa: E402
 from server.run_report import REAL_EXAMPLE_WARNING, write_run_report  # noqa: E402
 from server.taxonomy import build_taxonomy, render_tree  # noqa: E402
 from shared.config import StrataConfig, load_config  # noqa: E402
-from deploy.bench import render_deploy, run_deploy_bench, write_section  # noqa: E402
 from deploy.certs import make_certs  # noqa: E402
 from deploy.local import deploy_local  # noqa: E402
 from shared.data.device_files import CATALOG_NAME, split_devices  # noqa: E402
@@ -29,13 +28,7 @@ from shared.metrics import ORACLE_LABEL  # noqa: E402
 from shared.run_dir import JsonDict, RunDir  # noqa: E402
 
 from .audit import format_audit, run_audit  # noqa: E402
-from .bench import run_bench  # noqa: E402
-from .scale_bench import END as SCALE_END  # noqa: E402
-from .scale_bench import START as SCALE_START  # noqa: E402
-from .scale_bench import render_scale, run_scale_bench  # noqa: E402
-from .dp_step_bench import END as DPSTEP_END  # noqa: E402
-from .dp_step_bench import START as DPSTEP_START  # noqa: E402
-from .dp_step_bench import render_dp_step, run_dp_step_bench  # noqa: E402
+from .bench_commands import cmd_bench  # noqa: E402
 from .central import run_central  # noqa: E402
 from .generate import generate_profiles, synthetic_example  # noqa: E402
 from .layer_eval import evaluate_layers, format_layer_metrics  # noqa: E402
@@ -181,53 +174,6 @@ def cmd_central(args: argparse.Namespace) -> int:
     """Run `strata central`: the central reference training."""
     _print_headline(run_central(_config(args)))
     return 0
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    """Run `strata bench`: the benchmark table (or, with `--only deploy`, the deployment under load)."""
-    alone_runs = {"deploy": _bench_deploy, "scale": _bench_scale, "dp-step": _bench_dp_step}
-    for alone, bench in alone_runs.items():
-        if args.only and alone in args.only:
-            if args.only != [alone]:
-                print(f"--only {alone} runs alone; give the other rows separately.", file=sys.stderr)
-                return 2
-            return bench(args)
-    run_bench(seeds=args.seeds, out=Path(args.out), runs_dir=Path(args.runs_dir), only=args.only, quick=args.quick)
-    return 0
-
-
-def _bench_scale(args: argparse.Namespace) -> int:
-    root = Path(args.runs_dir) / "scale"
-    result = run_scale_bench(root, rounds=args.rounds, overrides=args.set)
-    command = "strata " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("strata") else "strata bench"
-    section = render_scale(result, command=command)
-    write_section(Path(args.out), section, start=SCALE_START, end=SCALE_END)
-    (root / "scale-bench.json").write_text(json.dumps(result, indent=1))
-    print(section)
-    return 0
-
-
-def _bench_dp_step(args: argparse.Namespace) -> int:
-    result = run_dp_step_bench()
-    command = "strata " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("strata") else "strata bench"
-    section = render_dp_step(result, command=command)
-    write_section(Path(args.out), section, start=DPSTEP_START, end=DPSTEP_END)
-    root = Path(args.runs_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "dp-step-bench.json").write_text(json.dumps(result, indent=1))
-    print(section)
-    return 0
-
-
-def _bench_deploy(args: argparse.Namespace) -> int:
-    config = load_config("configs/deploy-local.toml", [f"federation.rounds={args.rounds}", *(args.set or [])])
-    root = Path(args.runs_dir) / f"deploy-{args.nodes}"
-    result = run_deploy_bench(config, root, nodes=args.nodes, persist=args.sqlite)
-    command = "strata " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("strata") else "strata bench"
-    write_section(Path(args.out), render_deploy(result, command=command))
-    (root / "deploy-bench.json").write_text(json.dumps(result, indent=1))
-    print(render_deploy(result, command=command))
-    return 0 if result["status"] == "finished:completed" and result["failures"] == 0 else 1
 
 
 def cmd_privacy_report(args: argparse.Namespace) -> int:
