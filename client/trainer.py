@@ -4,14 +4,19 @@ Without central DP a client trains one model over its users and returns its weig
 With central DP (DP-FedAvg) the privacy unit of the server's clipping is the user, so a
 client trains one copy of the global model per user (from the same global weights, with
 local DP-SGD too under `local+central`), clips each user's update to `privacy.update-clip`
-and returns the *sum* of the clipped updates; in the `device` topology that is one user.
+and returns the *sum* of the clipped updates; in the `device` topology that is one user. With
+`privacy.user-sample-rate` q < 1 each user takes part in the round with probability q, by a coin
+of the device's own (OS-seeded, not replayable from the run's seed): the server learns neither
+who nor how many, and every user's inclusion is independent (the amplification the ledger claims).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
+import random
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -109,6 +114,15 @@ def clip_update(update: Weights, *, max_norm: float) -> tuple[Weights, float]:
     return OrderedDict((k, v * scale) for k, v in update.items()), norm
 
 
+def sample_users(store: DeviceStore, rate: float) -> DeviceStore:
+    """Return the store with each user kept independently with probability `rate` (everyone at 1),
+    by coins from the OS: nobody can replay them from the run's public seed."""
+    if rate >= 1.0:
+        return store
+    coins = random.SystemRandom()
+    return dataclasses.replace(store, users=[u for u in store.users if coins.random() < rate])
+
+
 def train_locally(
     store: DeviceStore,
     config: StrataConfig,
@@ -119,6 +133,7 @@ def train_locally(
 ) -> TrainOutcome:
     """One round of local training over the device's users, with DP-SGD when `dp` is given."""
     if config.privacy.central_dp:
+        store = sample_users(store, config.privacy.user_sample_rate)
         if dp is None and config.train.local_epochs == 1 and config.train.weight_decay == 0 and store.n_users:
             return _clipped_step_sum(store, config, weights, server_round=server_round)
         return _clipped_update_sum(store, config, weights, server_round=server_round, dp=dp)

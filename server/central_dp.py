@@ -13,11 +13,14 @@ releases, including one in which nobody was sampled (noise only), and every roun
 generators seeded by the OS: whoever knows the run's (public) seed must not be able to
 replay them, or neither amplification nor noise would hold.
 
-Amplification by the server's sampling is claimed only where one client is one user
-(`device` topology). In a hub a user is in the round exactly when the hub's other users
-are, so their inclusions are not independent and the subsampled-Gaussian bound does not
-apply; there the ledger records sample rate 1 (a plain Gaussian mechanism per round),
-which holds whatever the sampling.
+Amplification needs every user's inclusion to be independent of every other user's. Where one
+client is one user (`device`) the server's coin is the user's. In a hub a user is in the round
+exactly when the hub's other users are, so the server's choice of hubs gives no amplification;
+there each hub flips its own secret coin per user (`privacy.user-sample-rate`, `client/trainer.py`):
+given the server's (data-independent) choice of hubs, a user is included with probability at most
+q_user, independently of everyone else, so each round is dominated by the q_user-subsampled Gaussian
+and the ledger records q = q_user (1, a plain Gaussian per round, when hubs include everyone).
+The divisor is the public expected count fraction-train · q_user · N either way.
 """
 
 from __future__ import annotations
@@ -48,9 +51,16 @@ CLIP_SLACK = 1e-4
 
 
 def accounted_sample_rate(config: StrataConfig) -> float:
-    """Return the q the ledger may claim: the server's sampling rate where a client is one user
-    (`device`), else 1 (no amplification, see the module docstring)."""
-    return config.federation.fraction_train if config.federation.topology == "device" else 1.0
+    """Return the q the ledger may claim per round (see the module docstring): the server's rate times
+    the client's per-user rate where a client is one user (`device`), the per-user rate alone in a hub."""
+    fed, user_rate = config.federation, config.privacy.user_sample_rate
+    return fed.fraction_train * user_rate if fed.topology == "device" else user_rate
+
+
+def expected_count(config: StrataConfig) -> float:
+    """Return the public expected number of users in a round, q_server · q_user · N (the divisor)."""
+    p = config.privacy
+    return config.federation.fraction_train * p.user_sample_rate * (p.expected_users or p.population)
 
 
 class CentralDP:
@@ -65,6 +75,7 @@ class CentralDP:
         fraction: float,
         accounted_rate: float,
         expected_users: float,
+        user_rate: float = 1.0,
         max_users_per_client: int = 1,
         ledger: Ledger,
         delta: float,
@@ -75,15 +86,18 @@ class CentralDP:
             raise ValueError("The central clipping norm S (privacy.update-clip) should be a positive value.")
         if noise_multiplier <= 0:
             raise ValueError("The central noise multiplier z should be a positive value.")
-        if not 0 < fraction <= 1 or not fraction <= accounted_rate <= 1:
+        if not 0 < fraction <= 1 or not 0 < user_rate <= 1 or not fraction * user_rate <= accounted_rate <= 1:
             raise ValueError(
-                f"The sampling rate q = {fraction} must be in (0, 1] and the accounted rate {accounted_rate} in [q, 1]."
+                f"The sampling rates (server {fraction}, per user {user_rate}) must be in (0, 1] and the accounted "
+                f"rate {accounted_rate} in [their product, 1]."
             )
         if expected_users <= 0:
             raise ValueError(f"The expected count q · N_users must be positive, got {expected_users}.")
         self.clip = clip
         self.noise_multiplier = noise_multiplier
         self.fraction = fraction
+        self.user_rate = user_rate
+        """Each sampled client's per-user inclusion probability (the coins are the client's)."""
         self.accounted_rate = accounted_rate
         self.expected_users = expected_users
         self.max_users_per_client = max_users_per_client
@@ -169,22 +183,23 @@ def build_central_dp(
         )
     else:
         z = p.central_noise_multiplier
-    n_users = p.expected_users or p.population
     central = CentralDP(
         clip=p.update_clip,
         noise_multiplier=z,
         fraction=fed.fraction_train,
+        user_rate=p.user_sample_rate,
         accounted_rate=rate,
-        expected_users=fed.fraction_train * n_users,
+        expected_users=expected_count(config),
         max_users_per_client=1 if fed.topology == "device" else p.population,
         ledger=ledger,
         delta=delta,
         accountant=p.accountant,
     )
     log.info(
-        "central DP-FedAvg: q=%.4f (accounted %.4f), S=%g, z=%.4f, expected count %.1f, δ=%.3g; "
-        "noise std on the mean %.3g",
+        "central DP-FedAvg: q=%.4f, per-user q=%.4f (accounted %.4f), S=%g, z=%.4f, expected count %.1f, "
+        "δ=%.3g; noise std on the mean %.3g",
         fed.fraction_train,
+        p.user_sample_rate,
         rate,
         p.update_clip,
         z,
@@ -192,10 +207,11 @@ def build_central_dp(
         delta,
         central.noise_std,
     )
-    if fed.topology != "device":
+    if fed.topology != "device" and p.user_sample_rate == 1.0:
         log.warning(
             "central DP in the %s topology: a user's inclusion follows their hub's, so hub sampling gives no "
-            "user-level amplification; the ledger records sample rate 1.",
+            "user-level amplification; the ledger records sample rate 1 (privacy.user-sample-rate < 1 lets "
+            "each hub sample its users independently).",
             fed.topology,
         )
     return central

@@ -164,6 +164,11 @@ class PrivacyConfig:
     expected_users: int = 0
     """Central DP: the public N_users of the expected count q·N_users the noisy sum is
     divided by; 0 means `population`. Never read from data."""
+    user_sample_rate: float = 1.0
+    """Central DP: each client includes each of its users in a round independently with this
+    probability (coins from the OS, secret from the server), so every user's inclusion is
+    independent and the ledger records q = user-sample-rate in a hub (× fraction-train for one-user
+    devices). 1: every user of a sampled client, every round."""
 
     @property
     def resolved_delta(self) -> float:
@@ -205,6 +210,13 @@ class PrivacyConfig:
             raise ValueError("privacy.release-noise-multiplier and eval-noise-multiplier must be positive.")
         if self.expected_users < 0:
             raise ValueError("privacy.expected-users must be >= 0 (0: privacy.population).")
+        if not 0.0 < self.user_sample_rate <= 1.0:
+            raise ValueError(f"privacy.user-sample-rate must be in (0, 1], got {self.user_sample_rate:g}.")
+        if self.user_sample_rate < 1.0 and not self.central_dp:
+            raise ValueError(
+                "privacy.user-sample-rate < 1 is central DP's per-user sampling: set privacy.mode = 'central' or "
+                "'local+central' (local DP-SGD samples its batches itself)."
+            )
         if self.population < 0:
             raise ValueError("privacy.population must be >= 0 (0: set from the data set in simulation).")
         if self.population > 0 and self.delta > 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import OrderedDict
 from pathlib import Path
@@ -21,6 +22,7 @@ from server.central_dp import (
     CentralDP,
     accounted_sample_rate,
     build_central_dp,
+    expected_count,
 )
 from server.dp_strategy import CentralDPStrategy
 from server.federation import build_federation, run_federation
@@ -92,6 +94,45 @@ def test_sampling_is_secret_not_replayed_from_the_seed() -> None:
         msgs = s.configure_train(1, ArrayRecord(OrderedDict(w=torch.zeros(1))), ConfigRecord({"run-id": "t"}), nodes)
         picks.append([m.metadata.dst_node_id for m in msgs])
     assert picks[0] != picks[1]  # same seed, different samples (equal with probability 2^-64)
+
+
+def test_a_hub_includes_each_user_independently_with_probability_q(tiny_config: StrataConfig) -> None:
+    q, draws = 0.2, 2000
+    store = simulation_store(tiny_config, 0)
+    ids = [u.user for u in store.users]
+    counts = dict.fromkeys(ids, 0)
+    sizes = []
+    for _ in range(draws):
+        kept = trainer.sample_users(store, q)  # the hub's own OS-seeded coins
+        assert kept.client_id == store.client_id and kept.n_items == store.n_items
+        sizes.append(kept.n_users)
+        for u in kept.users:
+            counts[u.user] += 1
+    n = draws * len(ids)
+    total = sum(counts.values())
+    assert abs(total - n * q) <= 5 * math.sqrt(n * q * (1 - q))
+    # Every user on their own ~ Binomial(2000, 0.2): sd ≈ 17.9 (5 sd, Bonferroni over the hub's users).
+    assert all(abs(c - draws * q) <= 5 * math.sqrt(draws * q * (1 - q)) for c in counts.values())
+    # Poisson, not fixed-size, and independent: the sample size has the binomial's variance, not 0.
+    m = len(ids)
+    assert 0.6 * m * q * (1 - q) <= float(np.var(sizes)) <= 1.4 * m * q * (1 - q)
+    assert trainer.sample_users(store, 1.0) is store  # q = 1: everyone, no coins
+
+
+def test_a_hubs_user_sample_is_secret_not_replayed_from_the_seed(tiny_config: StrataConfig) -> None:
+    store = simulation_store(tiny_config, 0)
+    picks = [[u.user for u in trainer.sample_users(store, 0.5).users] for _ in range(4)]
+    assert len({tuple(p) for p in picks}) > 1  # same config and seed; equal 4 times with probability 2^-30
+
+
+def test_an_unsampled_round_sends_a_zero_sum(tiny_config: StrataConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tiny_config.replace({"privacy.mode": "central", "privacy.user-sample-rate": 0.5})
+    store = simulation_store(cfg, 0)
+    weights = trainer.parameters_of(build_model(store.n_items, cfg.model, store.features, 0))
+    monkeypatch.setattr(trainer, "sample_users", lambda store, rate: dataclasses.replace(store, users=[]))
+    result = train_round(store, cfg, _train_ins(weights), _budget(cfg, Ledger()))
+    assert result.weights is not None and set(result.weights) == set(weights)
+    assert all(not v.any() for v in result.weights.values())  # a reply like any other, nobody in it
 
 
 # ---------------------------------------------------------------------------- noise
@@ -246,6 +287,25 @@ def test_hub_sampling_is_not_counted_as_amplification() -> None:
     assert accounted_sample_rate(hub) == 1.0 and accounted_sample_rate(device) == 0.5
 
 
+def test_per_user_sampling_is_the_accounted_rate() -> None:
+    hub = make_config(
+        privacy={"mode": "central", "user_sample_rate": 0.2, "population": 1000},
+        federation={"fraction_train": 0.5, "topology": "hub"},
+    )
+    # The server's choice of hubs is shared by a hub's users: only the per-user coin is claimed.
+    assert accounted_sample_rate(hub) == 0.2
+    assert expected_count(hub) == pytest.approx(0.5 * 0.2 * 1000)
+    device = hub.replace({"federation.topology": "device"})  # both coins are the user's own
+    assert accounted_sample_rate(device) == pytest.approx(0.1) and expected_count(device) == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="user-sample-rate must be in"):
+        make_config(privacy={"mode": "central", "user_sample_rate": 0.0})
+    with pytest.raises(ValueError, match="central DP's per-user sampling"):
+        make_config(privacy={"mode": "local", "user_sample_rate": 0.5})
+    with pytest.raises(ValueError, match="accounted rate"):  # claiming less than the coins give
+        CentralDP(clip=1, noise_multiplier=1, fraction=0.5, user_rate=0.4, accounted_rate=0.1,
+                  expected_users=10, ledger=Ledger(), delta=1e-4)
+
+
 def test_calibration_spends_the_central_target_over_the_planned_rounds(tmp_path: Path) -> None:
     cfg = make_config(
         privacy={"mode": "central", "central_target_epsilon": 3.0, "population": 1000},
@@ -278,10 +338,11 @@ def test_budget_stops_the_run_early_and_exports_the_model(tiny_config: StrataCon
     assert verified, [c for c in report["verification"]["checks"] if not c["passed"]]
 
 
-@pytest.mark.parametrize("mode", ["central", "local+central"])
-def test_simulation_in_central_mode_verifies(tiny_config: StrataConfig, mode: str) -> None:
+@pytest.mark.parametrize(("mode", "user_rate"), [("central", 1.0), ("local+central", 1.0), ("central", 0.5)])
+def test_simulation_in_central_mode_verifies(tiny_config: StrataConfig, mode: str, user_rate: float) -> None:
     cfg = tiny_config.replace(
-        {"privacy.mode": mode, "privacy.update-clip": 0.5, "privacy.central-noise-multiplier": 0.8}
+        {"privacy.mode": mode, "privacy.update-clip": 0.5, "privacy.central-noise-multiplier": 0.8,
+         "privacy.user-sample-rate": user_rate}
     )
     summary = simulate(cfg)
     run = RunDir.of(cfg.run_dir)
@@ -297,6 +358,7 @@ def test_simulation_in_central_mode_verifies(tiny_config: StrataConfig, mode: st
         *evaluation,
     ]
     delta = default_delta(cfg.data.synthetic_users)
+    assert {e.sample_rate for e in central.entries if e.mechanism == "dp-fedavg"} == {user_rate}
     for line in lines:
         assert set(line["train"]) == {"epsilon", "central-epsilon"} and "sampled" not in line, line
         assert 0 < line["oracle"]["ndcg@100"] <= 1 and line["oracle"]["label"] == ORACLE_LABEL, line

@@ -114,11 +114,19 @@ def trust_model(config: StrataConfig, has_central: bool, has_clients: bool) -> s
         if p.local_dp
         else ""
     )
+    sampling = (
+        f" Each device includes each of its users in a round with probability {p.user_sample_rate:g} by a coin of "
+        "its own (secret from the server); the server's ledger claims that rate as q, because every user's "
+        "inclusion is then independent of every other's."
+        if p.user_sample_rate < 1
+        else (" A hub's users are in a round together, so its ledger claims no sampling (q = 1)."
+              if fed.topology == "hub" else "")
+    )
     return (
         "Trust model: the aggregator. Devices clip each user's update; the server sees the exact sums of clipped "
         "updates (and, under `central`, the exact evaluation and release sums) of the devices it sampled before "
         "it adds the noise. The central ε protects users against everyone who sees the model, the releases and "
-        "the logs, not against the server." + local + hub
+        "the logs, not against the server." + sampling + local + hub
     )
 
 
