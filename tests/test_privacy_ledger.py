@@ -85,6 +85,22 @@ def test_grouped_composition_equals_sequential_composition() -> None:
     assert epsilon_of(entries, 1e-5) == pytest.approx(acc.get_epsilon(1e-5), rel=1e-3)
 
 
+@pytest.mark.parametrize(
+    "groups",
+    [
+        ((6.1355, 1.0, 100),),  # Gaussian releases (q = 1)
+        ((2.7, 0.3, 200),),
+        ((1.2, 0.05, 300), (3.0, 1.0, 1), (8.0, 1.0, 2)),  # DP-SGD plus one-shot releases
+    ],
+)
+def test_cached_step_plds_give_exactly_the_accountants_epsilon(groups: tuple[tuple[float, float, int], ...]) -> None:
+    """The per-process step PLDs change the cost of ε, not its value: bit-identical to PLDAccountant."""
+    reference = accounting.pld_accountant_epsilon(groups, 1e-5)
+    assert accounting._pld_epsilon(groups, 1e-5) == reference
+    assert accounting._pld_epsilon(groups, 1e-5) == reference  # the second time from the cached step PLDs
+    assert accounting._pld_epsilon(((0.0, 0.5, 3), *groups), 1e-5) == math.inf  # a noiseless step is not DP
+
+
 def test_calibration_hits_the_target() -> None:
     sigma = calibrate_noise_multiplier(target_epsilon=4.0, delta=1e-4, population=1000, sample_rate=0.1, steps=200)
     entry = LedgerEntry.dp_sgd(
