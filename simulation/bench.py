@@ -92,7 +92,7 @@ def _frontier_rows() -> tuple[Row, ...]:
         for eps in FRONTIER_EPSILONS:
             name = "inf" if math.isinf(eps) else f"{eps:g}"
             overrides = (
-                ('privacy.mode="off"',)
+                ('privacy.mode="off"', "privacy.user-sample-rate=1.0")  # no DP: every user, every round
                 if math.isinf(eps)
                 else (f"{key}={eps}", f"privacy.release-noise-multiplier={RELEASE_Z[eps]}")
             )
