@@ -61,7 +61,18 @@ ROWS = (
         layers=True,
     ),
     Row("fed-hub", "Federated, `hub`: 10 IID hubs (no DP)", "configs/ml100k-hub.toml", "simulate", layers=True),
-    Row("fed-hub-dp", "Federated, `hub`: 4 hubs + local DP-SGD, ε = 8 (the demo)", "configs/demo.toml", "simulate"),
+    Row(
+        "fed-hub-dp",
+        "Federated, `hub`: 4 hubs + central DP-FedAvg, per-user q = 0.3, ε = 8 (the demo)",
+        "configs/demo.toml",
+        "simulate",
+    ),
+    Row(
+        "fed-hub-local-dp",
+        "Federated, `hub`: 4 hubs + local DP-SGD, ε = 8 (the earlier demo)",
+        "configs/hub-local-dp.toml",
+        "simulate",
+    ),
     Row(
         "planted",
         "Central Mult-VAE on planted synthetic data (interest layers only)",

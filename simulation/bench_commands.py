@@ -1,5 +1,5 @@
 """`strata bench`: the benchmark table, or one of the sections that run alone (`--only deploy`,
-`--only scale`, `--only dp-step`), each replacing only its own marked part of `--out`."""
+`--only scale`, `--only dp-step`, `--only n-scaling`), each replacing only its own marked part of `--out`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from deploy.bench import render_deploy, run_deploy_bench, write_section
 from shared.config import load_config
 from shared.run_dir import JsonDict
 
-from . import dp_step_bench, scale_bench
+from . import dp_step_bench, n_scaling_bench, scale_bench
 from .bench import run_bench
 
 
@@ -47,6 +47,23 @@ def _bench_dp_step(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_n_scaling(args: argparse.Namespace) -> int:
+    try:
+        sizes = tuple(int(n) for n in args.sizes.split(","))
+    except ValueError:
+        raise ValueError(f"--sizes must be comma-separated numbers of users, got {args.sizes!r}.") from None
+    if min(sizes) < 2:
+        raise ValueError(f"--sizes: every N must be at least 2 users, got {args.sizes!r}.")
+    root = Path(args.runs_dir) / "n-scaling"
+    result = n_scaling_bench.run_n_scaling_bench(
+        root, sizes=sizes, epsilon=args.epsilon, seeds=args.seeds, overrides=args.set
+    )
+    section, svg = n_scaling_bench.render_n_scaling(result, command=_command())
+    (Path(args.out).parent / "n-scaling.svg").write_text(svg)
+    _publish(args, section, (n_scaling_bench.START, n_scaling_bench.END), result, root / "n-scaling-bench.json")
+    return 0
+
+
 def _bench_deploy(args: argparse.Namespace) -> int:
     config = load_config("configs/deploy-local.toml", [f"federation.rounds={args.rounds}", *(args.set or [])])
     root = Path(args.runs_dir) / f"deploy-{args.nodes}"
@@ -56,7 +73,7 @@ def _bench_deploy(args: argparse.Namespace) -> int:
     return 0 if result["status"] == "finished:completed" and result["failures"] == 0 else 1
 
 
-ALONE = {"deploy": _bench_deploy, "scale": _bench_scale, "dp-step": _bench_dp_step}
+ALONE = {"deploy": _bench_deploy, "scale": _bench_scale, "dp-step": _bench_dp_step, "n-scaling": _bench_n_scaling}
 """Benchmarks that run alone and write their own section."""
 
 

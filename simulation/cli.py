@@ -421,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="run only these rows (repeatable); 'frontier': every privacy-utility frontier row; "
         "'layers': re-measure the interest layers of the runs already in --runs-dir; "
-        "'deploy', 'scale' and 'dp-step' run alone and replace only their section",
+        "'deploy', 'scale', 'dp-step' and 'n-scaling' run alone and replace only their section",
     )
     bench.add_argument("--quick", action="store_true", help="tiny synthetic version, to check the pipeline")
     bench.add_argument("--nodes", type=int, default=50, help="--only deploy: SuperNodes on loopback (default 50)")
@@ -430,8 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--sqlite", action="store_true", help="--only deploy: SuperLink state in sqlite (default memory)"
     )
     bench.add_argument(
-        "--set", "-s", action="append", metavar="KEY=VALUE", help="--only deploy / scale: config override"
+        "--set", "-s", action="append", metavar="KEY=VALUE", help="--only deploy / scale / n-scaling: config override"
     )
+    bench.add_argument(
+        "--sizes", default="1000,10000,100000", help="--only n-scaling: numbers of users N, comma-separated"
+    )
+    bench.add_argument("--epsilon", type=float, default=2.0, help="--only n-scaling: the central ε (default 2)")
     bench.set_defaults(func=cmd_bench)
     return parser
 

@@ -71,3 +71,25 @@ def test_scale_bench_profile_rows_and_section() -> None:
     section = render_scale(result, command="strata bench --only scale")
     assert section.startswith(START) and section.rstrip().endswith(END)
     assert "| Flower / floor | 0.50 |" in section and "2.00 GiB (4.00 GiB)" in section
+
+
+def test_n_scaling_bench_runs_dp_against_non_private_at_each_n(tmp_path: Path) -> None:
+    from shared.privacy.ledger import Ledger
+    from shared.run_dir import RunDir
+    from simulation.n_scaling_bench import END, START, render_n_scaling, run_n_scaling_bench
+
+    tiny = [
+        "data.synthetic-items=48", "data.synthetic-categories=4", "data.synthetic-subs-per-category=3",
+        "model.hidden-dim=16", "model.latent-dim=8", "federation.rounds=2", "federation.eval-every=2",
+    ]
+    result = run_n_scaling_bench(tmp_path, sizes=(600,), epsilon=2.0, overrides=tiny)
+    (row,) = result["rows"]
+    assert row["users"] == 600 and row["sample_rate"] == 0.5  # 300 expected users per round
+    assert 0 < row["dp"]["central_epsilon"] <= 2.0 * 1.001 and row["dp"]["z"] > 0
+    assert row["off"]["central_epsilon"] in (None, 0.0) and row["off"]["z"] is None  # no privacy, no ledger entry
+    entries = Ledger.open(RunDir.of(tmp_path / "n600-s0-dp").central_ledger_path).entries
+    assert {e.sample_rate for e in entries if e.mechanism == "dp-fedavg"} == {0.5}  # the hubs' per-user coins
+    section, svg = render_n_scaling(result, command="strata bench --only n-scaling")
+    assert section.startswith(START) and section.endswith(END) and "| 600 | 0.5 |" in section
+    ratio = row["dp"]["ndcg@100"] / row["off"]["ndcg@100"]
+    assert f"**{ratio:.4f}**" in section and svg.startswith("<svg xmlns=")
