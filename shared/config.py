@@ -72,6 +72,11 @@ class ModelConfig:
     """Optimizer steps over which β grows linearly from 0 to beta-max."""
     rating_weight: float = 1.0
     """Weight of the rating MSE in the per-user loss."""
+    rating_head: Literal["per-item", "public"] = "per-item"
+    """Item side of the rating head: `per-item` vectors and biases like the decoder's (item-side),
+    or `public`: only public item features and the model's own popularity (its decoder's item
+    bias), so no parameter belongs to one item. Under DP a per-item rating bias only random-walks
+    in the noise; the public head needs item-side `catalog` or `both`."""
     user_bias_damping: float = 5.0
     """Damping λ of the closed-form user bias Σ(r - b_i) / (n_u + λ)."""
     text_dims: int = 0
@@ -90,6 +95,13 @@ class ModelConfig:
             raise ValueError("model.dropout must be in [0, 1).")
         if self.text_dims < 0:
             raise ValueError("model.text-dims must be >= 0 (0: no text features).")
+        if self.rating_head not in ("per-item", "public"):
+            raise ValueError(f"model.rating-head must be 'per-item' or 'public', not {self.rating_head!r}.")
+        if self.rating_head == "public" and self.item_side == "learned":
+            raise ValueError(
+                "model.rating-head = 'public' scores items by their public features: set model.item-side to "
+                "'catalog' or 'both'."
+            )
 
 
 @dataclass(frozen=True)

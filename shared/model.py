@@ -101,8 +101,17 @@ class StrataModel(nn.Module):
         self.dec_hidden = nn.Linear(config.latent_dim, config.hidden_dim)
         self.dec_items = ItemScorer(config.hidden_dim, n_items, side, features)
         self.rate_user = nn.Linear(config.latent_dim, config.rating_dim)
-        self.rate_items = ItemScorer(config.rating_dim, n_items, side, features)
-        self.rate_items.set_bias(RATING_PRIOR)
+        self.rate_items: ItemScorer | None = None
+        self.rate_public: nn.Linear | None = None
+        if config.rating_head == "public":
+            # item i's rating features: its public features, its standardised popularity, 1
+            assert features is not None  # the config requires item-side catalog or both
+            n_public = int(features.shape[1]) + 2
+            self.rate_public = nn.Linear(config.rating_dim, n_public, bias=False)
+            nn.init.zeros_(self.rate_public.weight)  # starts at the public prior RATING_PRIOR
+        else:
+            self.rate_items = ItemScorer(config.rating_dim, n_items, side, features)
+            self.rate_items.set_bias(RATING_PRIOR)
         self.drop = nn.Dropout(config.dropout)
 
     def start_from_popularity(self, item_bias: torch.Tensor) -> None:
@@ -132,10 +141,38 @@ class StrataModel(nn.Module):
         logits: torch.Tensor = self.dec_items(torch.tanh(self.dec_hidden(z)))
         return logits
 
+    def _public_item_matrix(self) -> torch.Tensor:
+        """Return I×(F+2): public features, the standardised decoder item bias (the model's own
+        popularity, detached: the rating loss does not move the ranking), and a constant."""
+        pop = self.dec_items.bias()
+        pop = (pop - pop.mean()) / pop.std().clamp(min=1e-6)
+        ones = torch.ones_like(pop)
+        features: torch.Tensor = self.item_features  # type: ignore[assignment]  # a registered buffer
+        return torch.cat([features, pop[:, None], ones[:, None]], dim=1)
+
+    def item_ratings(self, h: torch.Tensor) -> torch.Tensor:
+        """Return B×I ratings of the head before the user's own bias, for rating-head vectors `h`."""
+        if self.rate_public is not None:
+            scores: torch.Tensor = RATING_PRIOR + self.rate_public(h) @ self._public_item_matrix().T
+            return scores
+        assert self.rate_items is not None  # one of the two heads exists
+        per_item: torch.Tensor = self.rate_items(h)
+        return per_item
+
+    def item_bias(self) -> torch.Tensor:
+        """Return the (I,) rating of each item for a user at the latent origin, detached."""
+        if self.rate_public is not None:
+            # from the weights, not by calling the layers: book-keeping clipping sees each layer run once
+            with torch.no_grad():
+                theta = self.rate_public.weight @ self.rate_user.bias
+                bias: torch.Tensor = RATING_PRIOR + self._public_item_matrix() @ theta
+                return bias
+        assert self.rate_items is not None
+        return self.rate_items.bias()
+
     def user_bias(self, ratings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Closed-form damped user bias from the user's own train ratings (B×1)."""
-        b_items = self.rate_items.bias()
-        resid = (ratings - b_items) * mask
+        resid = (ratings - self.item_bias()) * mask
         return resid.sum(1, keepdim=True) / (mask.sum(1, keepdim=True) + self.config.user_bias_damping)
 
     def forward(self, positives: torch.Tensor, ratings: torch.Tensor, mask: torch.Tensor) -> ModelOutput:
@@ -146,7 +183,7 @@ class StrataModel(nn.Module):
         else:
             z = mu
         logits = self.decode(z)
-        rating = self.rate_items(self.rate_user(mu)) + self.user_bias(ratings, mask)
+        rating = self.item_ratings(self.rate_user(mu)) + self.user_bias(ratings, mask)
         return ModelOutput(logits=logits, mu=mu, logvar=logvar, rating=rating)
 
 

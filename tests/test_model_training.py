@@ -42,6 +42,30 @@ def test_shapes_for_every_item_side(setup: Setup, side: ItemSide) -> None:
     assert per_user.shape == (t.n_users,)
 
 
+def test_public_rating_head_has_no_per_item_parameter_and_learns(setup: Setup) -> None:
+    data, t, feats = setup
+    cfg = ModelConfig(hidden_dim=12, latent_dim=6, rating_dim=3, item_side="both", rating_head="public", dropout=0.0)
+    model = build_model(data.n_items, cfg, feats, 0)
+    rating = {n: p.shape for n, p in model.named_parameters() if n.startswith("rate_")}
+    assert rating == {"rate_user.weight": (3, 6), "rate_user.bias": (3,), "rate_public.weight": (feats.shape[1] + 2, 3)}
+    assert torch.all(model.item_bias() == 3.5)  # starts at the public prior
+    with pytest.raises(ValueError, match="rating-head = 'public'"):
+        ModelConfig(item_side="learned", rating_head="public")
+
+    def rating_mse() -> float:
+        model.eval()
+        out = model(*t.as_tuple())
+        return float((((out.rating - t.ratings) ** 2) * t.mask).sum() / t.mask.sum())
+
+    before = rating_mse()
+    train_users(
+        model, t, epochs=30, batch_size=16, optimizer=make_optimizer(model, "adam", 1e-2), beta=0.0,
+        rating_weight=1.0, generator=torch.Generator().manual_seed(0),
+    )
+    assert rating_mse() < 0.9 * before
+    assert model.item_bias().std() > 0  # items differ through their public features and popularity
+
+
 def test_same_seed_same_weights(setup: Setup) -> None:
     data, _, feats = setup
     cfg = ModelConfig(hidden_dim=12, latent_dim=6)
