@@ -51,6 +51,8 @@ class Row:
     """Target ε of a frontier row (inf: DP off); 0 for the main table."""
     layers: bool = False
     """Also measure the run's interest layers (simulation/layer_eval.py)."""
+    schedule: tuple[str, ...] = ()
+    """Overrides of the preset's training schedule (sampling, rounds), dropped in quick mode."""
 
 
 ROWS = (
@@ -91,6 +93,9 @@ FRONTIER_EPSILONS = (1.0, 2.0, 4.0, 8.0, math.inf)
 RELEASE_Z = {1.0: 8.0, 2.0: 6.0, 4.0: 4.0, 8.0: 3.0}
 """Noise multiplier of the popularity release at each target ε: a cheaper release (larger z)
 leaves more of a small budget to training."""
+CENTRAL_SCHEDULE = {1.0: (1.0, 50), 2.0: (1.0, 100), 4.0: (0.3, 200), 8.0: (0.3, 200), math.inf: (1.0, 100)}
+"""(per-user sample rate, rounds) of the central frontier at each target ε, chosen on the validation
+split (docs/NOTES.md, session 7): sampling pays at ε = 8, full participation with fewer rounds below."""
 FRONTIER_MODES = {
     "local": ("configs/frontier-local.toml", "privacy.target-epsilon", "local DP-SGD in 4 hubs"),
     "central": ("configs/frontier-central.toml", "privacy.central-target-epsilon", "central DP-FedAvg, 4 hubs"),
@@ -102,11 +107,15 @@ def _frontier_rows() -> tuple[Row, ...]:
     for mode, (preset, key, label) in FRONTIER_MODES.items():
         for eps in FRONTIER_EPSILONS:
             name = "inf" if math.isinf(eps) else f"{eps:g}"
-            overrides = (
-                ('privacy.mode="off"', "privacy.user-sample-rate=1.0")  # no DP: every user, every round
+            overrides: tuple[str, ...] = (
+                ('privacy.mode="off"',)
                 if math.isinf(eps)
                 else (f"{key}={eps}", f"privacy.release-noise-multiplier={RELEASE_Z[eps]}")
             )
+            schedule: tuple[str, ...] = ()
+            if mode == "central":
+                rate, rounds = CENTRAL_SCHEDULE[eps]
+                schedule = (f"privacy.user-sample-rate={rate}", f"federation.rounds={rounds}")
             rows.append(
                 Row(
                     f"frontier-{mode}-eps{name}",
@@ -115,6 +124,7 @@ def _frontier_rows() -> tuple[Row, ...]:
                     "simulate",
                     overrides,
                     eps,
+                    schedule=schedule,
                 )
             )
     return tuple(rows)
@@ -127,7 +137,8 @@ QUICK_PRESET = "configs/smoke.toml"
 
 def _run_one(row: Row, seed: int, runs_dir: Path, quick: bool) -> JsonDict:
     preset = QUICK_PRESET if quick and row.kind != "baseline" else row.preset
-    overrides = [*row.overrides, f"run.seed={seed}", f'run.out="{runs_dir / f"{row.key}-s{seed}"}"']
+    schedule = () if quick else row.schedule
+    overrides = [*row.overrides, *schedule, f"run.seed={seed}", f'run.out="{runs_dir / f"{row.key}-s{seed}"}"']
     if quick:
         overrides.append('data.source="synthetic"')
         if row.epsilon:  # the smoke preset with the row's privacy mode, no text encoder needed
@@ -376,9 +387,12 @@ def _frontier_section(results: dict[str, list[JsonDict]]) -> list[str]:
         "",
         "## Privacy–utility frontier",
         "",
-        "User-level (ε, δ = 1/(100·N)) after the popularity release and all 100 rounds, both modes on 4 hubs",
+        "User-level (ε, δ = 1/(100·N)) after the popularity release and all rounds, both modes on 4 hubs",
         "(`configs/frontier-local.toml`, `configs/frontier-central.toml`; compact model over public genre, decade and",
-        "MiniLM title features, DP popularity prior). ε is the PLD accountant's over the ledgers; ∞ is the same",
+        "MiniLM title features, DP popularity prior). Local: 100 rounds. Central: per-user sample rate and rounds",
+        "per ε (" + ", ".join(
+            f"ε = {'∞' if math.isinf(e) else f'{e:g}'}: q = {q:g}, {r} rounds" for e, (q, r) in CENTRAL_SCHEDULE.items()
+        ) + "), chosen on the validation split. ε is the PLD accountant's over the ledgers; ∞ is the same",
         "configuration with privacy off (exact popularity prior).",
         "",
         "| Target ε | " + " | ".join(f"{m}: NDCG@100 | {m}: RMSE | {m}: ε spent" for m in FRONTIER_MODES) + " |",
