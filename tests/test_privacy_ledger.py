@@ -99,6 +99,7 @@ def test_cached_step_plds_give_exactly_the_accountants_epsilon(groups: tuple[tup
     assert accounting._pld_epsilon(groups, 1e-5) == reference
     assert accounting._pld_epsilon(groups, 1e-5) == reference  # the second time from the cached step PLDs
     assert accounting._pld_epsilon(((0.0, 0.5, 3), *groups), 1e-5) == math.inf  # a noiseless step is not DP
+    assert accounting._rdp_epsilon(groups, 1e-5) == accounting.rdp_accountant_epsilon(groups, 1e-5)
 
 
 def test_calibration_hits_the_target() -> None:
