@@ -95,8 +95,9 @@ def render_html(report: PrivacyReport | Mapping[str, Any]) -> str:
     if g.get("central_dp"):
         parts.append(
             "<p>The server ran user-level <b>DP-FedAvg</b> (McMahan et al. 2018): each client clips every user's "
-            "update to norm S and sends the sum; the server adds N(0, z²S²) per coordinate to the sum over the clients "
-            "it sampled (each independently with probability q), divides by the public expected count q·N and records "
+            "update to norm S and sends the sum; the server adds N(0, z²S²) per coordinate to the sum over the users "
+            "included in the round (each independently with probability q: the server's coin for a one-user device, "
+            "each client's own coin per user in a hub), divides by the public expected count q·N and records "
             f"one <code>dp-fedavg</code> entry per round in <code>{_e(LAYOUT.central_ledger_path)}</code>. "
             + (
                 f"Local ε (max over the client ledgers) = {_e(_fmt_eps(g['local_epsilon']))}; central ε = "
