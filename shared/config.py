@@ -73,10 +73,8 @@ class ModelConfig:
     rating_weight: float = 1.0
     """Weight of the rating MSE in the per-user loss."""
     rating_head: Literal["per-item", "public"] = "per-item"
-    """Item side of the rating head: `per-item` vectors and biases like the decoder's (item-side),
-    or `public`: only public item features and the model's own popularity (its decoder's item
-    bias), so no parameter belongs to one item. Under DP a per-item rating bias only random-walks
-    in the noise; the public head needs item-side `catalog` or `both`."""
+    """`per-item` vectors and biases like the decoder's, or `public`: public item features and the
+    decoder's item bias only, no parameter per item (for DP; needs item-side `catalog` or `both`)."""
     user_bias_damping: float = 5.0
     """Damping λ of the closed-form user bias Σ(r - b_i) / (n_u + λ)."""
     text_dims: int = 0
@@ -177,10 +175,8 @@ class PrivacyConfig:
     """Central DP: the public N_users of the expected count q·N_users the noisy sum is
     divided by; 0 means `population`. Never read from data."""
     user_sample_rate: float = 1.0
-    """Central DP: each client includes each of its users in a round independently with this
-    probability (coins from the OS, secret from the server), so every user's inclusion is
-    independent and the ledger records q = user-sample-rate in a hub (× fraction-train for one-user
-    devices). 1: every user of a sampled client, every round."""
+    """Central DP: each client includes each of its users per round with this probability by its own
+    secret coin; the ledger records it as q in a hub (× fraction-train for one-user devices)."""
 
     @property
     def resolved_delta(self) -> float:

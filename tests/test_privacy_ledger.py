@@ -9,6 +9,7 @@ from pathlib import Path
 import dp_accounting
 import pytest
 from dp_accounting.pld import pld_privacy_accountant
+from dp_accounting.rdp import rdp_privacy_accountant
 from flwr.app import ArrayRecord, Context, RecordDict
 from opacus.accountants import RDPAccountant
 from scipy.stats import norm
@@ -94,12 +95,21 @@ def test_grouped_composition_equals_sequential_composition() -> None:
     ],
 )
 def test_cached_step_plds_give_exactly_the_accountants_epsilon(groups: tuple[tuple[float, float, int], ...]) -> None:
-    """The per-process step PLDs change the cost of ε, not its value: bit-identical to PLDAccountant."""
-    reference = accounting.pld_accountant_epsilon(groups, 1e-5)
+    """The per-process step PLDs and RDP curves change the cost of ε, not its value: bit-identical to
+    dp-accounting's PLDAccountant and RdpAccountant over the same events."""
+    event = dp_accounting.ComposedDpEvent([
+        dp_accounting.SelfComposedDpEvent(
+            dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps
+        )
+        for sigma, q, steps in groups
+    ])
+    pld = pld_privacy_accountant.PLDAccountant(value_discretization_interval=accounting.PLD_DISCRETIZATION)
+    reference = pld.compose(event).get_epsilon(1e-5)
+    rdp_reference = rdp_privacy_accountant.RdpAccountant().compose(event).get_epsilon(1e-5)
     assert accounting._pld_epsilon(groups, 1e-5) == reference
     assert accounting._pld_epsilon(groups, 1e-5) == reference  # the second time from the cached step PLDs
     assert accounting._pld_epsilon(((0.0, 0.5, 3), *groups), 1e-5) == math.inf  # a noiseless step is not DP
-    assert accounting._rdp_epsilon(groups, 1e-5) == accounting.rdp_accountant_epsilon(groups, 1e-5)
+    assert accounting._rdp_epsilon(groups, 1e-5) == rdp_reference
 
 
 def test_calibration_hits_the_target() -> None:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import dp_accounting
 import numpy as np
-from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.pld import privacy_loss_distribution as PLD
 from dp_accounting.rdp import rdp_privacy_accountant
 
@@ -46,11 +45,6 @@ def check_delta(delta: float, population: int) -> None:
             f"δ = {delta:.3g} is not below 1/N = {1.0 / population:.3g} for N = {population} users: with δ ≥ 1/N "
             "about one user may be exposed in full. Use δ ≤ 1/(100·N) (the default when privacy.delta = 0)."
         )
-
-
-def _event(noise_multiplier: float, sample_rate: float, steps: int) -> dp_accounting.DpEvent:
-    step = dp_accounting.PoissonSampledDpEvent(sample_rate, dp_accounting.GaussianDpEvent(noise_multiplier))
-    return dp_accounting.SelfComposedDpEvent(step, steps)
 
 
 Groups = tuple[tuple[float, float, int], ...]
@@ -145,7 +139,7 @@ def _step_pld(noise_multiplier: float, sample_rate: float) -> PLD.PrivacyLossDis
 
 def _pld_epsilon(groups: Groups, delta: float) -> float:
     """ε(δ) of the groups by PLD: the same compositions `PLDAccountant.compose` performs for
-    `_event`'s events (a test checks equality), with each step's PLD built once per process."""
+    the ledger's events (a test checks equality), with each step's PLD built once per process."""
     if any(s == 0 for s, q, _ in groups if q > 0):
         return math.inf  # a noiseless step is not DP (PLDAccountant's non-DP event)
     pld = PLD.identity(value_discretization_interval=PLD_DISCRETIZATION)
@@ -185,20 +179,6 @@ def _rdp_epsilon(groups: Groups, delta: float) -> float:
     for s, q, n in groups:
         rdp += n * _step_rdp(s, q)
     return float(rdp_privacy_accountant.compute_epsilon(_RDP_ORDERS, rdp, delta)[0])
-
-
-def rdp_accountant_epsilon(groups: Groups, delta: float) -> float:
-    """ε(δ) by dp-accounting's `RdpAccountant` over `_event`'s events (the reference `_rdp_epsilon` matches)."""
-    acc = rdp_privacy_accountant.RdpAccountant()
-    acc.compose(dp_accounting.ComposedDpEvent([_event(s, q, n) for s, q, n in groups]))
-    return float(acc.get_epsilon(delta))
-
-
-def pld_accountant_epsilon(groups: Groups, delta: float) -> float:
-    """ε(δ) by dp-accounting's `PLDAccountant` over `_event`'s events (the reference `_pld_epsilon` matches)."""
-    acc = pld_privacy_accountant.PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION)
-    acc.compose(dp_accounting.ComposedDpEvent([_event(s, q, n) for s, q, n in groups]))
-    return float(acc.get_epsilon(delta))
 
 
 PRV_EPS_ERROR = 0.01
