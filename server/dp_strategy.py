@@ -128,12 +128,8 @@ class CentralDPStrategy(Strategy):
             tally.refused,
             tally.failed,
         )
-        record = MetricRecord(
-            {
-                "epsilon": max(self.strategy.client_epsilon.values(), default=0.0),
-                "central-epsilon": mechanism.epsilon(),
-            }
-        )
+        # The central ε so far is the runner's to log (server/federation.py): one PLD per round is costly.
+        record = MetricRecord({"epsilon": max(self.strategy.client_epsilon.values(), default=0.0)})
         return ArrayRecord(new), record
 
     def _eval_noise(self) -> tuple[float, float]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import dataclasses
 import math
 from collections import OrderedDict
@@ -161,7 +164,7 @@ def test_noise_on_the_mean_has_std_z_s_over_q_n(with_clients: bool) -> None:
     (entry,) = central.ledger.entries
     assert (entry.mechanism, entry.round, entry.run_id, entry.client) == ("dp-fedavg", 1, "r1", "server")
     assert (entry.noise_multiplier, entry.sample_rate, entry.steps, entry.max_grad_norm) == (z, q, 1, clip)
-    assert metrics["central-epsilon"] == pytest.approx(epsilon_of([entry], 1e-4))
+    assert central.epsilon() == pytest.approx(epsilon_of([entry], 1e-4))
     assert "clients" not in metrics  # the secret sample's size is not logged
 
 
@@ -183,7 +186,7 @@ def test_server_rejects_a_sum_above_the_public_users_bound_times_clip() -> None:
     arrays, metrics = strategy.aggregate_train(1, [_reply(msgs[0], {"w": ok}), _reply(msgs[1], {"w": too_big})])
     assert arrays is not None and metrics is not None
     # Nothing about the secret sample is in the round's metrics: only ε.
-    assert set(metrics.keys()) == {"epsilon", "central-epsilon"}
+    assert set(metrics.keys()) == {"epsilon"}
     assert strategy.rejected and "users-per-client bound 2" in strategy.rejected[0]
     # fedavg: new = 0 + (ok + noise) / (q·N = 2), noise std on the mean 0.05; with the
     # rejected sum it would be (ok + too_big) / 2 = [2.1, 2.8].
@@ -360,7 +363,7 @@ def test_simulation_in_central_mode_verifies(tiny_config: StrataConfig, mode: st
     delta = default_delta(cfg.data.synthetic_users)
     assert {e.sample_rate for e in central.entries if e.mechanism == "dp-fedavg"} == {user_rate}
     for line in lines:
-        assert set(line["train"]) == {"epsilon", "central-epsilon"} and "sampled" not in line, line
+        assert set(line["train"]) == {"epsilon"} and "sampled" not in line, line
         assert 0 < line["oracle"]["ndcg@100"] <= 1 and line["oracle"]["label"] == ORACLE_LABEL, line
         replay = epsilon_of([e for e in central.entries if e.round <= line["round"]], delta)
         assert line["central_epsilon"] == pytest.approx(replay, rel=1e-9)
@@ -377,3 +380,37 @@ def test_simulation_in_central_mode_verifies(tiny_config: StrataConfig, mode: st
     assert report["guarantee"]["epsilon"] >= report["guarantee"]["central_epsilon"] - 1e-9
     assert any(m["mechanism"] == "dp-fedavg" for m in report["mechanisms"])
     assert "DP-FedAvg" in run.privacy_report_html.read_text()
+    if mode == "central" and user_rate == 1.0:
+        _check_sampled_metrics(run, lines)
+
+
+def _check_sampled_metrics(run: RunDir, lines: list[dict[str, Any]]) -> None:
+    """The metrics log the central ε on a sample of rounds: a line without it verifies, the last
+    line must have it, and a wrong logged figure is caught on whichever round it is."""
+
+    def verified_with(edited: list[dict[str, Any]]) -> tuple[bool, str]:
+        run.metrics_path.write_text("".join(json.dumps(x) + "\n" for x in edited))
+        report, ok = write_privacy_report(run, verify=True)
+        return ok, " ".join(c["message"] for c in report["verification"]["checks"] if not c["passed"])
+
+    first, last = lines
+    try:
+        assert verified_with([{k: v for k, v in first.items() if k != "central_epsilon"}, last])[0]
+        ok, why = verified_with([first, {k: v for k, v in last.items() if k != "central_epsilon"}])
+        assert not ok and "the last line" in why, why
+        ok, why = verified_with([{**first, "central_epsilon": first["central_epsilon"] * 0.8}, last])
+        assert not ok and "round 1" in why, why
+    finally:
+        verified_with(lines)
+
+
+def test_central_epsilon_is_logged_on_a_sample_of_rounds(tiny_config: StrataConfig) -> None:
+    from server.federation import EPSILON_POINTS, _epsilon_due
+
+    cfg = tiny_config.replace({"federation.rounds": 200, "federation.eval-every": 50})
+    due = [r for r in range(1, 201) if _epsilon_due(r, cfg)]
+    assert due == list(range(10, 201, 10)) and len(due) == EPSILON_POINTS  # eval rounds 50, 100 … are among them
+    odd = tiny_config.replace({"federation.rounds": 45, "federation.eval-every": 7})
+    due = [r for r in range(1, 46) if _epsilon_due(r, odd)]
+    assert due[-1] == 45 and {7, 14, 42} <= set(due) and len(due) <= 45 // 2 + 45 // 7 + 1
+    assert all(_epsilon_due(r, tiny_config) for r in range(1, tiny_config.federation.rounds + 1))

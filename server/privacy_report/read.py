@@ -146,8 +146,12 @@ def rounds(files: RunFiles, current: str | None) -> list[int]:
     return sorted(found)
 
 
-def replay_points(all_rounds: list[int]) -> list[int]:
-    """At most `MAX_REPLAY_POINTS` of the rounds, evenly spaced, the first and last always."""
+def replay_points(all_rounds: list[int], logged: set[int] | None = None) -> list[int]:
+    """Return the rounds to replay: where the metrics log a central ε (`logged`, so each logged
+    figure is compared) plus the first and last; without such rounds at most `MAX_REPLAY_POINTS` of them,
+    evenly spaced, the first and last always."""
+    if logged and all_rounds:
+        return sorted({all_rounds[0], all_rounds[-1], *(r for r in all_rounds if r in logged)})
     if len(all_rounds) <= MAX_REPLAY_POINTS:
         return all_rounds
     idx = {round(i * (len(all_rounds) - 1) / (MAX_REPLAY_POINTS - 1)) for i in range(MAX_REPLAY_POINTS)}
@@ -169,7 +173,8 @@ def replay_plan(files: RunFiles, data: DataFacts) -> Replay:
         delta = p.resolved_delta
         delta_source = f"1 / (100 · N) with the public population N = {p.population} (privacy.population)"
     current = current_run(files)
-    return Replay(delta, delta_source, current, replay_points(rounds(files, current)))
+    logged = {int(m["round"]) for m in files.metrics if "central_epsilon" in m}
+    return Replay(delta, delta_source, current, replay_points(rounds(files, current), logged))
 
 
 def audit_result(run: RunDir | Path) -> JsonDict | None:
