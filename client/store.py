@@ -1,12 +1,15 @@
 """The device-resident data store: the users a client holds and their on-device split.
 
 In simulation a client takes its partition of the configured data set (by Flower's
-`partition-id`); in deployment it reads its own ratings from `data-path` in the node
-config (generic CSV, with the public catalog at `catalog-path`).
+`partition-id`), reading only its users' rows from the data set's memory-mapped per-user
+store (`shared/data/user_store.py`, built once per data set); in deployment it reads its own
+ratings from `data-path` in the node config (generic CSV, with the public catalog at
+`catalog-path`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -16,10 +19,9 @@ import torch
 
 from shared.config import StrataConfig
 from shared.data.csv_loader import load_csv
-from shared.data.source import load_source
 from shared.data.split import UserRatings, split_configured
 from shared.data.topology import partition_users
-from shared.data.types import RatingsData
+from shared.data.user_store import UserStore, open_store
 from shared.features import model_features
 from shared.run_dir import JsonDict
 
@@ -45,8 +47,8 @@ class DeviceStore:
 
 
 @lru_cache(maxsize=2)
-def _partitions(config: StrataConfig) -> tuple[RatingsData, tuple[np.ndarray, ...], torch.Tensor]:
-    data = load_source(config.data, config.run.seed)
+def _partitions(config: StrataConfig) -> tuple[UserStore, Sequence[np.ndarray], torch.Tensor]:
+    data = open_store(config.data, config.run.seed)
     fed = config.federation
     parts = partition_users(
         data,
@@ -56,7 +58,7 @@ def _partitions(config: StrataConfig) -> tuple[RatingsData, tuple[np.ndarray, ..
         alpha=fed.dirichlet_alpha,
         seed=config.run.seed,
     )
-    return data, tuple(parts), model_features(data.catalog, config)
+    return data, parts, model_features(data.catalog, config)
 
 
 def num_clients(config: StrataConfig) -> int:

@@ -30,7 +30,7 @@ import numpy as np
 from scipy import stats
 
 from shared.config import StrataConfig
-from shared.data.source import load_catalog, load_source
+from shared.data.source import clear_caches, load_catalog, load_source
 from shared.features import model_features
 from shared.model import build_model
 from shared.run_dir import JsonDict, RunDir
@@ -255,8 +255,7 @@ def run_audit(
             1.0 - confidence,
             (1.0 - confidence) / (2 * canaries),
         )
-    load_source.cache_clear()  # the CSV paths may have held other data earlier in this process
-    load_catalog.cache_clear()
+    clear_caches()  # the CSV paths may have held other data earlier in this process
     with planted_bug(planted_noise_divisor):
         train(audited)
 

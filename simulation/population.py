@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from shared.config import StrataConfig
-from shared.data.source import load_source
+from shared.data.user_store import open_store
 
 
 def with_public_population(config: StrataConfig) -> StrataConfig:
@@ -15,4 +15,4 @@ def with_public_population(config: StrataConfig) -> StrataConfig:
     """
     if config.privacy.population > 0:
         return config
-    return config.replace({"privacy.population": load_source(config.data, config.run.seed).n_users})
+    return config.replace({"privacy.population": open_store(config.data, config.run.seed).n_users})

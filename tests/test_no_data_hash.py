@@ -25,7 +25,7 @@ from conftest import TINY_MODEL, make_config
 from server.privacy_report import write_privacy_report
 from shared.config import PrivacyConfig, StrataConfig
 from shared.data.csv_loader import load_csv
-from shared.data.source import load_catalog, load_source
+from shared.data.source import clear_caches
 from shared.data.synthetic import make_synthetic
 from shared.data.types import RatingsData
 from shared.run_dir import RunDir
@@ -90,8 +90,7 @@ def _config(ratings: Path, catalog: Path, out: Path) -> StrataConfig:
 
 def _train_and_publish(config: StrataConfig) -> tuple[RunDir, dict[str, Any]]:
     """Train the central reference on the config's data and write its privacy report (not verified)."""
-    load_source.cache_clear()  # the same CSV path held the other data set a moment ago
-    load_catalog.cache_clear()
+    clear_caches()  # the same CSV path held the other data set a moment ago
     torch.set_num_threads(1)
     run_central(config, eval_every=2)
     run = RunDir.of(config.run_dir)
@@ -164,8 +163,7 @@ def test_the_catalog_check_fails_when_the_catalog_does_not_match(tmp_path: Path)
     run, _ = _train_and_publish(config)
 
     def catalog_check() -> dict[str, Any]:
-        load_source.cache_clear()
-        load_catalog.cache_clear()
+        clear_caches()
         report, _ = write_privacy_report(run, verify=True)
         checks = [c for c in report["verification"]["checks"] if c["name"] == "catalog fingerprint"]
         assert len(checks) == 1, [c["name"] for c in report["verification"]["checks"]]

@@ -14,6 +14,7 @@ from .fetch import fetch_ml100k
 from .movielens import load_ml100k, load_movielens, load_movielens_catalog
 from .synthetic import make_synthetic
 from .types import Catalog, RatingsData
+from .user_store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def load_catalog(data: DataConfig, seed: int) -> Catalog:
     if data.source == "ml-100k":
         return load_movielens_catalog(fetch_ml100k(Path(data.cache_dir).expanduser()))
     if data.source == "synthetic":
-        return load_source(data, seed).catalog  # the public generator: no one's data
+        return open_store(data, seed).catalog  # the public generator: no one's data
     path = Path(data.source).expanduser()
     if path.is_dir():
         return load_movielens_catalog(path)
@@ -74,6 +75,13 @@ def load_source(data: DataConfig, seed: int) -> RatingsData:
     raise FileNotFoundError(
         f"data.source={data.source!r} is neither 'ml-100k', 'synthetic', a MovieLens directory nor a CSV file."
     )
+
+
+def clear_caches() -> None:
+    """Forget every data set this process loaded or mapped (a path now holds other data)."""
+    load_source.cache_clear()
+    load_catalog.cache_clear()
+    open_store.cache_clear()
 
 
 def catalog_fingerprint(catalog: Catalog) -> str:

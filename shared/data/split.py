@@ -13,7 +13,7 @@ import numpy as np
 
 from ..config import DataConfig
 from ..seeds import SPLIT, make_rng
-from .types import RatingsData
+from .types import PerUserRatings
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def split_one_user(
 
 
 def split_users(
-    data: RatingsData,
+    data: PerUserRatings,
     *,
     seed: int,
     test_fraction: float = 0.2,
@@ -70,16 +70,16 @@ def split_users(
     """
     if holdout not in ("test", "validation"):
         raise ValueError(f"holdout must be 'test' or 'validation', not {holdout!r}.")
-    order, bounds = data.user_rows
     wanted = np.arange(data.n_users) if users is None else np.asarray(users, dtype=np.int64)
     out = []
     for u in wanted:
-        idx = order[bounds[u] : bounds[u + 1]]
+        items, ratings = data.rows(int(u))
+        user_id = data.user_id(int(u))
         one = split_one_user(
             int(u),
-            data.user_ids[u],
-            data.items[idx],
-            data.ratings[idx],
+            user_id,
+            items,
+            ratings,
             seed=seed,
             test_fraction=test_fraction,
             min_ratings_for_test=min_ratings_for_test,
@@ -87,7 +87,7 @@ def split_users(
         if holdout == "validation":
             one = split_one_user(
                 int(u),
-                f"{data.user_ids[u]}/validation",
+                f"{user_id}/validation",
                 one.train_items,
                 one.train_ratings,
                 seed=seed,
@@ -99,7 +99,7 @@ def split_users(
 
 
 def split_configured(
-    data: RatingsData, config: DataConfig, seed: int, users: np.ndarray | None = None
+    data: PerUserRatings, config: DataConfig, seed: int, users: np.ndarray | None = None
 ) -> list[UserRatings]:
     """`split_users` with the split settings of a data config."""
     return split_users(

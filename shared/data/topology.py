@@ -2,18 +2,42 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import overload
+
 import numpy as np
 
 from ..seeds import PARTITION, make_rng, make_seed
-from .types import RatingsData
+from .types import PerUserRatings
 
 
-def device_partition(n_users: int) -> list[np.ndarray]:
+class OnePerClient(Sequence[np.ndarray]):
+    """The device topology's partition, client k holding user k, without a list of N arrays."""
+
+    def __init__(self, n_users: int) -> None:
+        self.n_users = n_users
+
+    def __len__(self) -> int:
+        return self.n_users
+
+    @overload
+    def __getitem__(self, k: int) -> np.ndarray: ...
+    @overload
+    def __getitem__(self, k: slice) -> list[np.ndarray]: ...
+    def __getitem__(self, k: int | slice) -> np.ndarray | list[np.ndarray]:
+        if isinstance(k, slice):
+            return [np.array([u], dtype=np.int64) for u in range(self.n_users)[k]]
+        if not -self.n_users <= k < self.n_users:
+            raise IndexError(f"client {k} of {self.n_users}")
+        return np.array([k % self.n_users], dtype=np.int64)
+
+
+def device_partition(n_users: int) -> Sequence[np.ndarray]:
     """Cross-device: client k holds user k."""
-    return [np.array([u], dtype=np.int64) for u in range(n_users)]
+    return OnePerClient(n_users)
 
 
-def top_category(data: RatingsData) -> np.ndarray:
+def top_category(data: PerUserRatings) -> np.ndarray:
     """Each user's most-rated category (index into catalog.category_names; -1 if none)."""
     names = data.catalog.category_names
     index = {c: j for j, c in enumerate(names)}
@@ -36,7 +60,7 @@ def hub_of_user(user_id: str, num_hubs: int, seed: int, probs: np.ndarray | None
 
 
 def hub_partition(
-    data: RatingsData,
+    data: PerUserRatings,
     num_hubs: int,
     *,
     assignment: str = "iid",
@@ -87,14 +111,14 @@ def hub_partition(
 
 
 def partition_users(
-    data: RatingsData,
+    data: PerUserRatings,
     topology: str,
     *,
     num_hubs: int = 10,
     assignment: str = "iid",
     alpha: float = 0.5,
     seed: int = 0,
-) -> list[np.ndarray]:
+) -> Sequence[np.ndarray]:
     """Users of each client for the configured topology."""
     if topology == "device":
         return device_partition(data.n_users)

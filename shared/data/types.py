@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Protocol
 
 import numpy as np
 
@@ -105,3 +107,47 @@ class RatingsData:
         order = np.argsort(self.users, kind="stable")
         bounds = np.searchsorted(self.users[order], np.arange(self.n_users + 1))
         return order, bounds
+
+    def user_id(self, u: int) -> str:
+        """Return user `u`'s original identifier."""
+        return self.user_ids[u]
+
+    def rows(self, u: int) -> tuple[np.ndarray, np.ndarray]:
+        """(items, ratings) of user `u`, in file order."""
+        order, bounds = self.user_rows
+        idx = order[bounds[u] : bounds[u + 1]]
+        return self.items[idx], self.ratings[idx]
+
+
+class PerUserRatings(Protocol):
+    """What splits and partitions read: a data set in memory (`RatingsData`) or its mapped store."""
+
+    @property
+    def n_users(self) -> int:
+        """Return the number of users."""
+
+    @property
+    def n_items(self) -> int:
+        """Return the number of items."""
+
+    @property
+    def catalog(self) -> Catalog:
+        """Return the public catalog."""
+
+    @property
+    def user_ids(self) -> Sequence[str] | np.ndarray:
+        """Return every user's original identifier, in index order."""
+
+    @property
+    def users(self) -> np.ndarray:
+        """Return the user index per rating."""
+
+    @property
+    def items(self) -> np.ndarray:
+        """Return the item index per rating (in the same order as `users`)."""
+
+    def user_id(self, u: int) -> str:
+        """Return user `u`'s original identifier."""
+
+    def rows(self, u: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return (items, ratings) of user `u`, in file order."""
