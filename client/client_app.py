@@ -17,6 +17,7 @@ from flwr.clientapp import ClientApp
 
 from shared.config import StrataConfig, config_from_run_config
 from shared.logs import show_strata_logs
+from shared.memory import keep_freed_memory
 from shared.protocol import EvaluateIns, ReleaseIns, TrainIns, cohort_of
 
 from .cohort import evaluate_cohort, train_cohort
@@ -61,6 +62,7 @@ def build_client_app(config: StrataConfig | None = None) -> ClientApp:
 
     def cfg(context: Context) -> StrataConfig:
         show_strata_logs()
+        keep_freed_memory()  # once per process: each round allocates and frees model copies
         return config if config is not None else config_from_run_config(dict(context.run_config))
 
     @app.train()

@@ -3,14 +3,22 @@
 Each device is opened, trained or evaluated, noised, accounted and ledgered exactly as on a node
 of its own (`client.device`, `rounds.train_round`, `release.evaluate`); its reply is then screened
 as the server screens one (`shared.update_check`: names, shapes, dtypes, finite values, the
-max-update-norm) and, if accepted, added to the cohort's sum. What travels is that sum and each
-device's outcome, ε and key, so Flower carries one message per cohort instead of one per device.
+max-update-norm) and, if accepted, its change from the global weights is added to the cohort's
+sum. What travels is that sum and each device's outcome, ε and key, so Flower carries one message
+per cohort instead of one per device.
+
+The sum is of changes, in float32, into buffers allocated once per cohort: a coordinate no device
+changed sums to exactly 0 (the server adds the accepted count × the global weights back in float64),
+and a cProfile of 47 ML-100K devices had the float64 sum of weights and the float64 norm check at
+half of a cohort's time. The norm check takes the exact float64 path only when the float32 norms
+cannot prove the bound (`shared.update_check.change_within_bound`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -19,7 +27,7 @@ from flwr.app import Context
 from shared.config import StrataConfig
 from shared.metrics import EVAL_FIELDS
 from shared.protocol import CohortRes, DeviceOutcome, EvaluateIns, EvaluateRes, Outcome, TrainIns, TrainRes
-from shared.update_check import InvalidUpdate, check_change_norm, check_update
+from shared.update_check import InvalidUpdate, change_within_bound, check_change_norm, check_update
 
 from .device import open_device
 from .release import evaluate
@@ -37,11 +45,32 @@ def _check_simulated(context: Context) -> None:
         raise ValueError("a cohort instruction is for simulation only: a real device answers for itself alone.")
 
 
+class ChangeSum:
+    """The float32 sum of accepted devices' changes from the global weights, screened first."""
+
+    def __init__(self, current: Mapping[str, torch.Tensor], max_update_norm: float) -> None:
+        self.current = current
+        self.max_update_norm = max_update_norm
+        self.change = OrderedDict((k, torch.empty_like(v)) for k, v in current.items())
+        self.total: OrderedDict[str, torch.Tensor] | None = None
+
+    def add(self, weights: Mapping[str, torch.Tensor]) -> None:
+        """Screen `weights` as the server would (raise `InvalidUpdate`), then add their change."""
+        check_update(weights, self.current)
+        for k, v in self.current.items():
+            torch.sub(weights[k], v, out=self.change[k])
+        if not change_within_bound(self.change, self.max_update_norm):
+            check_change_norm(weights, self.current, self.max_update_norm)  # the exact decision
+        if self.total is None:
+            self.total = OrderedDict((k, torch.zeros_like(v)) for k, v in self.current.items())
+        for k, d in self.change.items():
+            self.total[k].add_(d)
+
+
 def train_cohort(config: StrataConfig, context: Context, ins: TrainIns, devices: tuple[int, ...]) -> CohortRes:
-    """Train each of `devices` on its own from the global weights; return the sum of the accepted updates."""
+    """Train each of `devices` on its own from the global weights; return the sum of the accepted changes."""
     _check_simulated(context)
-    current = ins.weights()
-    total: OrderedDict[str, torch.Tensor] | None = None
+    summed = ChangeSum(ins.weights(), config.federation.max_update_norm)
     outcomes = []
     for index in devices:
         device = open_device(config, context, {**context.node_config, "partition-id": index}, mirror=False)
@@ -51,17 +80,12 @@ def train_cohort(config: StrataConfig, context: Context, ins: TrainIns, devices:
             outcomes.append(_outcome(index, reply, "refused", reply.reason))
             continue
         try:
-            check_update(reply.weights, current)
-            check_change_norm(reply.weights, current, config.federation.max_update_norm)
+            summed.add(reply.weights)
         except InvalidUpdate as exc:
             outcomes.append(_outcome(index, reply, "rejected", str(exc)))
             continue
-        if total is None:  # float64: the sum does not depend on the order devices run in
-            total = OrderedDict((k, torch.zeros_like(v, dtype=torch.float64)) for k, v in current.items())
-        for k, v in reply.weights.items():
-            total[k].add_(v)
         outcomes.append(_outcome(index, reply, "accepted"))
-    return CohortRes(outcomes=tuple(outcomes), weights=dict(total) if total is not None else None)
+    return CohortRes(outcomes=tuple(outcomes), changes=dict(summed.total) if summed.total is not None else None)
 
 
 def evaluate_cohort(config: StrataConfig, context: Context, ins: EvaluateIns, devices: tuple[int, ...]) -> CohortRes:

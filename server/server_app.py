@@ -8,6 +8,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from shared.config import StrataConfig, config_from_run_config
 from shared.logs import show_strata_logs
+from shared.memory import keep_freed_memory
 
 from .federation import Oracle, run_federation
 
@@ -22,6 +23,7 @@ def build_server_app(config: StrataConfig | None = None, *, oracle: Oracle | Non
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         show_strata_logs()
+        keep_freed_memory()
         c = config if config is not None else config_from_run_config(dict(context.run_config))
         run_federation(grid, c, oracle=oracle)
 

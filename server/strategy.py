@@ -226,19 +226,23 @@ class FedAvgStrategy(Strategy):
             self._log(server_round, kind, node, device, outcome)
 
     def _cohort_sums(self, server_round: int, replies: Iterable[Message], tally: Tally) -> Iterator[Weights]:
-        """Cohort mode: yield each cohort's sum of accepted updates (names, shapes and values checked)."""
-        assert self.current is not None
+        """Cohort mode: yield each cohort's sum of accepted weights, in float64 (the cohort sends the sum
+        of changes; names, shapes and values checked)."""
+        current = self.current
+        assert current is not None
         for res in self._cohort_replies(server_round, "train", replies, tally):
-            if (res.weights is None) != (res.accepted == 0):
+            if (res.changes is None) != (res.accepted == 0):
                 raise RuntimeError(f"round {server_round}: a cohort's sum does not match its accepted devices")
-            if res.weights is None:
+            if res.changes is None:
                 continue
-            total = OrderedDict(res.weights)
-            if set(total) != set(self.current) or any(
-                total[k].shape != v.shape or not torch.isfinite(total[k]).all() for k, v in self.current.items()
+            changes = res.changes
+            if set(changes) != set(current) or any(
+                changes[k].shape != v.shape or not torch.isfinite(changes[k]).all() for k, v in current.items()
             ):
                 raise RuntimeError(f"round {server_round}: a cohort's sum does not fit the global model")
-            yield total
+            yield OrderedDict(
+                (k, changes[k].double().add_(v.double(), alpha=res.accepted)) for k, v in current.items()
+            )
 
     def screen(
         self,

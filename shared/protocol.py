@@ -367,25 +367,27 @@ class DeviceOutcome:
 
 @dataclass(frozen=True, kw_only=True)
 class CohortRes:
-    """A cohort node's reply (simulation only): the sum of its devices' accepted replies (weights
-    for training, release sums for an evaluation) and every device's outcome.
+    """A cohort node's reply (simulation only): the sum of its devices' accepted replies (changes
+    from the global weights for training, release sums for an evaluation) and every device's outcome.
 
     Each device was screened on its own before the sum (`shared.update_check`), as the server
     screens a device's own reply; the sum is what the server would have added up."""
 
     outcomes: tuple[DeviceOutcome, ...]
-    weights: Weights | None = None
-    """Sum of the accepted devices' weights (training); None when none was accepted."""
+    changes: Weights | None = None
+    """Sum of the accepted devices' weights − the global weights (training), float32; None when none
+    was accepted."""
     total: np.ndarray | None = None
     """Sum of the accepted devices' release vectors (evaluation); None when none was accepted."""
 
     SCHEMA: ClassVar[dict[str, dict[str, str]]] = {
-        ARRAYS: {"*": "float64-tensor"},
+        ARRAYS: {"*": "tensor"},
         RELEASE: {SUM: "array"},
         COHORT: {DEVICES: "list", OUTCOMES: "list", EPSILONS: "list", KEYS: "list", REASONS: "list"},
     }
-    """`arrays` (training) or `release` (evaluation), never both; the sum stays in float64 (FedAdam
-    would turn float32 rounding of a partial sum into full steps in unchanged coordinates)."""
+    """`arrays` (training) or `release` (evaluation), never both. A sum of changes, not of weights:
+    coordinates no device changed are exactly 0 in float32 (a float32 sum of weights would put
+    rounding noise there, which FedAdam turns into full ±lr steps)."""
 
     @property
     def accepted(self) -> int:
@@ -407,8 +409,8 @@ class CohortRes:
                 )
             }
         )
-        if self.weights is not None:
-            content[ARRAYS] = ArrayRecord(self.weights)
+        if self.changes is not None:
+            content[ARRAYS] = ArrayRecord(self.changes)
         if self.total is not None:
             content[RELEASE] = ArrayRecord({SUM: Array(np.asarray(self.total, dtype=np.float64))})
         return content
@@ -430,9 +432,9 @@ class CohortRes:
                     device=int(device), outcome=outcome, epsilon=float(epsilon), key=str(key), reason=str(reason)
                 )
             )
-        weights = dict(_arrays(content).to_torch_state_dict()) if ARRAYS in content else None
+        changes = dict(_arrays(content).to_torch_state_dict()) if ARRAYS in content else None
         total = _named_array(content, RELEASE, SUM) if RELEASE in content else None
-        return cls(outcomes=tuple(outcomes), weights=weights, total=total)
+        return cls(outcomes=tuple(outcomes), changes=changes, total=total)
 
 
 REPLY_SCHEMAS: dict[type, dict[str, dict[str, str]]] = {

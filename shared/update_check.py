@@ -42,3 +42,25 @@ def check_change_norm(weights: Mapping[str, torch.Tensor], reference: Mapping[st
     )
     if not norm <= bound:  # NaN compares false: a non-finite update never passes
         raise InvalidUpdate(f"update norm {norm:.4g} exceeds federation.max-update-norm {bound:g}")
+
+
+_UNIT_ROUNDOFF = 2.0**-24
+"""u of float32: a recursive sum of n non-negative float32 terms errs by at most γ_n = n·u / (1 − n·u)."""
+
+
+def change_within_bound(change: Mapping[str, torch.Tensor], bound: float) -> bool:
+    """Whether ‖change‖ ≤ `bound` is *certain* from float32 norms alone (False: decide exactly).
+
+    Each tensor's float32 sum of squares errs by at most γ_{n+4} relatively (n terms, squaring,
+    the square root and squaring it back; Higham's bound for recursive summation, which pairwise
+    and vectorised sums only tighten), so Σ s̃_k / (1 − γ) ≤ bound² implies the exact norm passes.
+    A caller that gets False runs `check_change_norm`, so the decision is always the exact one."""
+    if bound <= 0:
+        return True
+    upper = 0.0
+    for v in change.values():
+        gamma = (v.numel() + 4) * _UNIT_ROUNDOFF
+        if gamma >= 0.5:
+            return False
+        upper += float(torch.linalg.vector_norm(v)) ** 2 / (1 - gamma / (1 - gamma))
+    return upper <= bound * bound * (1 - 1e-12)  # NaN compares false

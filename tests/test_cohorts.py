@@ -10,6 +10,7 @@ device, and a real device refuses a cohort instruction.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -18,11 +19,13 @@ from flwr.app import ArrayRecord, Context, Message, MessageType, RecordDict
 from fakes import deliver
 
 from client.client_app import build_client_app
+from client.cohort import ChangeSum
 from shared.config import StrataConfig
 from shared.model import build_model
 from shared.privacy.ledger import Ledger
 from shared.protocol import CohortRes, TrainIns, cohort_ins
 from shared.run_dir import RunDir
+from shared.update_check import InvalidUpdate, change_within_bound, check_change_norm
 from simulation.simulate import simulate
 
 DEVICE_FEDERATION = {
@@ -81,7 +84,7 @@ def test_cohorts_without_dp_train_the_same_model(tiny_config: StrataConfig, tmp_
     per_device, cohorts = _runs(config, tmp_path)
     a, b = per_device.load_weights(), cohorts.load_weights()
     assert set(a) == set(b)
-    for k in a:  # the same updates, summed in another order (in float64)
+    for k in a:  # the same updates, summed in another order (changes in float32, weights in float64)
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
 
 
@@ -102,7 +105,7 @@ def test_a_cohort_counts_refusals_per_device_and_a_real_device_refuses_cohorts(
     res = CohortRes.from_record(reply.content)
     assert [o.device for o in res.outcomes] == [0, 1, 2]
     assert all(o.outcome == "refused" and "max-delta" in o.reason for o in res.outcomes)
-    assert res.weights is None and res.accepted == 0
+    assert res.changes is None and res.accepted == 0
 
     real = Context(run_id=1, node_id=6, node_config={"data-path": "x.csv"}, state=RecordDict(), run_config={})
     with pytest.raises(ValueError, match="simulation only"):  # Flower turns it into an error reply
@@ -129,3 +132,35 @@ def test_a_devices_model_owns_its_weights(tiny_config: StrataConfig) -> None:
     assert all(torch.equal(p, template[k]) for k, p in _template(store, tiny_config).named_parameters())
     with pytest.raises(ValueError, match="has shape"):
         model_for(store, tiny_config, {**received, "enc_out.bias": torch.zeros(3)})
+
+
+def test_cohort_sum_of_changes_screens_exactly_and_keeps_unchanged_coordinates_zero() -> None:
+    gen = torch.Generator().manual_seed(0)
+    current = OrderedDict(w=torch.randn(1000, 300, generator=gen), b=torch.randn(300, generator=gen))
+    summed = ChangeSum(current, max_update_norm=1.0)
+    accepted = []
+    for scale in (0.3, 0.999999, 1.000001, 0.5):  # norms around the bound: the exact float64 decision
+        step = torch.zeros(1000, 300)
+        step[:10] = torch.randn(10, 300, generator=gen)
+        step *= scale / torch.linalg.vector_norm(step.double()).item()
+        weights = OrderedDict(w=current["w"] + step, b=current["b"].clone())
+        try:
+            check_change_norm(weights, current, 1.0)
+            exact = True
+        except InvalidUpdate:
+            exact = False
+        try:
+            summed.add(weights)
+            accepted.append(weights)
+            assert exact, scale
+        except InvalidUpdate:
+            assert not exact, scale
+    assert len(accepted) in (2, 3)  # 0.3 and 0.5 certainly; 0.999999 by the exact check's rounding
+    assert summed.total is not None
+    expected = sum((a["w"].double() - current["w"].double() for a in accepted), torch.zeros(1000, 300).double())
+    torch.testing.assert_close(summed.total["w"].double(), expected, rtol=0, atol=1e-6)
+    assert torch.count_nonzero(summed.total["w"][10:]) == 0 and torch.count_nonzero(summed.total["b"]) == 0
+    # The float32 proof never claims a norm within its rounding of the bound, or a NaN.
+    assert not change_within_bound({"w": torch.full((4,), 0.5)}, 1.0)  # norm exactly 1: decide exactly
+    assert change_within_bound({"w": torch.full((4,), 0.49)}, 1.0)
+    assert not change_within_bound({"w": torch.tensor([float("nan")])}, 1.0)

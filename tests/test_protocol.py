@@ -65,12 +65,12 @@ EXPECTED_SCHEMAS: dict[type, Schema] = {
     # Simulation only: a cohort node's sum over its devices (training: "arrays"; evaluation:
     # "release") and one entry per device in each list of "cohort".
     CohortRes: {
-        "arrays": {"*": "float64-tensor"},
+        "arrays": {"*": "tensor"},
         "release": {"sum": "array"},
         "cohort": {"devices": "list", "outcomes": "list", "epsilons": "list", "keys": "list", "reasons": "list"},
     },
 }
-KINDS = {"tensor", "float64-tensor", "array", "int", "float", "str", "list"}
+KINDS = {"tensor", "array", "int", "float", "str", "list"}
 N_INTERESTS = 5
 
 
@@ -93,14 +93,13 @@ def assert_matches(
     assert set(content.keys()) == set(schema), f"records {sorted(content.keys())}, schema {sorted(schema)}"
     for name, keys in schema.items():
         record = content[name]
-        if keys in ({"*": "tensor"}, {"*": "float64-tensor"}):
+        if keys == {"*": "tensor"}:
             assert isinstance(record, ArrayRecord), (name, type(record))
             assert set(record.keys()) == set(weights), f"{name}: {sorted(record.keys())}"
             for key, array in record.items():
                 assert isinstance(array, Array)
                 assert tuple(array.shape) == tuple(weights[key].shape), (key, array.shape)
-                dtype = "float64" if keys["*"] == "float64-tensor" else str(weights[key].numpy().dtype)
-                assert array.dtype == dtype, (key, array.dtype)
+                assert array.dtype == str(weights[key].numpy().dtype), (key, array.dtype)
             continue
         assert set(record.keys()) == set(keys), f"{name}: {sorted(record.keys())}, schema {sorted(keys)}"
         for key, kind in keys.items():
@@ -332,14 +331,14 @@ def test_round_trip(message: Any) -> None:
 
 
 def test_cohort_reply_round_trip_and_malformed() -> None:
-    summed = {k: v.double() * 2 for k, v in _weights_example().items()}
+    summed = {k: v * 2 for k, v in _weights_example().items()}
     outcomes = (
         DeviceOutcome(device=4, outcome="accepted", epsilon=0.5, key="ab" * 32),
         DeviceOutcome(device=9, outcome="refused", epsilon=1.0, key="cd" * 32, reason="budget: over"),
         DeviceOutcome(device=11, outcome="rejected", epsilon=0.5, key="ef" * 32, reason="enc.bias: contains NaN"),
     )
     for message in (
-        CohortRes(outcomes=outcomes, weights=summed),
+        CohortRes(outcomes=outcomes, changes=summed),
         CohortRes(outcomes=outcomes, total=np.array([3.0, 1.5, 0.75, 0.1, 0.2, 0.9])),
         CohortRes(outcomes=outcomes[1:]),
     ):
