@@ -3,7 +3,8 @@
 Each device is opened, trained or evaluated, noised, accounted and ledgered exactly as on a node
 of its own (`client.device`, `rounds.train_round`, `release.evaluate`); its reply is then screened
 as the server screens one (`shared.update_check`: names, shapes, dtypes, finite values, the
-max-update-norm) and, if accepted, its change from the global weights is added to the cohort's
+max-update-norm; under central DP, its sum of clipped user updates within users · S) and, if
+accepted, its change from the global weights (under central DP that sum) is added to the cohort's
 sum. What travels is that sum and each device's outcome, ε and key, so Flower carries one message
 per cohort instead of one per device.
 
@@ -27,7 +28,13 @@ from flwr.app import Context
 from shared.config import StrataConfig
 from shared.metrics import EVAL_FIELDS
 from shared.protocol import CohortRes, DeviceOutcome, EvaluateIns, EvaluateRes, Outcome, TrainIns, TrainRes
-from shared.update_check import InvalidUpdate, change_within_bound, check_change_norm, check_update
+from shared.update_check import (
+    InvalidUpdate,
+    change_within_bound,
+    check_change_norm,
+    check_clipped_sum,
+    check_update,
+)
 
 from .device import open_device
 from .release import evaluate
@@ -61,9 +68,19 @@ class ChangeSum:
             torch.sub(weights[k], v, out=self.change[k])
         if not change_within_bound(self.change, self.max_update_norm):
             check_change_norm(weights, self.current, self.max_update_norm)  # the exact decision
+        self._accumulate(self.change)
+
+    def add_clipped(self, update: Mapping[str, torch.Tensor], users: int, clip: float) -> None:
+        """Central DP: screen a device's sum of clipped user updates as the server would (names,
+        shapes, finite values, norm ≤ users · S), then add it."""
+        check_update(update, self.current)
+        check_clipped_sum(update, users, clip)
+        self._accumulate(update)
+
+    def _accumulate(self, change: Mapping[str, torch.Tensor]) -> None:
         if self.total is None:
             self.total = OrderedDict((k, torch.zeros_like(v)) for k, v in self.current.items())
-        for k, d in self.change.items():
+        for k, d in change.items():
             self.total[k].add_(d)
 
 
@@ -71,6 +88,8 @@ def train_cohort(config: StrataConfig, context: Context, ins: TrainIns, devices:
     """Train each of `devices` on its own from the global weights; return the sum of the accepted changes."""
     _check_simulated(context)
     summed = ChangeSum(ins.weights(), config.federation.max_update_norm)
+    p = config.privacy
+    users = 1 if config.federation.topology == "device" else p.population  # the server's public bound
     outcomes = []
     for index in devices:
         device = open_device(config, context, {**context.node_config, "partition-id": index}, mirror=False)
@@ -80,7 +99,10 @@ def train_cohort(config: StrataConfig, context: Context, ins: TrainIns, devices:
             outcomes.append(_outcome(index, reply, "refused", reply.reason))
             continue
         try:
-            summed.add(reply.weights)
+            if p.central_dp:
+                summed.add_clipped(reply.weights, users, p.update_clip)
+            else:
+                summed.add(reply.weights)
         except InvalidUpdate as exc:
             outcomes.append(_outcome(index, reply, "rejected", str(exc)))
             continue

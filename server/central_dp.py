@@ -46,10 +46,6 @@ log = logging.getLogger(__name__)
 
 Weights = OrderedDict[str, torch.Tensor]
 
-CLIP_SLACK = 1e-4
-"""Relative float slack when checking that a reply's norm is within users · S."""
-
-
 def accounted_sample_rate(config: StrataConfig) -> float:
     """Return the q the ledger may claim per round (see the module docstring): the server's rate times
     the client's per-user rate where a client is one user (`device`), the per-user rate alone in a hub."""

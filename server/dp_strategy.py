@@ -30,10 +30,10 @@ from shared.privacy.ledger import SERVER
 from shared.privacy.release import EVALUATION, gaussian_noise, release_bound, release_entry
 from shared.protocol import RUN_ID, TrainIns, TrainRes
 from shared.training import update_norm
+from shared.update_check import check_clipped_sum, clip_bound
 
-from .central_dp import CLIP_SLACK, CentralDP
+from .central_dp import CentralDP
 from .strategy import FedAvgStrategy, Tally, Weights
-from shared.update_check import InvalidUpdate
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +92,9 @@ class CentralDPStrategy(Strategy):
         self.strategy.current = arrays.to_torch_state_dict()
         self._run_id = str(config[RUN_ID]) if RUN_ID in config else ""
         content = TrainIns(arrays=arrays, server_round=server_round, run_id=self._run_id).to_record()
-        nodes = self.mechanism.sample(sorted(grid.get_node_ids()))
-        return self.strategy.messages(nodes, content, MessageType.TRAIN)
+        # Every candidate independently with probability q: nodes, or in cohort mode devices.
+        nodes = self.mechanism.sample(self.strategy.candidates(grid))
+        return self.strategy.messages(nodes, content, MessageType.TRAIN, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -103,21 +104,23 @@ class CentralDPStrategy(Strategy):
         current = self.strategy.current
         assert current is not None, "configure_train must run before aggregate_train"
         mechanism = self.mechanism
+        users = mechanism.max_users_per_client
         acc: Weights = OrderedDict((k, torch.zeros_like(v, dtype=torch.float64)) for k, v in current.items())
         tally = Tally()
 
         def within_clip(update: Weights, reply: TrainRes) -> None:
-            norm = update_norm(update)
-            bound = mechanism.max_users_per_client
-            if norm > bound * mechanism.clip * (1 + CLIP_SLACK) + 1e-6:
-                raise InvalidUpdate(
-                    f"clipped update sum has norm {norm:.4g} > users-per-client bound {bound} × "
-                    f"update-clip {mechanism.clip:g}"
-                )
+            check_clipped_sum(update, users, mechanism.clip)
 
-        for update, _ in self.strategy.screen(server_round, replies, tally, extra_check=within_clip):
-            for k, v in update.items():
-                acc[k].add_(v)
+        if self.strategy.cohorts:  # each device's sum was checked in its cohort; the cohort's by the triangle
+            for changes, accepted in self.strategy.cohort_changes(server_round, replies, tally):
+                if update_norm(changes) > clip_bound(accepted * users, mechanism.clip):
+                    raise RuntimeError(f"round {server_round}: a cohort's sum is longer than its devices' clip bound")
+                for k, v in changes.items():
+                    acc[k].add_(v)
+        else:
+            for update, _ in self.strategy.screen(server_round, replies, tally, extra_check=within_clip):
+                for k, v in update.items():
+                    acc[k].add_(v)
         noisy = OrderedDict((k, v.to(current[k].dtype)) for k, v in mechanism.noisy_mean(acc).items())
         mechanism.record(server_round=server_round, run_id=self._run_id)  # durable before the release
         new = self.strategy.apply(noisy)

@@ -64,15 +64,15 @@ def cohort_devices(config: StrataConfig) -> int:
     """Return the public number of devices cohort mode samples from (0 outside cohort mode).
 
     The hub count, or in the `device` topology the public population N (one user per device).
-    Central DP's secret Poisson sampling and the one-shot releases still address one node per
-    device: cohort mode refuses them rather than run them differently."""
+    Central DP samples devices by its secret coins as it samples nodes. The one-shot releases
+    (popularity prior, census) still address one node per device: cohort mode refuses them rather
+    than run them differently."""
     fed, p = config.federation, config.privacy
     if not fed.cohorts:
         return 0
     unsupported = [
         name
         for name, on in (
-            (f"privacy.mode = {p.mode!r}", p.central_dp),
             ("model.popularity-prior", config.model.popularity_prior),
             ("federation.census", fed.census),
         )

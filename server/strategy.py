@@ -225,9 +225,11 @@ class FedAvgStrategy(Strategy):
         else:
             self._log(server_round, kind, node, device, outcome)
 
-    def _cohort_sums(self, server_round: int, replies: Iterable[Message], tally: Tally) -> Iterator[Weights]:
-        """Cohort mode: yield each cohort's sum of accepted weights, in float64 (the cohort sends the sum
-        of changes; names, shapes and values checked)."""
+    def cohort_changes(
+        self, server_round: int, replies: Iterable[Message], tally: Tally
+    ) -> Iterator[tuple[Weights, int]]:
+        """Cohort mode: yield each cohort's sum of its accepted devices' changes (their change from
+        the global weights; under central DP their clipped update sums) and how many devices it holds."""
         current = self.current
         assert current is not None
         for res in self._cohort_replies(server_round, "train", replies, tally):
@@ -240,8 +242,14 @@ class FedAvgStrategy(Strategy):
                 changes[k].shape != v.shape or not torch.isfinite(changes[k]).all() for k, v in current.items()
             ):
                 raise RuntimeError(f"round {server_round}: a cohort's sum does not fit the global model")
+            yield OrderedDict((k, changes[k]) for k in current), res.accepted
+
+    def _cohort_sums(self, server_round: int, replies: Iterable[Message], tally: Tally) -> Iterator[Weights]:
+        """Cohort mode: yield each cohort's sum of accepted weights, in float64 (changes + accepted × global)."""
+        assert self.current is not None
+        for changes, accepted in self.cohort_changes(server_round, replies, tally):
             yield OrderedDict(
-                (k, changes[k].double().add_(v.double(), alpha=res.accepted)) for k, v in current.items()
+                (k, changes[k].double().add_(v.double(), alpha=accepted)) for k, v in self.current.items()
             )
 
     def screen(

@@ -42,6 +42,8 @@ class DataConfig:
     synthetic_items: int = 150
     synthetic_categories: int = 4
     synthetic_subs_per_category: int = 3
+    synthetic_ratings_per_user: int = 30
+    """The planted generator's size: users, items, categories, sub-interests each, mean profile length."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.test_fraction < 1.0:

@@ -15,6 +15,15 @@ class InvalidUpdate(ValueError):
     """A client's weights cannot be aggregated."""
 
 
+CLIP_SLACK = 1e-4
+"""Relative float slack when checking that a central-DP reply's norm is within users · S."""
+
+
+def clip_bound(users: int, clip: float) -> float:
+    """Return the largest norm a central-DP reply of `users` clipped user updates may have (float slack)."""
+    return users * clip * (1 + CLIP_SLACK) + 1e-6
+
+
 def check_update(weights: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]) -> None:
     """Raise InvalidUpdate naming the first problem; a broken client must not poison the model."""
     if set(weights) != set(reference):
@@ -64,3 +73,15 @@ def change_within_bound(change: Mapping[str, torch.Tensor], bound: float) -> boo
             return False
         upper += float(torch.linalg.vector_norm(v)) ** 2 / (1 - gamma / (1 - gamma))
     return upper <= bound * bound * (1 - 1e-12)  # NaN compares false
+
+
+def check_clipped_sum(update: Mapping[str, torch.Tensor], users: int, clip: float) -> None:
+    """Raise InvalidUpdate when a central-DP reply (a sum of clipped user updates) is longer than `users` · S."""
+    bound = clip_bound(users, clip)
+    if change_within_bound(update, bound):
+        return
+    norm = math.sqrt(sum(float(torch.linalg.vector_norm(v, dtype=torch.float64)) ** 2 for v in update.values()))
+    if not norm <= bound:
+        raise InvalidUpdate(
+            f"clipped update sum has norm {norm:.4g} > users-per-client bound {users} × update-clip {clip:g}"
+        )

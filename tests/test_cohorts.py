@@ -164,3 +164,47 @@ def test_cohort_sum_of_changes_screens_exactly_and_keeps_unchanged_coordinates_z
     assert not change_within_bound({"w": torch.full((4,), 0.5)}, 1.0)  # norm exactly 1: decide exactly
     assert change_within_bound({"w": torch.full((4,), 0.49)}, 1.0)
     assert not change_within_bound({"w": torch.tensor([float("nan")])}, 1.0)
+
+
+def test_central_dp_in_cohorts_samples_devices_and_sums_their_clipped_updates(
+    tiny_config: StrataConfig, tmp_path: Path
+) -> None:
+    # Noise 1e-5 · S on the sum (RDP accounts it; a PLD of such a step would not fit in memory):
+    # the two runs' models must agree as the non-private ones do.
+    config = tiny_config.replace(
+        {
+            **DEVICE_FEDERATION,
+            "federation.eval-release": "none",
+            "privacy.mode": "central",
+            "privacy.update-clip": 0.5,
+            "privacy.central-noise-multiplier": 1e-5,
+            "privacy.accountant": "rdp",
+            "federation.server-optimizer": "fedavg",  # Adam would blow the noise up to ±lr where nothing changed
+        }
+    )
+    per_device, cohorts = _runs(config, tmp_path)
+    entries = [
+        [
+            (e.mechanism, e.round, e.noise_multiplier, e.sample_rate, e.client)
+            for e in Ledger.open(r.central_ledger_path).entries
+        ]
+        for r in (per_device, cohorts)
+    ]
+    assert entries[0] == entries[1] == [("dp-fedavg", 1, 1e-5, 1.0, "server"), ("dp-fedavg", 2, 1e-5, 1.0, "server")]
+    a, b = per_device.load_weights(), cohorts.load_weights()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5)
+    assert [m["central_epsilon"] for m in per_device.read_metrics()] == [
+        m["central_epsilon"] for m in cohorts.read_metrics()
+    ]
+
+
+def test_a_cohort_screens_each_devices_clipped_sum() -> None:
+    current = OrderedDict(w=torch.zeros(3, 4))
+    summed = ChangeSum(current, max_update_norm=0.0)
+    summed.add_clipped(OrderedDict(w=torch.full((3, 4), 0.5 / 12**0.5)), users=1, clip=0.5)  # norm exactly S
+    with pytest.raises(InvalidUpdate, match="users-per-client bound 1"):
+        summed.add_clipped(OrderedDict(w=torch.full((3, 4), 0.6 / 12**0.5)), users=1, clip=0.5)
+    summed.add_clipped(OrderedDict(w=torch.full((3, 4), 0.9 / 12**0.5)), users=2, clip=0.5)  # a hub of two users
+    assert summed.total is not None
+    torch.testing.assert_close(summed.total["w"], torch.full((3, 4), 1.4 / 12**0.5))

@@ -95,7 +95,15 @@ def test_a_changed_source_gets_a_new_store_and_a_partial_one_is_rebuilt(tmp_path
 def test_synthetic_store_key_follows_the_generator_and_seed(tmp_path: Path) -> None:
     base = DataConfig(source="synthetic", synthetic_users=20, synthetic_items=24, cache_dir=str(tmp_path))
     other = DataConfig(source="synthetic", synthetic_users=21, synthetic_items=24, cache_dir=str(tmp_path))
-    assert store_dir(base, 0) != store_dir(base, 1) != store_dir(other, 0)
+    longer = DataConfig(
+        source="synthetic",
+        synthetic_users=20,
+        synthetic_items=24,
+        synthetic_ratings_per_user=12,
+        cache_dir=str(tmp_path),
+    )
+    assert len({store_dir(base, 0), store_dir(base, 1), store_dir(other, 0), store_dir(longer, 0)}) == 4
+    assert open_store(longer, 0).n_ratings < open_store(base, 0).n_ratings  # 12 ratings per user on average, not 30
     store, data = open_store(base, 0), load_source(base, 0)
     assert store.n_users == 20 and all(np.array_equal(store.rows(u)[0], data.rows(u)[0]) for u in range(20))
 

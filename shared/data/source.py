@@ -61,6 +61,7 @@ def load_source(data: DataConfig, seed: int) -> RatingsData:
             n_items=data.synthetic_items,
             n_categories=data.synthetic_categories,
             subs_per_category=data.synthetic_subs_per_category,
+            mean_profile_len=data.synthetic_ratings_per_user,
             seed=seed,
         )
         return ratings

@@ -112,6 +112,7 @@ def store_inputs(data: DataConfig, seed: int) -> dict[str, object]:
             "items": data.synthetic_items,
             "categories": data.synthetic_categories,
             "subs_per_category": data.synthetic_subs_per_category,
+            "ratings_per_user": data.synthetic_ratings_per_user,
             "seed": seed,
         }
         return inputs
