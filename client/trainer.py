@@ -135,6 +135,8 @@ def train_locally(
     if config.privacy.central_dp:
         store = sample_users(store, config.privacy.user_sample_rate)
         if dp is None and config.train.local_epochs == 1 and config.train.weight_decay == 0 and store.n_users:
+            if store.n_users == 1:
+                return _clipped_one_step(store, config, weights, server_round=server_round)
             return _clipped_step_sum(store, config, weights, server_round=server_round)
         return _clipped_update_sum(store, config, weights, server_round=server_round, dp=dp)
     model = model_for(store, config, weights)
@@ -243,3 +245,33 @@ def _clipped_step_sum(
         )
     total = OrderedDict((k, (v.detach() - start[k]) * n) for k, v in model.named_parameters())
     return TrainOutcome(weights=total, examples=data.n_ratings, mean_loss=stats.mean_loss, sample_rate=1.0, steps=0)
+
+
+def _clipped_one_step(
+    store: DeviceStore, config: StrataConfig, weights: dict[str, torch.Tensor], *, server_round: int
+) -> TrainOutcome:
+    """`_clipped_step_sum` for a device of one user: a plain SGD step, its update clipped to S.
+
+    clip_S(-lr·g) = -lr·clip_{S/lr}(g): the same update without the per-sample machinery (a test
+    compares the two); 3.5× cheaper per device in the synthetic scale bench's central-DP floor."""
+    model = model_for(store, config, weights)
+    data = train_tensors(store.users, store.n_items, config.data.positive_threshold)
+    seed = make_seed(config.run.seed, LOCAL_TRAINING, store.client_id, server_round)
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        stats = train_users(
+            model,
+            data,
+            epochs=1,
+            batch_size=1,
+            optimizer=make_optimizer(model, "sgd", config.train.local_lr),
+            beta=kl_weight(server_round, config.model),
+            rating_weight=config.model.rating_weight,
+            generator=torch.Generator().manual_seed(seed),
+            dp=None,
+        )
+    update, _ = clip_update(
+        OrderedDict((k, v.detach() - weights[k]) for k, v in model.named_parameters()),
+        max_norm=config.privacy.update_clip,
+    )
+    return TrainOutcome(weights=update, examples=data.n_ratings, mean_loss=stats.mean_loss, sample_rate=1.0, steps=0)

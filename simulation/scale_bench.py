@@ -72,9 +72,12 @@ def _flower(config: StrataConfig) -> JsonDict:
         sampler.join()
     metrics = RunDir.of(config.run_dir).read_metrics()
     rounds = [float(m["round_s"]) for m in metrics]
-    clients = [int(m["train"].get("clients", 0)) for m in metrics]
     steady = rounds[1:] or rounds
-    per_round = statistics.median(clients[1:] or clients)
+    if config.privacy.central_dp:  # the sample's size is secret: the public expected count q · N
+        per_round = config.federation.fraction_train * num_clients(config)
+    else:
+        clients = [int(m["train"].get("clients", 0)) for m in metrics]
+        per_round = statistics.median(clients[1:] or clients)
     return {
         "round_s": rounds,
         "clients_per_round": per_round,

@@ -251,6 +251,32 @@ def test_batched_clipped_step_sum_equals_the_per_user_loop(
         assert update_norm(batched.weights) <= store.n_users * clip * (1 + 1e-5)
 
 
+@pytest.mark.parametrize("clip", [0.05, 1e6])
+def test_one_user_clipped_step_equals_the_batched_pass(
+    tiny_config: StrataConfig, monkeypatch: pytest.MonkeyPatch, clip: float
+) -> None:
+    """A one-user device (the `device` topology) takes a plain step and clips it: the batched pass's update."""
+    cfg = tiny_config.replace(
+        {
+            "federation.topology": "device",
+            "privacy.mode": "central",
+            "privacy.update-clip": clip,
+            "train.local-lr": 50.0,
+            "model.dropout": 0.0,
+        }
+    )
+    store = simulation_store(cfg, 3)
+    assert store.n_users == 1
+    weights = trainer.parameters_of(build_model(store.n_items, cfg.model, store.features, 0))
+    monkeypatch.setattr(torch, "randn_like", torch.zeros_like)
+    one = trainer.train_locally(store, cfg, weights, server_round=1, dp=None)
+    batched = trainer._clipped_step_sum(store, cfg, weights, server_round=1)
+    assert one.examples == batched.examples == store.n_train_ratings
+    for k, v in batched.weights.items():
+        torch.testing.assert_close(one.weights[k], v, rtol=1e-4, atol=1e-5)
+    assert update_norm(one.weights) <= clip * (1 + 1e-6)
+
+
 def test_local_plus_central_writes_one_dp_sgd_entry_per_round(tiny_config: StrataConfig) -> None:
     cfg = tiny_config.replace({"privacy.mode": "local+central", "privacy.noise-multiplier": 1.0})
     store = simulation_store(cfg, 1)
