@@ -20,7 +20,7 @@ from shared.logs import show_strata_logs
 from shared.memory import keep_freed_memory
 from shared.protocol import EvaluateIns, ReleaseIns, TrainIns, cohort_of
 
-from .cohort import evaluate_cohort, train_cohort
+from .cohort import contribute_cohort, evaluate_cohort, train_cohort
 from .device import Device, open_device
 from .release import contribute, evaluate
 from .replay import ReplyCache
@@ -105,6 +105,9 @@ def build_client_app(config: StrataConfig | None = None) -> ClientApp:
         """Contribute the client's part of a one-shot release (popularity prior, interest census)."""
         c = cfg(context)
         ins = ReleaseIns.from_record(msg.content)
+        devices = cohort_of(msg.content)
+        if devices is not None:
+            return Message(content=contribute_cohort(c, context, ins, devices).to_record(), reply_to=msg)
         content = _as_device(
             c,
             context,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -27,7 +27,17 @@ from flwr.app import Context
 
 from shared.config import StrataConfig
 from shared.metrics import EVAL_FIELDS
-from shared.protocol import CohortRes, DeviceOutcome, EvaluateIns, EvaluateRes, Outcome, TrainIns, TrainRes
+from shared.protocol import (
+    CohortRes,
+    DeviceOutcome,
+    EvaluateIns,
+    EvaluateRes,
+    Outcome,
+    ReleaseIns,
+    ReleaseRes,
+    TrainIns,
+    TrainRes,
+)
 from shared.update_check import (
     InvalidUpdate,
     change_within_bound,
@@ -36,14 +46,16 @@ from shared.update_check import (
     check_update,
 )
 
-from .device import open_device
-from .release import evaluate
+from .device import Device, open_device
+from .release import contribute, evaluate
 from .rounds import train_round
 
 log = logging.getLogger(__name__)
 
 
-def _outcome(index: int, reply: TrainRes | EvaluateRes, outcome: Outcome, reason: str = "") -> DeviceOutcome:
+def _outcome(
+    index: int, reply: TrainRes | EvaluateRes | ReleaseRes, outcome: Outcome, reason: str = ""
+) -> DeviceOutcome:
     return DeviceOutcome(device=index, outcome=outcome, epsilon=reply.epsilon, key=reply.key, reason=reason)
 
 
@@ -112,19 +124,39 @@ def train_cohort(config: StrataConfig, context: Context, ins: TrainIns, devices:
 
 def evaluate_cohort(config: StrataConfig, context: Context, ins: EvaluateIns, devices: tuple[int, ...]) -> CohortRes:
     """Ask each of `devices` for its evaluation release; return the sum of those it released."""
+    return _sum_releases(
+        config, context, devices, lambda d: evaluate(d.store, config, ins, d.budget, d.policy), (len(EVAL_FIELDS),)
+    )
+
+
+def contribute_cohort(config: StrataConfig, context: Context, ins: ReleaseIns, devices: tuple[int, ...]) -> CohortRes:
+    """Ask each of `devices` for its part of a one-shot release (popularity prior, census); return their sum."""
+    return _sum_releases(config, context, devices, lambda d: contribute(d.store, config, ins, d.budget, d.policy))
+
+
+def _sum_releases(
+    config: StrataConfig,
+    context: Context,
+    devices: tuple[int, ...],
+    answer: Callable[[Device], EvaluateRes | ReleaseRes],
+    shape: tuple[int, ...] | None = None,
+) -> CohortRes:
+    """Each device's release sum (noised and ledgered on the device as on its own node), added up;
+    a sum of another shape than `shape` (or than the first device's) or not finite is rejected."""
     _check_simulated(context)
     total: np.ndarray | None = None
     outcomes = []
     for index in devices:
         device = open_device(config, context, {**context.node_config, "partition-id": index}, mirror=False)
-        reply = evaluate(device.store, config, ins, device.budget, device.policy)
+        reply = answer(device)
         device.close(context)
         if reply.total is None:
             outcomes.append(_outcome(index, reply, "refused", reply.reason))
             continue
-        if reply.total.shape != (len(EVAL_FIELDS),) or not np.all(np.isfinite(reply.total)):
+        expected = shape or (total.shape if total is not None else reply.total.shape)
+        if reply.total.shape != expected or not np.all(np.isfinite(reply.total)):
             outcomes.append(
-                _outcome(index, reply, "rejected", f"evaluation sum of shape {reply.total.shape} or not finite")
+                _outcome(index, reply, "rejected", f"release sum of shape {reply.total.shape} or not finite")
             )
             continue
         total = reply.total.astype(np.float64) if total is None else total + reply.total

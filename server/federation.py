@@ -33,6 +33,7 @@ from shared.run_dir import JsonDict, RunDir
 from shared.seeds import SAMPLING, make_rng
 
 from .central_dp import CentralDP, build_central_dp
+from .cohorts import cohort_devices
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .dp_strategy import CentralDPStrategy
 from .instruction_log import InstructionLog
@@ -58,37 +59,6 @@ class Federation:
     def client_epsilon(self) -> dict[int, float]:
         """The latest ε each client reported."""
         return self.strategy.client_epsilon
-
-
-def cohort_devices(config: StrataConfig) -> int:
-    """Return the public number of devices cohort mode samples from (0 outside cohort mode).
-
-    The hub count, or in the `device` topology the public population N (one user per device).
-    Central DP samples devices by its secret coins as it samples nodes. The one-shot releases
-    (popularity prior, census) still address one node per device: cohort mode refuses them rather
-    than run them differently."""
-    fed, p = config.federation, config.privacy
-    if not fed.cohorts:
-        return 0
-    unsupported = [
-        name
-        for name, on in (
-            ("model.popularity-prior", config.model.popularity_prior),
-            ("federation.census", fed.census),
-        )
-        if on
-    ]
-    if unsupported:
-        raise ValueError(
-            f"federation.cohorts = {fed.cohorts} does not support {', '.join(unsupported)} yet: "
-            "set federation.cohorts = 0 (one Flower node per device)."
-        )
-    devices = fed.num_hubs if fed.topology == "hub" else p.population
-    if devices < 1:
-        raise ValueError(
-            "federation.cohorts needs privacy.population (the public number of devices) in the device topology."
-        )
-    return devices
 
 
 def build_federation(config: StrataConfig, *, run: RunDir, run_id: str) -> Federation:

@@ -8,6 +8,7 @@ interest census after the last round (round `federation.rounds` + 1).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,9 +33,10 @@ from shared.privacy.release import (
     release_entry,
     release_round,
 )
-from shared.protocol import ProtocolError, ReleaseIns, ReleaseRes
+from shared.protocol import CohortRes, ProtocolError, ReleaseIns, ReleaseRes, cohort_ins
 from shared.run_dir import JsonDict, RunDir
 
+from .cohorts import cohort_devices, split_into_cohorts
 from .replies import match_replies
 from .instruction_log import InstructionLog, Kind, Outcome
 from .taxonomy import taxonomy_from_model, write_taxonomy
@@ -99,7 +101,16 @@ def collect_release(
     ins = ReleaseIns(kind=kind, server_round=server_round, run_id=run_id, arrays=arrays, interests=interests)
     content = ins.to_record()
     nodes = sorted(grid.get_node_ids())
-    messages = [Message(content=content, message_type=MessageType.QUERY, dst_node_id=n) for n in nodes]
+    cohort_of_node: dict[int, tuple[int, ...]] = {}
+    devices = cohort_devices(config)
+    if devices:  # every device answers, in the cohort of one of the cohort nodes
+        cohort_of_node = split_into_cohorts(list(range(devices)), nodes, config.federation.cohorts)
+        messages = [
+            Message(content=cohort_ins(content, ds), message_type=MessageType.QUERY, dst_node_id=n)
+            for n, ds in cohort_of_node.items()
+        ]
+    else:
+        messages = [Message(content=content, message_type=MessageType.QUERY, dst_node_id=n) for n in nodes]
     total = np.zeros(dim, dtype=np.float64)
     out = Release(total=total, clients=0, failed=0)
     instruction_kind: Kind = "popularity" if kind == POPULARITY else "census"
@@ -115,7 +126,11 @@ def collect_release(
                 outcome=outcome,
             )
 
-    for node, msg in match_replies(messages, grid.send_and_receive(messages, timeout=timeout)):
+    replies = list(match_replies(messages, grid.send_and_receive(messages, timeout=timeout)))
+    if cohort_of_node:
+        _add_cohorts(replies, cohort_of_node, total, out, kind, record)
+        replies = []
+    for node, msg in replies:
         if msg is None or msg.has_error():
             out.failed += 1
             why = "no reply within the timeout" if msg is None else msg.error.reason
@@ -164,6 +179,55 @@ def collect_release(
         noise_holder(config.privacy.mode) or "nobody (privacy off)",
     )
     return out
+
+
+def _add_cohorts(
+    replies: list[tuple[int, Message | None]],
+    cohort_of_node: dict[int, tuple[int, ...]],
+    total: np.ndarray,
+    out: Release,
+    kind: str,
+    record: Callable[[int, str, Outcome], None],
+) -> None:
+    """Cohort mode: add each cohort's sum to `total` and count every device in `out`; a cohort
+    node that failed, or whose reply does not account for exactly its devices, fails them all."""
+    dim = total.shape[0]
+    for node, msg in replies:
+        devices = cohort_of_node.get(node, ())
+        why, res = "", None
+        if msg is None or msg.has_error():
+            why = "no reply within the timeout" if msg is None else str(msg.error.reason)
+        else:
+            try:
+                res = CohortRes.from_record(msg.content)
+            except ProtocolError as exc:
+                why = f"malformed cohort reply: {exc}"
+        if res is not None and tuple(o.device for o in res.outcomes) != devices:
+            why, res = "the cohort reply does not list its devices", None
+        bad = (
+            res is not None
+            and res.total is not None
+            and (res.total.shape != (dim,) or not np.isfinite(res.total).all())
+        )
+        if bad:
+            why, res = f"a cohort sum not of shape ({dim},) or not finite", None
+        if res is None:
+            log.warning("%s release: cohort node %d failed (%d devices): %s", kind, node, len(devices), why)
+            out.failed += len(devices)
+            for d in devices:
+                record(d, "", "failed")
+            continue
+        for o in res.outcomes:
+            out.client_epsilon[o.device] = o.epsilon
+            if o.outcome == "accepted":
+                out.clients += 1
+            elif o.outcome == "refused":
+                out.refused += 1
+            else:
+                out.failed += 1
+            record(o.device, o.key, o.outcome)
+        if res.total is not None:
+            total += res.total
 
 
 def popularity_prior(

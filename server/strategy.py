@@ -36,6 +36,7 @@ from shared.protocol import (
     cohort_ins,
 )
 
+from .cohorts import split_into_cohorts
 from .instruction_log import InstructionLog, Kind, Outcome
 from .server_optimizer import ServerOptimizer
 from .replies import match_replies
@@ -171,9 +172,7 @@ class FedAvgStrategy(Strategy):
             self.outbox = [Message(content=content, message_type=kind, dst_node_id=n) for n in nodes]
             return self.outbox
         assert grid is not None, "cohort mode needs the grid's nodes"
-        workers = sorted(grid.get_node_ids())[: self.cohorts]
-        chunks = [c for c in np.array_split(np.asarray(nodes, dtype=np.int64), len(workers)) if len(c)]
-        self.cohort_of_node = {w: tuple(int(d) for d in c) for w, c in zip(workers, chunks, strict=False)}
+        self.cohort_of_node = split_into_cohorts(nodes, list(grid.get_node_ids()), self.cohorts)
         self.outbox = [
             Message(content=cohort_ins(content, devices), message_type=kind, dst_node_id=w)
             for w, devices in self.cohort_of_node.items()

@@ -345,7 +345,7 @@ def cohort_of(content: RecordDict) -> tuple[int, ...] | None:
 
 
 def cohort_ins(content: RecordDict, devices: tuple[int, ...]) -> RecordDict:
-    """Return `content` (a `TrainIns` or `EvaluateIns` record) addressed to a cohort of `devices`."""
+    """Return `content` (a `TrainIns`, `EvaluateIns` or `ReleaseIns` record) addressed to a cohort of `devices`."""
     out = RecordDict(dict(content.items()))
     out[COHORT] = ConfigRecord({DEVICES: list(devices)})
     return out

@@ -9,7 +9,7 @@ from flwr.simulation import run_simulation
 
 from client.client_app import build_client_app
 from client.store import num_clients
-from server.federation import cohort_devices
+from server.cohorts import cohort_devices
 from server.server_app import build_server_app
 from shared.config import StrataConfig
 from shared.run_dir import JsonDict, RunDir

@@ -208,3 +208,49 @@ def test_a_cohort_screens_each_devices_clipped_sum() -> None:
     summed.add_clipped(OrderedDict(w=torch.full((3, 4), 0.9 / 12**0.5)), users=2, clip=0.5)  # a hub of two users
     assert summed.total is not None
     torch.testing.assert_close(summed.total["w"], torch.full((3, 4), 1.4 / 12**0.5))
+
+
+@pytest.mark.parametrize("mode", ["local", "central"])
+def test_cohorts_run_the_popularity_prior_and_the_census_for_every_device(
+    tiny_config: StrataConfig, tmp_path: Path, mode: str
+) -> None:
+    privacy = (
+        {"privacy.mode": "local", "privacy.target-epsilon": 6.0}
+        if mode == "local"
+        else {"privacy.mode": "central", "privacy.update-clip": 0.5, "privacy.central-noise-multiplier": 1.0}
+    )
+    config = tiny_config.replace(
+        {
+            **DEVICE_FEDERATION,
+            **privacy,
+            "federation.eval-release": "none",
+            "model.popularity-prior": True,
+            "federation.census": True,
+            "privacy.release-noise-multiplier": 2.0,
+        }
+    )
+    per_device, cohorts = _runs(config, tmp_path)
+    if mode == "local":  # each device noised and recorded both releases itself, in either mode
+        ledgers = _ledgers(per_device)
+        assert _ledgers(cohorts) == ledgers and len(ledgers) == 40
+        assert all([e[:2] for e in entries][0] == ("gaussian-sum", 0) for entries in ledgers.values())
+        assert all([e[:2] for e in entries][-1] == ("gaussian-sum", 3) for entries in ledgers.values())
+    else:  # the server added the noise of both and recorded them
+        central = [
+            [(e.mechanism, e.round, e.noise_multiplier) for e in Ledger.open(r.central_ledger_path).entries]
+            for r in (per_device, cohorts)
+        ]
+        assert central[0] == central[1]
+        assert [c[:2] for c in central[1]] == [
+            ("gaussian-sum", 0),
+            ("dp-fedavg", 1),
+            ("dp-fedavg", 2),
+            ("gaussian-sum", 3),
+        ]
+    for run in (per_device, cohorts):
+        census = run.read_census()
+        assert (
+            census is not None
+            and census["clients"] == 40
+            and census["failed_clients"] == census["refused_clients"] == 0
+        )
