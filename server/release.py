@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,7 +37,7 @@ from shared.privacy.release import (
 from shared.protocol import CohortRes, ProtocolError, ReleaseIns, ReleaseRes, cohort_ins
 from shared.run_dir import JsonDict, RunDir
 
-from .cohorts import cohort_devices, split_into_cohorts
+from .cohorts import cohort_devices, cohort_outcomes, split_into_cohorts
 from .replies import match_replies
 from .instruction_log import InstructionLog, Kind, Outcome
 from .taxonomy import taxonomy_from_model, write_taxonomy
@@ -127,44 +128,45 @@ def collect_release(
             )
 
     replies = list(match_replies(messages, grid.send_and_receive(messages, timeout=timeout)))
-    if cohort_of_node:
-        _add_cohorts(replies, cohort_of_node, total, out, kind, record)
-        replies = []
-    for node, msg in replies:
-        if msg is None or msg.has_error():
-            out.failed += 1
-            why = "no reply within the timeout" if msg is None else msg.error.reason
-            log.warning("%s release: client %d failed: %s", kind, node, why)
-            record(node, "", "failed")
-            continue
-        try:
-            reply = ReleaseRes.from_record(msg.content)
-        except ProtocolError as exc:
-            out.failed += 1
-            log.warning("%s release: malformed reply from client %d: %s", kind, node, exc)
-            record(node, "", "failed")
-            continue
-        out.client_epsilon[node] = reply.epsilon
-        part = reply.total
-        if part is None:
-            out.refused += 1
-            log.info("%s release: client %d refused: %s", kind, node, reply.reason)
-            record(node, reply.key, "refused")
-            continue
-        if part.shape != (dim,) or not np.all(np.isfinite(part)):
-            record(node, reply.key, "rejected")
-            out.failed += 1
-            log.warning(
-                "%s release: client %d sent a sum of shape %s (expected (%d,)) or non-finite values",
-                kind,
-                node,
-                part.shape,
-                dim,
-            )
-            continue
-        total += part
-        out.clients += 1
-        record(node, reply.key, "accepted")
+    with instructions.batch() if instructions is not None else nullcontext():  # one fsync for all
+        if cohort_of_node:
+            _add_cohorts(replies, cohort_of_node, total, out, kind, record)
+            replies = []
+        for node, msg in replies:
+            if msg is None or msg.has_error():
+                out.failed += 1
+                why = "no reply within the timeout" if msg is None else msg.error.reason
+                log.warning("%s release: client %d failed: %s", kind, node, why)
+                record(node, "", "failed")
+                continue
+            try:
+                reply = ReleaseRes.from_record(msg.content)
+            except ProtocolError as exc:
+                out.failed += 1
+                log.warning("%s release: malformed reply from client %d: %s", kind, node, exc)
+                record(node, "", "failed")
+                continue
+            out.client_epsilon[node] = reply.epsilon
+            part = reply.total
+            if part is None:
+                out.refused += 1
+                log.info("%s release: client %d refused: %s", kind, node, reply.reason)
+                record(node, reply.key, "refused")
+                continue
+            if part.shape != (dim,) or not np.all(np.isfinite(part)):
+                record(node, reply.key, "rejected")
+                out.failed += 1
+                log.warning(
+                    "%s release: client %d sent a sum of shape %s (expected (%d,)) or non-finite values",
+                    kind,
+                    node,
+                    part.shape,
+                    dim,
+                )
+                continue
+            total += part
+            out.clients += 1
+            record(node, reply.key, "accepted")
     if noise_holder(p.mode) == "server":
         assert server_ledger is not None
         out.entry = server_entry
@@ -189,36 +191,19 @@ def _add_cohorts(
     kind: str,
     record: Callable[[int, str, Outcome], None],
 ) -> None:
-    """Cohort mode: add each cohort's sum to `total` and count every device in `out`; a cohort
-    node that failed, or whose reply does not account for exactly its devices, fails them all."""
+    """Cohort mode: add each cohort's sum to `total` and count every device in `out`
+    (`cohorts.cohort_outcomes`: a failed node, or one whose sum does not fit, fails all its devices)."""
     dim = total.shape[0]
-    for node, msg in replies:
-        devices = cohort_of_node.get(node, ())
-        why, res = "", None
-        if msg is None or msg.has_error():
-            why = "no reply within the timeout" if msg is None else str(msg.error.reason)
-        else:
-            try:
-                res = CohortRes.from_record(msg.content)
-            except ProtocolError as exc:
-                why = f"malformed cohort reply: {exc}"
-        if res is not None and tuple(o.device for o in res.outcomes) != devices:
-            why, res = "the cohort reply does not list its devices", None
-        bad = (
-            res is not None
-            and res.total is not None
-            and (res.total.shape != (dim,) or not np.isfinite(res.total).all())
-        )
-        if bad:
-            why, res = f"a cohort sum not of shape ({dim},) or not finite", None
-        if res is None:
-            log.warning("%s release: cohort node %d failed (%d devices): %s", kind, node, len(devices), why)
-            out.failed += len(devices)
-            for d in devices:
-                record(d, "", "failed")
-            continue
-        for o in res.outcomes:
-            out.client_epsilon[o.device] = o.epsilon
+
+    def fits(res: CohortRes) -> str:
+        if res.total is not None and (res.total.shape != (dim,) or not np.isfinite(res.total).all()):
+            return f"a cohort sum not of shape ({dim},) or not finite"
+        return ""
+
+    for res, outcomes in cohort_outcomes(replies, cohort_of_node, what=f"{kind} release", check=fits):
+        for o in outcomes:
+            if res is not None:
+                out.client_epsilon[o.device] = o.epsilon
             if o.outcome == "accepted":
                 out.clients += 1
             elif o.outcome == "refused":
@@ -226,7 +211,7 @@ def _add_cohorts(
             else:
                 out.failed += 1
             record(o.device, o.key, o.outcome)
-        if res.total is not None:
+        if res is not None and res.total is not None:
             total += res.total
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +37,7 @@ from shared.protocol import (
     cohort_ins,
 )
 
-from .cohorts import split_into_cohorts
+from .cohorts import cohort_outcomes, split_into_cohorts
 from .instruction_log import InstructionLog, Kind, Outcome
 from .server_optimizer import ServerOptimizer
 from .replies import match_replies
@@ -55,6 +56,17 @@ class Tally:
     accepted: int = 0
     failed: int = 0
     refused: int = 0
+
+
+def _sum_of(shape: tuple[int, ...]) -> Callable[[CohortRes], str]:
+    """Return a cohort reply check: its release sum (if any) has `shape` and finite values."""
+
+    def check(res: CohortRes) -> str:
+        if res.total is not None and (res.total.shape != shape or not np.all(np.isfinite(res.total))):
+            return f"a cohort sum of shape {res.total.shape} (expected {shape}) or not finite"
+        return ""
+
+    return check
 
 
 def _run_id(config: ConfigRecord) -> str:
@@ -161,6 +173,10 @@ class FedAvgStrategy(Strategy):
                 run_id=self._run_id, server_round=server_round, kind=kind, node=node, device=device, outcome=outcome
             )
 
+    def _batched_log(self) -> AbstractContextManager[None]:
+        """Instructions logged within are written with one fsync on leaving (`InstructionLog.batch`)."""
+        return self.instructions.batch() if self.instructions is not None else nullcontext()
+
     def _log_train(self, server_round: int, node: int, device: str, outcome: Outcome) -> None:
         if self.log_train:
             self._log(server_round, "train", node, device, outcome)
@@ -180,32 +196,20 @@ class FedAvgStrategy(Strategy):
         return self.outbox
 
     def _cohort_replies(
-        self, server_round: int, kind: Kind, replies: Iterable[Message], tally: Tally
+        self,
+        server_round: int,
+        kind: Kind,
+        replies: Iterable[Message],
+        tally: Tally,
+        check: Callable[[CohortRes], str] | None = None,
     ) -> Iterator[CohortRes]:
-        """Cohort mode: yield each cohort's reply after counting, logging and noting ε of every device in it.
-
-        A node that failed, or a reply that does not account for exactly its devices, fails all of them."""
-        for node, msg in match_replies(self.outbox, replies):
-            devices = self.cohort_of_node.get(node, ())
-            why = ""
-            res = None
-            if msg is None or msg.has_error():
-                why = "no reply within the round's timeout" if msg is None else str(msg.error.reason)
-            else:
-                try:
-                    res = CohortRes.from_record(msg.content)
-                    if sorted(o.device for o in res.outcomes) != sorted(devices):
-                        raise ProtocolError(f"the reply accounts for devices {[o.device for o in res.outcomes]}")
-                except ProtocolError as exc:
-                    why, res = f"malformed cohort reply: {exc}", None
-            if res is None:
-                tally.failed += len(devices)
-                log.warning("round %d: cohort node %d (%d devices) failed: %s", server_round, node, len(devices), why)
-                for d in devices:
-                    self._log_step(kind, server_round, d, "", "failed")
-                continue
-            for o in res.outcomes:
-                self.client_epsilon[o.device] = o.epsilon
+        """Cohort mode: yield each usable cohort reply after counting, logging and noting ε of every
+        device in it (`cohorts.cohort_outcomes`: a failed node, or one failing `check`, fails them all)."""
+        pairs = match_replies(self.outbox, replies)
+        for res, outcomes in cohort_outcomes(pairs, self.cohort_of_node, what=f"round {server_round}", check=check):
+            for o in outcomes:
+                if res is not None:
+                    self.client_epsilon[o.device] = o.epsilon
                 if o.outcome == "accepted":
                     tally.accepted += 1
                 elif o.outcome == "refused":
@@ -213,10 +217,12 @@ class FedAvgStrategy(Strategy):
                     log.info("round %d: device %d refused: %s", server_round, o.device, o.reason)
                 else:
                     tally.failed += 1
-                    self.rejected.append(f"round {server_round}, device {o.device}: {o.reason}")
-                    log.warning("round %d: device %d %s: %s", server_round, o.device, o.outcome, o.reason)
+                    if res is not None:
+                        self.rejected.append(f"round {server_round}, device {o.device}: {o.reason}")
+                        log.warning("round %d: device %d %s: %s", server_round, o.device, o.outcome, o.reason)
                 self._log_step(kind, server_round, o.device, o.key, o.outcome)
-            yield res
+            if res is not None:
+                yield res
 
     def _log_step(self, kind: Kind, server_round: int, node: int, device: str, outcome: Outcome) -> None:
         if kind == "train":
@@ -236,20 +242,12 @@ class FedAvgStrategy(Strategy):
                 raise RuntimeError(f"round {server_round}: a cohort's sum does not match its accepted devices")
             if res.changes is None:
                 continue
-            changes = res.changes
-            if set(changes) != set(current) or any(
-                changes[k].shape != v.shape or not torch.isfinite(changes[k]).all() for k, v in current.items()
-            ):
-                raise RuntimeError(f"round {server_round}: a cohort's sum does not fit the global model")
-            yield OrderedDict((k, changes[k]) for k in current), res.accepted
-
-    def _cohort_sums(self, server_round: int, replies: Iterable[Message], tally: Tally) -> Iterator[Weights]:
-        """Cohort mode: yield each cohort's sum of accepted weights, in float64 (changes + accepted × global)."""
-        assert self.current is not None
-        for changes, accepted in self.cohort_changes(server_round, replies, tally):
-            yield OrderedDict(
-                (k, changes[k].double().add_(v.double(), alpha=accepted)) for k, v in self.current.items()
-            )
+            try:
+                check_update(res.changes, current)  # names, shapes, dtypes, finite values
+            except InvalidUpdate as exc:
+                why = f"round {server_round}: a cohort's sum does not fit the global model: {exc}"
+                raise RuntimeError(why) from None
+            yield OrderedDict((k, res.changes[k]) for k in current), res.accepted
 
     def screen(
         self,
@@ -339,15 +337,17 @@ class FedAvgStrategy(Strategy):
         # Streaming sum: memory stays at a few models however many clients reply. In float64,
         # so the result does not depend on the order replies arrive in (FedAdam turns float32
         # rounding noise in unchanged coordinates into full ±lr steps).
+        # Cohorts send sums of changes from the current weights (float32): their mean is the delta.
         acc: Weights = OrderedDict((k, torch.zeros_like(v, dtype=torch.float64)) for k, v in current.items())
         tally = Tally()
         if self.cohorts:
-            sums: Iterable[Weights] = self._cohort_sums(server_round, replies, tally)
+            sums: Iterable[Weights] = (changes for changes, _ in self.cohort_changes(server_round, replies, tally))
         else:
             sums = (weights for weights, _ in self.screen(server_round, replies, tally, self._check_norm))
-        for weights in sums:
-            for k, v in weights.items():
-                acc[k].add_(v)
+        with self._batched_log():
+            for weights in sums:
+                for k, v in weights.items():
+                    acc[k].add_(v)
         record = self.record(tally)
         if tally.accepted < self.min_train_clients:
             log.warning(
@@ -357,7 +357,10 @@ class FedAvgStrategy(Strategy):
                 self.min_train_clients,
             )
             return None, record
-        delta = OrderedDict((k, acc[k].div_(tally.accepted).sub_(v).to(v.dtype)) for k, v in current.items())
+        if self.cohorts:
+            delta = OrderedDict((k, acc[k].div_(tally.accepted).to(v.dtype)) for k, v in current.items())
+        else:
+            delta = OrderedDict((k, acc[k].div_(tally.accepted).sub_(v).to(v.dtype)) for k, v in current.items())
         return ArrayRecord(self.apply(delta)), record
 
     def configure_evaluate(
@@ -370,13 +373,15 @@ class FedAvgStrategy(Strategy):
 
     def collect_evaluation(self, server_round: int, replies: Iterable[Message]) -> tuple[np.ndarray, int, int]:
         """Add up the clients' evaluation sums: (total, clients that contributed, clients that refused)."""
+        with self._batched_log():
+            return self._collect_evaluation(server_round, replies)
+
+    def _collect_evaluation(self, server_round: int, replies: Iterable[Message]) -> tuple[np.ndarray, int, int]:
         total, answered, refused = np.zeros(len(EVAL_FIELDS)), 0, 0
         if self.cohorts:
             tally = Tally()
-            for res in self._cohort_replies(server_round, "evaluate", replies, tally):
+            for res in self._cohort_replies(server_round, "evaluate", replies, tally, _sum_of(total.shape)):
                 if res.total is not None:
-                    if res.total.shape != total.shape or not np.all(np.isfinite(res.total)):
-                        raise RuntimeError(f"round {server_round}: a cohort's evaluation sum has the wrong shape")
                     total += res.total
             return total, tally.accepted, tally.refused
         for node, msg in match_replies(self.outbox, replies):

@@ -166,6 +166,23 @@ def test_cohort_sum_of_changes_screens_exactly_and_keeps_unchanged_coordinates_z
     assert not change_within_bound({"w": torch.tensor([float("nan")])}, 1.0)
 
 
+@pytest.mark.parametrize("bound", [1.0, 0.0])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_cohort_rejects_non_finite_weights_with_or_without_a_norm_bound(bound: float, bad: float) -> None:
+    # With a bound, finiteness is proven by the change's float32 norm (not checked apart); a NaN or
+    # ±Inf fails that proof and is then named. Without one, the values are checked directly.
+    current = OrderedDict(w=torch.zeros(50, 20), b=torch.zeros(20))
+    summed = ChangeSum(current, max_update_norm=bound)
+    weights = OrderedDict(w=current["w"].clone(), b=current["b"].clone())
+    weights["w"][3, 4] = bad
+    with pytest.raises(InvalidUpdate, match="NaN or infinite"):
+        summed.add(weights)
+    assert summed.total is None  # nothing was added
+    fine = OrderedDict(w=current["w"] + 0.001, b=current["b"].clone())
+    summed.add(fine)
+    assert summed.total is not None and torch.allclose(summed.total["w"], torch.full((50, 20), 0.001))
+
+
 def test_central_dp_in_cohorts_samples_devices_and_sums_their_clipped_updates(
     tiny_config: StrataConfig, tmp_path: Path
 ) -> None:
