@@ -44,6 +44,7 @@ from shared.update_check import (
     check_change_norm,
     check_clipped_sum,
     check_update,
+    received_update,
 )
 
 from .device import Device, open_device
@@ -112,14 +113,15 @@ def train_cohort(config: StrataConfig, context: Context, ins: TrainIns, devices:
         device = open_device(config, context, {**context.node_config, "partition-id": index}, mirror=False)
         reply = train_round(device.store, config, ins, device.budget, device.policy)
         device.close(context)
-        if reply.weights is None:
+        if reply.refused:
             outcomes.append(_outcome(index, reply, "refused", reply.reason))
             continue
-        try:
+        try:  # what the server would decode from the reply (a compact change added to the global weights)
+            update = received_update(reply.weights, reply.compact, summed.current, updates=p.central_dp)
             if p.central_dp:
-                summed.add_clipped(reply.weights, users, p.update_clip)
+                summed.add_clipped(update, users, p.update_clip)
             else:
-                summed.add(reply.weights)
+                summed.add(update)
         except InvalidUpdate as exc:
             outcomes.append(_outcome(index, reply, "rejected", str(exc)))
             continue

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from shared.config import StrataConfig
 from shared.privacy.ledger import LedgerEntry
 from shared.privacy.release import planned_releases
-from shared.protocol import TrainIns, TrainRes
+from shared.protocol import TrainIns, TrainRes, Weights
+from shared.seeds import TRANSPORT, make_seed
 from shared.training import DPSettings
+from shared.transport import encode, transport_refusal, within
 
 from .budget import ClientBudget
 from .planted_bug import noise_divisor
@@ -54,7 +58,9 @@ def train_round(
     """Train one round, refusing what the device's policy or budget forbids; record its DP-SGD release."""
     p = config.privacy
     dp: DPSettings | None = None
-    reason = refusal(policy, config)
+    reason = refusal(policy, config) or transport_refusal(
+        config.federation.transport, central_dp=p.central_dp, topology=config.federation.topology
+    )
     if reason:
         return _refused(store, budget, reason)
     if p.local_dp:
@@ -101,4 +107,19 @@ def train_round(
         outcome.mean_loss,
         outcome.examples,
     )
-    return TrainRes(weights=outcome.weights, epsilon=budget.spent(), key=budget.key)
+    return _reply(store, config, ins, budget, outcome.weights)
+
+
+def _reply(store: DeviceStore, config: StrataConfig, ins: TrainIns, budget: ClientBudget, weights: Weights) -> TrainRes:
+    """Return the round's reply: the weights, or under a compact `federation.transport` the change (under
+    central DP the clipped update, brought back within S after encoding: `shared/transport.py`)."""
+    transport, p = config.federation.transport, config.privacy
+    if transport == "float32":
+        return TrainRes(weights=weights, epsilon=budget.spent(), key=budget.key)
+    current = ins.weights()
+    change = weights if p.central_dp else {k: weights[k] - v for k, v in current.items()}
+    coins = torch.Generator().manual_seed(make_seed(config.run.seed, TRANSPORT, store.client_id, ins.server_round))
+    compact = encode(change, transport, coins)
+    if p.central_dp:  # one user's clipped update (transport_refusal): the bound the server's noise is for
+        compact = within(compact, p.update_clip)
+    return TrainRes(weights=None, epsilon=budget.spent(), key=budget.key, compact=compact)

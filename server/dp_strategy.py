@@ -51,6 +51,7 @@ class CentralDPStrategy(Strategy):
     ) -> None:
         self.strategy = strategy
         strategy.log_train = False  # the training sample is secret: not in the instruction log
+        strategy.replies_are_updates = True  # sums of clipped user updates
         self.mechanism = mechanism
         self.eval_noise_multiplier = eval_noise_multiplier
         """z of the evaluation releases when the server adds their noise (None: the clients do)."""

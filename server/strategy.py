@@ -41,7 +41,7 @@ from .cohorts import cohort_outcomes, split_into_cohorts
 from .instruction_log import InstructionLog, Kind, Outcome
 from .server_optimizer import ServerOptimizer
 from .replies import match_replies
-from shared.update_check import InvalidUpdate, check_change_norm, check_update
+from shared.update_check import InvalidUpdate, check_change_norm, check_update, received_update
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,8 @@ class FedAvgStrategy(Strategy):
         """The server's signed log of every instruction and its outcome (None: not kept)."""
         self.log_train = True
         """Whether training instructions are logged (not under central DP: the sample is secret)."""
+        self.replies_are_updates = False
+        """Whether a training reply is a sum of clipped updates, not weights (central DP)."""
         self._run_id = ""
         self.current: Weights | None = None
         """The global weights of the round in progress (set by `configure_train`)."""
@@ -275,13 +277,15 @@ class FedAvgStrategy(Strategy):
                 self._log_train(server_round, node, "", "failed")
                 continue
             self.client_epsilon[node] = reply.epsilon
-            if reply.weights is None:
+            if reply.refused:
                 tally.refused += 1
                 log.info("round %d: client %d refused: %s", server_round, node, reply.reason)
                 self._log_train(server_round, node, reply.key, "refused")
                 continue
-            update = OrderedDict(reply.weights)
             try:
+                update = OrderedDict(
+                    received_update(reply.weights, reply.compact, self.current, updates=self.replies_are_updates)
+                )
                 check_update(update, self.current)
                 if extra_check is not None:
                     extra_check(update, reply)

@@ -279,13 +279,14 @@ class FederationConfig:
     num_cpus_per_client: float = 1.0
     """Ray resources per virtual client in simulation."""
     cohorts: int = 0
-    """Simulation only. 0: one Flower node per device (every device a message). k >= 1: k Flower
-    nodes, each running its share of the round's sampled devices in turn, so Flower carries one
-    message per cohort; every device is still sampled, trained, noised, accounted and ledgered
-    on its own (the cohort node screens and adds up their replies)."""
+    """Simulation only. 0: one Flower node per device. k >= 1: k Flower nodes, each running its share
+    of the round's sampled devices in turn (one message per cohort); every device is still sampled,
+    trained, noised, accounted and ledgered on its own (the cohort node screens and sums their replies)."""
+    transport: Literal["float32", "float16", "int8"] = "float32"
+    """What a device sends: its float32 weights, or its change from the global ones in float16 or int8
+    (a scale per tensor, unbiased rounding), encoded after clipping and noise (`shared/transport.py`)."""
     census: bool = False
-    """After training, build the interest taxonomy and release a census of how many users
-    hold each interest (`census.json`; DP under local or central privacy)."""
+    """After training, release a census of how many users hold each interest (`census.json`)."""
 
     def __post_init__(self) -> None:
         if self.topology not in ("device", "hub"):

@@ -9,7 +9,8 @@ message                    direction      content
 =========================  =============  ==============================================
 `TrainIns`                 server → dev.  global weights; round, run id
 `TrainRes`                 dev. → server  new weights (or the sum of clipped per-user
-                                          updates), unless refused; ε; refusal reason
+                                          updates; or the change, compact), unless
+                                          refused; ε; refusal reason
 `EvaluateIns`              server → dev.  global weights; round, run id
 `EvaluateRes`              dev. → server  the (noised) sum of the users' bounded
                                           evaluation vectors; ε; refusal reason
@@ -43,6 +44,8 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from .transport import CompactUpdate
+
 # Records of a message's RecordDict.
 ARRAYS = "arrays"
 CONFIG = "config"
@@ -50,6 +53,7 @@ METRICS = "metrics"
 RELEASE = "release"
 INTERESTS = "interests"
 COHORT = "cohort"
+SCALES = "scales"
 
 # Keys inside them.
 SERVER_ROUND = "server-round"
@@ -66,6 +70,7 @@ OUTCOMES = "outcomes"
 EPSILONS = "epsilons"
 KEYS = "keys"
 REASONS = "reasons"
+ENCODING = "encoding"
 
 Weights = dict[str, torch.Tensor]
 
@@ -195,32 +200,44 @@ class TrainRes:
 
     Nothing else about the device's users leaves it: no counts, no loss (those stay in the
     device's own log). ε is a function of the public plan and the device's participation.
+    Under a compact `federation.transport` the reply is the change in `compact` instead.
     """
 
     weights: Weights | None
-    """New weights; under central DP the sum of clipped per-user updates; None when refused."""
+    """New weights; under central DP the sum of clipped per-user updates; None when refused or compact."""
     epsilon: float
     """The device's ε after this round."""
     reason: str = ""
     """Why the device refused (empty when it trained)."""
     key: str = ""
     """The public key (hex) that signs the device's ledger ("" when it keeps none)."""
+    compact: CompactUpdate | None = None
+    """The change from the global weights (under central DP the clipped update), encoded compactly."""
 
     SCHEMA: ClassVar[dict[str, dict[str, str]]] = {
         ARRAYS: {"*": "tensor"},
+        SCALES: {"*": "array"},
         METRICS: {EPSILON: "float", REFUSED: "int"},
-        CONFIG: {REASON: "str", KEY: "str"},
+        CONFIG: {REASON: "str", KEY: "str", ENCODING: "str"},
     }
 
     @property
     def refused(self) -> bool:
-        """Return whether the device refused to train (it sent no weights)."""
-        return self.weights is None
+        """Return whether the device refused to train (it sent no update)."""
+        return self.weights is None and self.compact is None
 
     def to_record(self) -> RecordDict:
         """Encode as a Flower `RecordDict` (no weights when refused)."""
         content = RecordDict(_status_records(self.refused, self.epsilon, self.reason, self.key))
-        if self.weights is not None:
+        config = content[CONFIG]
+        assert isinstance(config, ConfigRecord)
+        config[ENCODING] = self.compact.encoding if self.compact is not None else "float32"
+        if self.compact is not None:
+            content[ARRAYS] = ArrayRecord({k: Array(c) for k, c in self.compact.codes.items()})
+            if self.compact.scales:
+                scales = {k: Array(np.array([s], dtype=np.float32)) for k, s in self.compact.scales.items()}
+                content[SCALES] = ArrayRecord(scales)
+        elif self.weights is not None:
             content[ARRAYS] = ArrayRecord(self.weights)
         return content
 
@@ -228,8 +245,35 @@ class TrainRes:
     def from_record(cls, content: RecordDict) -> TrainRes:
         """Decode a received `RecordDict`; raise `ProtocolError` naming a missing or ill-typed key."""
         refused, epsilon, reason, key = _status(content)
-        weights = None if refused else dict(_arrays(content).to_torch_state_dict())
-        return cls(weights=weights, epsilon=epsilon, reason=reason, key=key)
+        config = _record(content, CONFIG, ConfigRecord)
+        assert isinstance(config, ConfigRecord)
+        encoding = _str(config, ENCODING, CONFIG)
+        if refused:
+            return cls(weights=None, epsilon=epsilon, reason=reason, key=key)
+        if encoding == "float32":
+            weights = dict(_arrays(content).to_torch_state_dict())
+            return cls(weights=weights, epsilon=epsilon, reason=reason, key=key)
+        compact = _compact(content, encoding)
+        return cls(weights=None, epsilon=epsilon, reason=reason, key=key, compact=compact)
+
+
+def _compact(content: RecordDict, encoding: str) -> CompactUpdate:
+    """Read a compact update of `encoding`; `ProtocolError` for a wrong dtype or a missing or bad scale."""
+    dtype = {"float16": np.float16, "int8": np.int8}.get(encoding)
+    if dtype is None:
+        raise ProtocolError(f"{CONFIG}[{ENCODING!r}] = {encoding!r}: expected float32, float16 or int8.")
+    codes = {k: a.numpy() for k, a in _arrays(content).items()}
+    for k, c in codes.items():
+        if c.dtype != dtype:
+            raise ProtocolError(f"{ARRAYS}[{k!r}] is {c.dtype}, expected {np.dtype(dtype)} for encoding {encoding}.")
+    scales: dict[str, float] = {}
+    if encoding == "int8":
+        for k in codes:
+            scale = _named_array(content, SCALES, k)
+            if scale.shape != (1,) or not np.isfinite(scale).all() or not scale[0] > 0:
+                raise ProtocolError(f"{SCALES}[{k!r}] must be one positive finite float, not {scale!r}.")
+            scales[k] = float(scale[0])
+    return CompactUpdate(encoding, codes, scales)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, kw_only=True)

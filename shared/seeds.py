@@ -29,6 +29,9 @@ CLUSTERING = "clustering"
 """k-means of one category's item vectors: keys (root, CLUSTERING, category)."""
 CANARIES = "canaries"
 """The audit's canary profiles: keys (root, CANARIES)."""
+TRANSPORT = "transport"
+"""A reply's int8 rounding coins: keys (root, TRANSPORT, client id, round). Applied after clipping
+and noise, with a norm bound re-imposed under central DP: the coins need not be secret."""
 
 
 def make_seed(*keys: object) -> int:

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 
 import torch
 
+from .transport import CompactUpdate
+
 
 class InvalidUpdate(ValueError):
     """A client's weights cannot be aggregated."""
@@ -88,3 +90,22 @@ def check_clipped_sum(update: Mapping[str, torch.Tensor], users: int, clip: floa
         raise InvalidUpdate(
             f"clipped update sum has norm {norm:.4g} > users-per-client bound {users} × update-clip {clip:g}"
         )
+
+
+def received_update(
+    weights: Mapping[str, torch.Tensor] | None,
+    compact: CompactUpdate | None,
+    current: Mapping[str, torch.Tensor],
+    *,
+    updates: bool,
+) -> dict[str, torch.Tensor]:
+    """Return what a training reply contributes: its weights (under central DP, `updates`: its sum of
+    clipped updates), or its compact change decoded, added to `current` unless `updates`.
+    A decoded change that does not fit the model (names, shapes) is `InvalidUpdate`."""
+    if compact is None:
+        if weights is None:
+            raise ValueError("a refused reply contributes no update.")
+        return dict(weights)
+    change = compact.decode()
+    check_update(change, {k: v.float() for k, v in current.items()}, values=False)
+    return change if updates else {k: v + change[k] for k, v in current.items()}

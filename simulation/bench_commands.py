@@ -1,5 +1,6 @@
 """`strata bench`: the benchmark table, or one of the sections that run alone (`--only deploy`,
-`--only scale`, `--only dp-step`, `--only n-scaling`), each replacing only its own marked part of `--out`."""
+`--only scale`, `--only dp-step`, `--only n-scaling`, `--only transport`), each replacing only its
+own marked part of `--out`."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from deploy.bench import render_deploy, run_deploy_bench, write_section
 from shared.config import load_config
 from shared.run_dir import JsonDict
 
-from . import dp_step_bench, n_scaling_bench, scale_bench
+from . import dp_step_bench, n_scaling_bench, scale_bench, transport_bench
 from .bench import run_bench
 
 
@@ -64,6 +65,14 @@ def _bench_n_scaling(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_transport(args: argparse.Namespace) -> int:
+    root = Path(args.runs_dir) / "transport"
+    result = transport_bench.run_transport_bench(root, rounds=args.rounds, overrides=args.set)
+    section = transport_bench.render_transport(result, command=_command())
+    _publish(args, section, (transport_bench.START, transport_bench.END), result, root / "transport-bench.json")
+    return 0
+
+
 def _bench_deploy(args: argparse.Namespace) -> int:
     config = load_config("configs/deploy-local.toml", [f"federation.rounds={args.rounds}", *(args.set or [])])
     root = Path(args.runs_dir) / f"deploy-{args.nodes}"
@@ -73,7 +82,13 @@ def _bench_deploy(args: argparse.Namespace) -> int:
     return 0 if result["status"] == "finished:completed" and result["failures"] == 0 else 1
 
 
-ALONE = {"deploy": _bench_deploy, "scale": _bench_scale, "dp-step": _bench_dp_step, "n-scaling": _bench_n_scaling}
+ALONE = {
+    "deploy": _bench_deploy,
+    "scale": _bench_scale,
+    "dp-step": _bench_dp_step,
+    "n-scaling": _bench_n_scaling,
+    "transport": _bench_transport,
+}
 """Benchmarks that run alone and write their own section."""
 
 

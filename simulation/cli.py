@@ -421,16 +421,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="run only these rows (repeatable); 'frontier': every privacy-utility frontier row; "
         "'layers': re-measure the interest layers of the runs already in --runs-dir; "
-        "'deploy', 'scale', 'dp-step' and 'n-scaling' run alone and replace only their section",
+        "'deploy', 'scale', 'dp-step', 'n-scaling' and 'transport' run alone and replace only their section",
     )
     bench.add_argument("--quick", action="store_true", help="tiny synthetic version, to check the pipeline")
     bench.add_argument("--nodes", type=int, default=50, help="--only deploy: SuperNodes on loopback (default 50)")
-    bench.add_argument("--rounds", type=int, default=5, help="--only deploy / scale: rounds (default 5)")
+    bench.add_argument("--rounds", type=int, default=5, help="--only deploy / scale / transport: rounds (default 5)")
     bench.add_argument(
         "--sqlite", action="store_true", help="--only deploy: SuperLink state in sqlite (default memory)"
     )
     bench.add_argument(
-        "--set", "-s", action="append", metavar="KEY=VALUE", help="--only deploy / scale / n-scaling: config override"
+        "--set",
+        "-s",
+        action="append",
+        metavar="KEY=VALUE",
+        help="--only deploy / scale / n-scaling / transport: config override",
     )
     bench.add_argument(
         "--sizes", default="1000,10000,100000", help="--only n-scaling: numbers of users N, comma-separated"

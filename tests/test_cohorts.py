@@ -88,6 +88,27 @@ def test_cohorts_without_dp_train_the_same_model(tiny_config: StrataConfig, tmp_
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
 
 
+def test_a_compact_transport_trains_the_same_model_on_one_node_per_device_and_in_cohorts(
+    tiny_config: StrataConfig, tmp_path: Path
+) -> None:
+    # Each device's int8 change, rounded with its own seeded coins, decoded by the server (one node
+    # per device) or by its cohort node: the same sums. And close to the float32 run's model.
+    config = tiny_config.replace(
+        {**DEVICE_FEDERATION, "federation.eval-release": "none", "federation.transport": "int8"}
+    )
+    per_device, cohorts = _runs(config, tmp_path)
+    a, b = per_device.load_weights(), cohorts.load_weights()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    plain = tiny_config.replace(
+        {**DEVICE_FEDERATION, "federation.eval-release": "none", "run.out": str(tmp_path / "f32")}
+    )
+    simulate(plain)
+    c = RunDir.of(plain.run_dir).load_weights()
+    drift = max(float((a[k] - c[k]).abs().max()) for k in a)
+    assert 0 < drift < 0.05, drift  # rounded, not the same bits; but the same training
+
+
 def test_a_cohort_counts_refusals_per_device_and_a_real_device_refuses_cohorts(
     tiny_config: StrataConfig, tmp_path: Path
 ) -> None:

@@ -26,6 +26,7 @@ from client.trainer import parameters_of
 from shared.config import StrataConfig
 from shared.metrics import EVAL_FIELDS
 from shared.model import build_model
+from shared.transport import CompactUpdate, encode
 from shared.protocol import (
     REPLY_SCHEMAS,
     CohortRes,
@@ -47,10 +48,12 @@ AnyMessage = TrainIns | TrainRes | EvaluateIns | EvaluateRes | ReleaseIns | Rele
 
 # Reply type -> record -> key -> kind. "*" in "arrays" stands for every weight of the global model.
 EXPECTED_SCHEMAS: dict[type, Schema] = {
+    # "scales" only with federation.transport = "int8" (one per tensor); "encoding" names the transport.
     TrainRes: {
         "arrays": {"*": "tensor"},
+        "scales": {"*": "array"},
         "metrics": {"epsilon": "float", "refused": "int"},
-        "config": {"reason": "str", "key": "str"},
+        "config": {"reason": "str", "key": "str", "encoding": "str"},
     },
     EvaluateRes: {
         "release": {"sum": "array"},
@@ -85,21 +88,31 @@ def test_the_protocol_lists_exactly_these_schemas() -> None:
 
 
 def assert_matches(
-    content: RecordDict, schema: Schema, *, weights: Weights, dim: int | None = None, devices: int = 0
+    content: RecordDict,
+    schema: Schema,
+    *,
+    weights: Weights,
+    dim: int | None = None,
+    devices: int = 0,
+    dtype: str | None = None,
 ) -> None:
     """`content` has exactly the records and keys of `schema`, each value of its kind:
-    int/float scalars in a MetricRecord, the global model's tensors in "arrays", a 1-D float
+    int/float scalars in a MetricRecord, the global model's tensors in "arrays" (of `dtype` when
+    given: a compact transport's codes), one float per tensor for {"*": "array"}, a 1-D float
     array of length `dim` for an "array", one entry per device of a cohort in each "list"."""
     assert set(content.keys()) == set(schema), f"records {sorted(content.keys())}, schema {sorted(schema)}"
     for name, keys in schema.items():
         record = content[name]
-        if keys == {"*": "tensor"}:
+        if keys in ({"*": "tensor"}, {"*": "array"}):
             assert isinstance(record, ArrayRecord), (name, type(record))
             assert set(record.keys()) == set(weights), f"{name}: {sorted(record.keys())}"
             for key, array in record.items():
                 assert isinstance(array, Array)
+                if keys == {"*": "array"}:  # one scale per tensor
+                    assert tuple(array.shape) == (1,) and array.dtype == "float32", (key, array.shape, array.dtype)
+                    continue
                 assert tuple(array.shape) == tuple(weights[key].shape), (key, array.shape)
-                assert array.dtype == str(weights[key].numpy().dtype), (key, array.dtype)
+                assert array.dtype == (dtype or str(weights[key].numpy().dtype)), (key, array.dtype)
             continue
         assert set(record.keys()) == set(keys), f"{name}: {sorted(record.keys())}, schema {sorted(keys)}"
         for key, kind in keys.items():
@@ -143,12 +156,36 @@ def test_the_check_catches_an_extra_key_a_missing_one_and_a_wrong_kind() -> None
     with pytest.raises(AssertionError):  # a weight the global model does not have
         assert_matches(
             TrainRes(weights={**weights, "extra": torch.zeros(1)}, epsilon=0.0).to_record(),
-            EXPECTED_SCHEMAS[TrainRes],
+            _without_scales(EXPECTED_SCHEMAS[TrainRes]),
             weights=weights,
         )
 
 
 # ------------------------------------------------------------------------- real replies
+
+
+def _without_scales(schema: Schema) -> Schema:
+    """The schema of a reply in float16 or float32 transport: no int8 scales."""
+    return {name: keys for name, keys in schema.items() if name != "scales"}
+
+
+TRANSPORT_CASES = [
+    (transport, mode) for transport in ("float16", "int8") for mode in ("off", "local", "central", "local+central")
+]
+
+
+@pytest.mark.parametrize(("transport", "mode"), TRANSPORT_CASES, ids=[f"{t}-{m}" for t, m in TRANSPORT_CASES])
+def test_a_compact_train_reply_is_exactly_its_schema(tiny_config: StrataConfig, transport: str, mode: str) -> None:
+    cfg = tiny_config.replace(
+        {"privacy.mode": mode, "federation.topology": "device", "federation.transport": transport}
+    )
+    weights = _weights(cfg)
+    reply = _ask(DirectGrid(cfg), _train(weights, 0), MessageType.TRAIN)
+    schema = EXPECTED_SCHEMAS[TrainRes] if transport == "int8" else _without_scales(EXPECTED_SCHEMAS[TrainRes])
+    assert_matches(reply.content, schema, weights=weights, dtype=transport)
+    assert reply.content["config"]["encoding"] == transport
+    parsed = TrainRes.from_record(reply.content)
+    assert parsed.weights is None and parsed.compact is not None and not parsed.refused
 
 
 def _weights(config: StrataConfig) -> Weights:
@@ -221,15 +258,22 @@ def _cohort_evaluate(weights: Weights, n_items: int) -> RecordDict:
 
 
 CASES = [
-    Case(f"{name}-{mode}-{topology}", reply, kind, {"privacy.mode": mode, "federation.topology": topology}, content,
-         dim)
+    Case(
+        f"{name}-{mode}-{topology}", reply, kind, {"privacy.mode": mode, "federation.topology": topology}, content, dim
+    )
     for name, reply, kind, content, dim in INSTRUCTIONS
     for mode in MODES
     for topology in TOPOLOGIES
 ]
 COHORT_CASES = [  # simulation's cohort mode supports privacy off and local
-    Case(f"cohort-{name}-{mode}-{topology}", CohortRes, kind, {"privacy.mode": mode, "federation.topology": topology},
-         content, dim)
+    Case(
+        f"cohort-{name}-{mode}-{topology}",
+        CohortRes,
+        kind,
+        {"privacy.mode": mode, "federation.topology": topology},
+        content,
+        dim,
+    )
     for name, kind, content, dim in (
         ("train", MessageType.TRAIN, _cohort_train, lambda n: None),
         ("evaluate", MessageType.EVALUATE, _cohort_evaluate, lambda n: len(EVAL_FIELDS)),
@@ -250,7 +294,7 @@ def test_real_reply_is_exactly_its_schema(tiny_config: StrataConfig, case: Case)
     weights = _weights(cfg)
     n_items = cfg.data.synthetic_items
     reply = _ask(grid, case.content(weights, n_items), case.kind)
-    assert_matches(reply.content, EXPECTED_SCHEMAS[case.reply], weights=weights, dim=case.dim(n_items))
+    assert_matches(reply.content, _without_scales(EXPECTED_SCHEMAS[case.reply]), weights=weights, dim=case.dim(n_items))
     parsed = case.reply.from_record(reply.content)  # type: ignore[attr-defined]
     assert not parsed.refused and parsed.reason == ""
     assert len(bytes.fromhex(parsed.key)) == 32  # the public key that signs the device's ledger
@@ -275,7 +319,7 @@ def test_refused_train_reply_is_the_schema_without_weights(tiny_config: StrataCo
     cfg = tiny_config.replace({"privacy.mode": "local", "privacy.max-epsilon": 1e-3})
     weights = _weights(cfg)
     reply = _ask(DirectGrid(cfg), _train(weights, 0), MessageType.TRAIN)
-    schema = {name: keys for name, keys in EXPECTED_SCHEMAS[TrainRes].items() if name != "arrays"}
+    schema = {name: keys for name, keys in EXPECTED_SCHEMAS[TrainRes].items() if name not in ("arrays", "scales")}
     assert_matches(reply.content, schema, weights=weights)
     assert reply.content["metrics"]["refused"] == 1
     parsed = TrainRes.from_record(reply.content)
@@ -289,12 +333,19 @@ def _weights_example() -> Weights:
     return {"enc.weight": torch.arange(6, dtype=torch.float32).reshape(2, 3), "enc.bias": torch.tensor([0.5, -1.0])}
 
 
+def _compact(encoding: str) -> CompactUpdate:
+    change = {k: v / 100 for k, v in _weights_example().items()}
+    return encode(change, encoding, torch.Generator().manual_seed(0))
+
+
 def _samples() -> list[AnyMessage]:
     arrays = ArrayRecord(_weights_example())
     return [
         TrainIns(arrays=arrays, server_round=3, run_id="run-a"),
         TrainRes(weights=_weights_example(), epsilon=0.5, key="ab" * 32),
         TrainRes(weights=None, epsilon=2.0, reason="budget: over"),
+        TrainRes(weights=None, epsilon=0.5, key="ab" * 32, compact=_compact("int8")),
+        TrainRes(weights=None, epsilon=0.5, key="ab" * 32, compact=_compact("float16")),
         EvaluateIns(arrays=arrays, server_round=2, run_id="run-a"),
         EvaluateRes(total=np.array([3.0, 1.5, 0.75, 0.1, 0.2, 0.9]), epsilon=0.25),
         EvaluateRes(total=None, epsilon=0.25, reason="policy: no evaluation"),
@@ -323,11 +374,14 @@ def test_round_trip(message: Any) -> None:
     assert _same(again, message), (again, message)
     if type(message) in REPLY_SCHEMAS:  # what a device sends holds to its schema (a refusal: no weights)
         schema = dict(REPLY_SCHEMAS[type(message)])
+        if isinstance(message, TrainRes) and (message.compact is None or message.compact.encoding != "int8"):
+            del schema["scales"]
         if isinstance(message, TrainRes) and message.refused:
             del schema["arrays"]
         if isinstance(message, ReleaseRes | EvaluateRes) and message.refused:
             del schema["release"]
-        assert_matches(message.to_record(), schema, weights=_weights_example())
+        dtype = message.compact.encoding if isinstance(message, TrainRes) and message.compact else None
+        assert_matches(message.to_record(), schema, weights=_weights_example(), dtype=dtype)
 
 
 def test_cohort_reply_round_trip_and_malformed() -> None:
