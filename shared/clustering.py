@@ -16,8 +16,6 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
-from sklearn.cluster import KMeans
-from sklearn.metrics import adjusted_mutual_info_score, silhouette_score
 from threadpoolctl import ThreadpoolController
 
 
@@ -68,6 +66,8 @@ def _kmeans(x: np.ndarray, k: int, *, seed: int, n_init: int, max_iter: int) -> 
     if not 1 <= k <= x.shape[0]:
         raise ValueError(f"kmeans: k={k} must be between 1 and the number of points ({x.shape[0]}).")
     state = int(np.random.SeedSequence(seed).generate_state(1)[0])  # any seed ≥ 0 (KMeans takes 32 bits)
+    from sklearn.cluster import KMeans  # imported on use: sklearn brings pandas and pyarrow (~100 MiB)
+
     km = KMeans(k, init="k-means++", n_init=n_init, max_iter=max_iter, tol=0.0, algorithm="lloyd", random_state=state)
     with _threads().limit(limits=1):
         km.fit(x)
@@ -91,6 +91,8 @@ def silhouette(x: ArrayLike, labels: ArrayLike) -> float:
     if not 2 <= len(np.unique(labels)) < len(labels):
         return 0.0
     with _threads().limit(limits=1):
+        from sklearn.metrics import silhouette_score
+
         return float(silhouette_score(np.asarray(x, dtype=np.float64), labels, metric="euclidean"))
 
 
@@ -155,4 +157,6 @@ def adjusted_mutual_information(a: ArrayLike, b: ArrayLike) -> float:
     ka, kb = int(ai.max(initial=-1)) + 1, int(bi.max(initial=-1)) + 1
     if ka == kb == len(a):  # scikit-learn returns ≈0 (0/eps) for two all-singleton labelings
         return 1.0
+    from sklearn.metrics import adjusted_mutual_info_score
+
     return float(adjusted_mutual_info_score(ai, bi, average_method="arithmetic"))

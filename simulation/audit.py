@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from scipy import stats
 
 from shared.config import StrataConfig
 from shared.data.source import clear_caches, load_catalog, load_source
@@ -65,6 +64,8 @@ def audit_p_value(*, m: int, guesses: int, correct: int, epsilon: float, delta: 
         raise ValueError(f"need 0 ≤ correct ≤ guesses ≤ m; got correct={correct}, guesses={guesses}, m={m}.")
     if epsilon < 0 or not 0.0 <= delta <= 1.0:
         raise ValueError("epsilon must be >= 0 and delta in [0, 1].")
+    from scipy import stats  # on use: the CLI's other commands do not load scipy
+
     q = 1.0 / (1.0 + math.exp(-epsilon))
     p = float(stats.binom.sf(correct - 1, guesses, q))
     if delta > 0 and correct > 0:

@@ -12,13 +12,14 @@ import os
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import dp_accounting
 import numpy as np
-from dp_accounting.pld import privacy_loss_distribution as PLD
-from dp_accounting.rdp import rdp_privacy_accountant
 
 from .ledger import LedgerEntry
+
+if TYPE_CHECKING:  # dp-accounting (and the scipy it loads, ~65 MiB) is imported on first use:
+    from dp_accounting.pld.privacy_loss_distribution import PrivacyLossDistribution  # no ε, no import
 
 log = logging.getLogger(__name__)
 
@@ -124,11 +125,14 @@ def _remembered(groups: Groups, delta: float, accountant: str, cache: EpsilonCac
 
 
 @lru_cache(maxsize=64)
-def _step_pld(noise_multiplier: float, sample_rate: float) -> PLD.PrivacyLossDistribution:
+def _step_pld(noise_multiplier: float, sample_rate: float) -> PrivacyLossDistribution:
     """Return the PLD of one Poisson-subsampled Gaussian step, exactly as `PLDAccountant` builds it.
 
     Building it (discretising the subsampled Gaussian) is about half of every ε: a server that
     reports ε after each round composes the same step again and again."""
+    import dp_accounting
+    from dp_accounting.pld import privacy_loss_distribution as PLD
+
     return PLD.from_gaussian_mechanism(
         standard_deviation=noise_multiplier,
         value_discretization_interval=PLD_DISCRETIZATION,
@@ -142,6 +146,8 @@ def _pld_epsilon(groups: Groups, delta: float) -> float:
     the ledger's events (a test checks equality), with each step's PLD built once per process."""
     if any(s == 0 for s, q, _ in groups if q > 0):
         return math.inf  # a noiseless step is not DP (PLDAccountant's non-DP event)
+    from dp_accounting.pld import privacy_loss_distribution as PLD
+
     pld = PLD.identity(value_discretization_interval=PLD_DISCRETIZATION)
     for s, q, n in groups:
         if q > 0:
@@ -160,14 +166,19 @@ def _epsilon(groups: Groups, delta: float, accountant: str) -> float:
     return _rdp_epsilon(groups, delta)
 
 
-_RDP_ORDERS = np.array(rdp_privacy_accountant.DEFAULT_RDP_ORDERS)
+def _rdp_orders() -> np.ndarray:
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    return np.array(rdp_privacy_accountant.DEFAULT_RDP_ORDERS)
 
 
 @lru_cache(maxsize=64)
 def _step_rdp(noise_multiplier: float, sample_rate: float) -> np.ndarray:
     """Return the RDP curve of one Poisson-subsampled Gaussian step at `RdpAccountant`'s default orders."""
+    from dp_accounting.rdp import rdp_privacy_accountant
+
     curve: np.ndarray = rdp_privacy_accountant._compute_rdp_poisson_subsampled_gaussian(  # the accountant's own
-        q=sample_rate, noise_multiplier=noise_multiplier, orders=_RDP_ORDERS
+        q=sample_rate, noise_multiplier=noise_multiplier, orders=_rdp_orders()
     )
     return curve
 
@@ -175,10 +186,13 @@ def _step_rdp(noise_multiplier: float, sample_rate: float) -> np.ndarray:
 def _rdp_epsilon(groups: Groups, delta: float) -> float:
     """ε(δ) of the groups by RDP: `RdpAccountant`'s sum Σ steps · RDP(σ, q) in the same order (a test
     checks equality), with each step's curve computed once per process."""
-    rdp = np.zeros_like(_RDP_ORDERS, dtype=np.float64)
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    orders = _rdp_orders()
+    rdp = np.zeros_like(orders, dtype=np.float64)
     for s, q, n in groups:
         rdp += n * _step_rdp(s, q)
-    return float(rdp_privacy_accountant.compute_epsilon(_RDP_ORDERS, rdp, delta)[0])
+    return float(rdp_privacy_accountant.compute_epsilon(orders, rdp, delta)[0])
 
 
 PRV_EPS_ERROR = 0.01

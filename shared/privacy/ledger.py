@@ -17,11 +17,12 @@ import json
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, get_args
-
-import dp_accounting
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from .signing import SigningKey, chained, digest, record_line
+
+if TYPE_CHECKING:  # imported on use (`dp_event`): a process that composes no ε never loads it
+    import dp_accounting
 
 Mechanism = Literal["dp-sgd", "dp-fedavg", "gaussian-sum"]
 MECHANISMS: tuple[Mechanism, ...] = get_args(Mechanism)
@@ -112,6 +113,8 @@ class LedgerEntry:
 
     def dp_event(self) -> dp_accounting.DpEvent:
         """Return the entry as a dp-accounting event: `steps` Poisson-subsampled Gaussian steps."""
+        import dp_accounting
+
         step = dp_accounting.PoissonSampledDpEvent(
             self.sample_rate, dp_accounting.GaussianDpEvent(self.noise_multiplier)
         )
