@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from shared.config import StrataConfig
-from shared.data.source import load_source
+from shared.data.user_store import open_store
 from shared.data.split import split_configured
 from shared.features import model_features
 from shared.metrics import evaluate_model
@@ -22,7 +22,7 @@ class OracleEvaluation:
     """Evaluate global weights on every user's held-out ratings (the same split the clients hold)."""
 
     def __init__(self, config: StrataConfig) -> None:
-        data = load_source(config.data, config.run.seed)
+        data = open_store(config.data, config.run.seed)  # mapped: the process holds no copy of the data set
         self.config = config
         self.n_items = data.n_items
         self.features = model_features(data.catalog, config)

@@ -12,6 +12,7 @@ from client.store import num_clients
 from server.cohorts import cohort_devices
 from server.server_app import build_server_app
 from shared.config import StrataConfig
+from shared.memory import one_malloc_arena
 from shared.run_dir import JsonDict, RunDir
 
 from .oracle import OracleEvaluation
@@ -101,12 +102,13 @@ def simulate(config: StrataConfig, ray_address: str | None = None) -> JsonDict:
         )
     run.clear_summary()
     oracle = OracleEvaluation(config) if config.federation.oracle_eval else None
-    run_simulation(
-        server_app=build_server_app(config, oracle=oracle),
-        client_app=build_client_app(config),
-        num_supernodes=nodes,
-        backend_config=backend_config(config, ray_address),  # type: ignore[arg-type]
-    )
+    with one_malloc_arena():  # Ray's processes start inside: they inherit the setting
+        run_simulation(
+            server_app=build_server_app(config, oracle=oracle),
+            client_app=build_client_app(config),
+            num_supernodes=nodes,
+            backend_config=backend_config(config, ray_address),  # type: ignore[arg-type]
+        )
     summary = run.read_summary()
     if summary is None:
         raise RuntimeError(

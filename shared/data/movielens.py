@@ -12,7 +12,7 @@ import io
 import logging
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -145,16 +145,11 @@ def _read_ml100k_items(path: Path) -> _CatalogRows:
 
 
 def _read_ml100k_parquet_items(items_path: Path) -> _CatalogRows:
-    items = _read_parquet(items_path, ("movie_id", "movie_title", "release_date", *ML100K_GENRES))
+    items = _read_parquet_columns(items_path, ("movie_id", "movie_title", "release_date", *ML100K_GENRES))
     rows: _CatalogRows = {}
-    flags = items[list(ML100K_GENRES)].to_numpy()
+    flags = np.column_stack([np.asarray(items[g]) for g in ML100K_GENRES])
     for row_no, (item, title, date) in enumerate(
-        zip(
-            items["movie_id"].tolist(),
-            items["movie_title"].tolist(),
-            items["release_date"].tolist(),
-            strict=True,
-        )
+        zip(items["movie_id"], items["movie_title"], items["release_date"], strict=True)
     ):
         title = "" if title is None or (isinstance(title, float) and np.isnan(title)) else str(title)
         date = date if isinstance(date, str) else ""
@@ -193,6 +188,20 @@ def _read_parquet(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     if missing:
         raise DataError(str(path), f"missing columns {missing}; found {list(frame.columns)}.")
     return frame
+
+
+def _read_parquet_columns(path: Path, columns: tuple[str, ...]) -> dict[str, list[Any]]:
+    """Read `columns` of a parquet file as lists with pyarrow alone (pandas costs a process ~50 MiB)."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(path).read()  # read_table would import pandas for the file's pandas metadata
+    except Exception as exc:  # pyarrow raises several unrelated types for bad files
+        raise DataError(str(path), f"cannot read parquet: {exc}") from exc
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise DataError(str(path), f"missing columns {missing}; found {table.column_names}.")
+    return {c: table.column(c).to_pylist() for c in columns}
 
 
 # --- ML-1M and latest catalogs --------------------------------------------------------------------
