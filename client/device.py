@@ -8,6 +8,7 @@ node opens several devices in turn, each with its own ledger.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from flwr.app import Context
@@ -61,7 +62,16 @@ def _signer(node_config: JsonDict, ledger_path: Path) -> SigningKey:
     configured = node_config.get("signing-key")
     if configured:
         return SigningKey.load(Path(str(configured)).expanduser())
-    return SigningKey.load_or_create(ledger_path.parent.parent / "keys" / f"{ledger_path.stem}.pem")
+    path = ledger_path.parent.parent / "keys" / f"{ledger_path.stem}.pem"
+    if not path.exists():  # a new run directory (or one removed since): a new key, not a remembered one
+        _loaded_key.cache_clear()
+    return _loaded_key(path)
+
+
+@lru_cache(maxsize=8192)
+def _loaded_key(path: Path) -> SigningKey:
+    """Load (or create) a simulated device's key once per process: a cohort node opens every device each round."""
+    return SigningKey.load_or_create(path)
 
 
 def open_device(config: StrataConfig, context: Context, node_config: JsonDict, *, mirror: bool = True) -> Device:

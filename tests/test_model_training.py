@@ -8,6 +8,7 @@ from typing import Literal
 import pytest
 import torch
 
+from client.trainer import _with_parameters
 from shared.config import ModelConfig
 from shared.data import RatingsData
 from shared.data.matrices import UserTensors, train_tensors
@@ -142,3 +143,32 @@ def test_public_plan_matches_opacus() -> None:
     assert rate == pytest.approx(0.4) and steps == 2
     with pytest.raises(ValueError, match="public expected number"):
         public_plan(0, 100)
+
+
+def test_a_device_model_is_its_own_copy_and_training_it_leaves_the_template_alone(setup: Setup) -> None:
+    data, t, feats = setup
+    template = build_model(data.n_items, ModelConfig(hidden_dim=12, latent_dim=6, item_side="both"), feats, 0)
+    before = {k: v.detach().clone() for k, v in template.named_parameters()}
+    weights = {k: v + 0.5 for k, v in before.items()}
+    fresh = {id(p): torch.nn.Parameter(weights[n].clone()) for n, p in template.named_parameters()}
+    model = _with_parameters(template, fresh)
+    assert [n for n, _ in model.named_parameters()] == list(before)  # the same names, in order
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), weights[n], rtol=0, atol=0)
+    assert all(a is not b for a, b in zip(model.modules(), template.modules(), strict=True))
+    model.enc_out.register_forward_hook(lambda *_: None)  # Opacus hooks the copy; the template must not see it
+    assert not template.enc_out._forward_hooks
+    reference = copy.deepcopy(template)
+    reference.load_state_dict({**template.state_dict(), **weights})
+    model.eval(), reference.eval()  # no dropout, the mean latent
+    out, ref = model(*t.as_tuple()), reference(*t.as_tuple())
+    torch.testing.assert_close(out.logits, ref.logits)  # behaves as a deep copy holding the weights
+    assert template.training  # eval() reached the copy's modules only
+    model.train()
+    train_users(
+        model, t, epochs=1, batch_size=16, optimizer=make_optimizer(model, "sgd", 0.5, 0.0), beta=0.2,
+        rating_weight=1.0, generator=torch.Generator().manual_seed(0),
+    )
+    assert any(not torch.equal(p.detach(), weights[n]) for n, p in model.named_parameters())
+    for n, p in template.named_parameters():
+        torch.testing.assert_close(p.detach(), before[n], rtol=0, atol=0)
