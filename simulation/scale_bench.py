@@ -85,6 +85,8 @@ def _flower(config: StrataConfig) -> JsonDict:
         "peak_pss": footprint.total_pss_peak,
         "peak_rss": footprint.peaks.get("tree", 0),
         "wall_s": summary.get("wall_s", 0.0),
+        # the server's work after each round (checkpoint, metrics, the last round's oracle): outside round_s
+        "between_rounds_s": max(0.0, float(summary.get("wall_s", 0.0)) - sum(rounds)) / max(1, len(rounds)),
     }
 
 
@@ -193,6 +195,10 @@ def render_scale(result: JsonDict, *, command: str) -> str:
         "|---|---|",
         f"| Flower: clients trained per second (steady rounds) | {flower['clients_per_s']:.1f} |",
         f"| Flower: seconds per round | {[round(r, 2) for r in flower['round_s']]} |",
+        (
+            "| Flower: the server's checkpoint and metrics after each round, outside the seconds above (mean) "
+            f"| {flower.get('between_rounds_s', 0.0):.3f} s |"
+        ),
         floor_row,
         f"| Flower / floor | {result['floor_share']:.2f} |",
         f"| Peak memory of the process tree (PSS; RSS summed) | {memory} |",

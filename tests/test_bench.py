@@ -65,12 +65,13 @@ def test_scale_bench_profile_rows_and_section() -> None:
         "preset": "configs/ml100k-device.toml", "overrides": ["federation.cohorts=2"], "setting": "s", "clients": 943,
         "rounds": 3, "floor_share": 0.5, "oracle_s": 0.1, "profile": "\n".join(rows),
         "flower": {"clients_per_s": 50.0, "round_s": [9.0, 2.0, 2.0], "clients_per_round": 94, "peak_pss": 2**31,
-                   "peak_rss": 2**32},
+                   "peak_rss": 2**32, "between_rounds_s": 0.04},
         "floor": {"clients_per_s": 100.0, "round_s": [0.9, 1.0]},
     }
     section = render_scale(result, command="strata bench --only scale")
     assert section.startswith(START) and section.rstrip().endswith(END)
     assert "| Flower / floor | 0.50 |" in section and "2.00 GiB (4.00 GiB)" in section
+    assert "outside the seconds above (mean) | 0.040 s |" in section
 
 
 def test_n_scaling_bench_runs_dp_against_non_private_at_each_n(tmp_path: Path) -> None:
