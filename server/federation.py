@@ -34,7 +34,7 @@ from shared.seeds import SAMPLING, make_rng
 
 from .central_dp import CentralDP, build_central_dp
 from .cohorts import cohort_devices
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, CheckpointWriter, load_checkpoint
 from .dp_strategy import CentralDPStrategy
 from .instruction_log import InstructionLog
 from .release import interest_census, popularity_prior
@@ -167,21 +167,22 @@ def run_federation(
     last_oracle: dict[str, Any] = {}
     last_round = start_round - 1
     stopped = ""
-    for rnd in range(start_round, fed.rounds + 1):
-        stopped = _central_budget_exhausted(config, central, rnd, run_id)
-        if stopped:
-            log.warning("stopping before round %d: %s; exporting the model of round %d", rnd, stopped, rnd - 1)
-            break
-        arrays, line = _round(grid, strategy, central, arrays, rnd, run_id, config, timeout, oracle)
-        last_eval = line["eval"] or last_eval
-        last_oracle = line.get("oracle") or last_oracle
-        run.append_metrics(line)
-        save_checkpoint(
-            run.checkpoint_path,
-            Checkpoint(round=rnd, weights=arrays.to_torch_state_dict(), strategy=strategy.state_dict(), run_id=run_id),
-        )
-        _progress(rnd, fed.rounds, line, time.perf_counter() - started)
-        last_round = rnd
+    with CheckpointWriter() as checkpoints:
+        for rnd in range(start_round, fed.rounds + 1):
+            stopped = _central_budget_exhausted(config, central, rnd, run_id)
+            if stopped:
+                log.warning("stopping before round %d: %s; exporting the model of round %d", rnd, stopped, rnd - 1)
+                break
+            arrays, line = _round(grid, strategy, central, arrays, rnd, run_id, config, timeout, oracle)
+            last_eval = line["eval"] or last_eval
+            last_oracle = line.get("oracle") or last_oracle
+            run.append_metrics(line)
+            weights_now, state = arrays.to_torch_state_dict(), strategy.state_dict()
+            checkpoints.save(
+                run.checkpoint_path, Checkpoint(round=rnd, weights=weights_now, strategy=state, run_id=run_id)
+            )
+            _progress(rnd, fed.rounds, line, time.perf_counter() - started)
+            last_round = rnd
     elapsed = time.perf_counter() - started
     final = arrays.to_torch_state_dict()
     manifest = run.write_model(final, config, catalog, rounds=last_round)
