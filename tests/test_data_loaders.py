@@ -166,6 +166,14 @@ def test_ml100k_parquet_layout_matches_raw(tmp_path: Path) -> None:
     for field in ("users", "items", "ratings", "timestamps"):
         np.testing.assert_array_equal(getattr(data, field), getattr(raw, field))
 
+    # a missing column and an unreadable file are errors naming the file, never a partial load
+    pd.DataFrame({"user_id": [20], "movie_id": [1], "timestamp": [1]}).to_parquet(pq / WIDEDEEP_FILES[0])
+    with pytest.raises(DataError, match=r"MovieLens100k_data.*missing columns \['rating'\]"):
+        load_movielens(pq)
+    (pq / WIDEDEEP_FILES[1]).write_bytes(b"not parquet")
+    with pytest.raises(DataError, match="MovieLens100k_items.*cannot read parquet"):
+        load_movielens(pq)
+
 
 @pytest.mark.skipif(not WIDEDEEP_COPY.is_dir(), reason="widedeep parquet copy not present")
 def test_real_widedeep_ml100k(tmp_path: Path) -> None:

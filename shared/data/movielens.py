@@ -12,7 +12,7 @@ import io
 import logging
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -147,9 +147,9 @@ def _read_ml100k_items(path: Path) -> _CatalogRows:
 def _read_ml100k_parquet_items(items_path: Path) -> _CatalogRows:
     items = _read_parquet_columns(items_path, ("movie_id", "movie_title", "release_date", *ML100K_GENRES))
     rows: _CatalogRows = {}
-    flags = np.column_stack([np.asarray(items[g]) for g in ML100K_GENRES])
+    flags = np.column_stack([items[g] for g in ML100K_GENRES])
     for row_no, (item, title, date) in enumerate(
-        zip(items["movie_id"], items["movie_title"], items["release_date"], strict=True)
+        zip(items["movie_id"].tolist(), items["movie_title"].tolist(), items["release_date"].tolist(), strict=True)
     ):
         title = "" if title is None or (isinstance(title, float) and np.isnan(title)) else str(title)
         date = date if isinstance(date, str) else ""
@@ -164,7 +164,7 @@ def _load_ml100k_parquet(d: Path) -> RatingsData:
 
     ratings_path, items_path = d / WIDEDEEP_FILES[0], d / WIDEDEEP_FILES[1]
     rows = _read_ml100k_parquet_items(items_path)
-    data = _read_parquet(ratings_path, ("user_id", "movie_id", "rating", "timestamp"))
+    data = _read_parquet_columns(ratings_path, ("user_id", "movie_id", "rating", "timestamp"))
     frame = pd.DataFrame(
         {
             "user": data["user_id"],
@@ -177,21 +177,9 @@ def _load_ml100k_parquet(d: Path) -> RatingsData:
     return _assemble("ml-100k", ratings_path, frame, first_line=None, catalog=rows)
 
 
-def _read_parquet(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    import pandas as pd
-
-    try:
-        frame = pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises several unrelated types for bad files
-        raise DataError(str(path), f"cannot read parquet: {exc}") from exc
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise DataError(str(path), f"missing columns {missing}; found {list(frame.columns)}.")
-    return frame
-
-
-def _read_parquet_columns(path: Path, columns: tuple[str, ...]) -> dict[str, list[Any]]:
-    """Read `columns` of a parquet file as lists with pyarrow alone (pandas costs a process ~50 MiB)."""
+def _read_parquet_columns(path: Path, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Read `columns` of a parquet file as arrays (nulls as None, or NaN in numeric columns) with
+    pyarrow alone: reading the catalog costs a process no pandas (~50 MiB)."""
     import pyarrow.parquet as pq
 
     try:
@@ -201,7 +189,7 @@ def _read_parquet_columns(path: Path, columns: tuple[str, ...]) -> dict[str, lis
     missing = [c for c in columns if c not in table.column_names]
     if missing:
         raise DataError(str(path), f"missing columns {missing}; found {table.column_names}.")
-    return {c: table.column(c).to_pylist() for c in columns}
+    return {c: table.column(c).to_numpy() for c in columns}
 
 
 # --- ML-1M and latest catalogs --------------------------------------------------------------------
