@@ -13,8 +13,16 @@ def popularity(users: list[UserRatings], n_items: int, threshold: float) -> Metr
     return popularity_sums(users, users, n_items, threshold)
 
 
-def bias_only(users: list[UserRatings], n_items: int, *, damping: float = 5.0, iterations: int = 10) -> MetricSums:
-    """r̂ = μ + b_u + b_i with damped biases fitted by alternating means (Koren 2010)."""
+def bias_only(
+    users: list[UserRatings],
+    n_items: int,
+    *,
+    damping: float = 5.0,
+    iterations: int = 10,
+    rating_range: tuple[float, float] | None = None,
+) -> MetricSums:
+    """r̂ = μ + b_u + b_i with damped biases fitted by alternating means (Koren 2010), clipped to
+    `rating_range` when given."""
     u_idx = np.concatenate([np.full(len(u.train_items), k) for k, u in enumerate(users)])
     i_idx = np.concatenate([u.train_items for u in users])
     r = np.concatenate([u.train_ratings for u in users]).astype(np.float64)
@@ -27,7 +35,7 @@ def bias_only(users: list[UserRatings], n_items: int, *, damping: float = 5.0, i
         b_u = np.bincount(u_idx, resid, len(users)) / (np.bincount(u_idx, minlength=len(users)) + damping)
     preds = np.concatenate([mu + b_u[k] + b_i[u.test_items] for k, u in enumerate(users)])
     truth = np.concatenate([u.test_ratings for u in users])
-    return rating_sums(preds, truth)
+    return rating_sums(preds, truth, rating_range)
 
 
 def global_mean(users: list[UserRatings]) -> MetricSums:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
+from .model_config import ModelConfig
 from .privacy.accounting import check_delta, default_delta
 
 Scalar = bool | int | float | str
@@ -52,56 +53,6 @@ class DataConfig:
             raise ValueError("data.min-ratings-for-test must be at least 1.")
         if not self.rating_min < self.rating_max:
             raise ValueError(f"data.rating-min {self.rating_min:g} must be below data.rating-max {self.rating_max:g}.")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Shape and loss weights of the Mult-VAE recommender."""
-
-    hidden_dim: int = 600
-    """Width of the Mult-VAE encoder/decoder hidden layer (600 in Liang et al.)."""
-    latent_dim: int = 200
-    """Size of the user latent (200 in Liang et al.)."""
-    rating_dim: int = 32
-    """Size of the user/item interaction in the rating head."""
-    item_side: Literal["learned", "catalog", "both"] = "learned"
-    """Item representation: learned vectors, public catalog features, or both."""
-    dropout: float = 0.5
-    """Input dropout of the VAE encoder."""
-    beta_max: float = 0.2
-    """Final KL weight of the annealed β."""
-    anneal_steps: int = 2000
-    """Optimizer steps over which β grows linearly from 0 to beta-max."""
-    rating_weight: float = 1.0
-    """Weight of the rating MSE in the per-user loss."""
-    rating_head: Literal["per-item", "public"] = "per-item"
-    """`per-item` vectors and biases like the decoder's, or `public`: public item features and the
-    decoder's item bias only, no parameter per item (for DP; needs item-side `catalog` or `both`)."""
-    user_bias_damping: float = 5.0
-    """Damping λ of the closed-form user bias Σ(r - b_i) / (n_u + λ)."""
-    text_dims: int = 0
-    """Add this many PCA dimensions of MiniLM embeddings of each item's title and genres to
-    the public item features (0: off; needs the optional `text` extra)."""
-    popularity_prior: bool = False
-    """Initialise the decoder's item bias from a popularity release before training: a
-    Gaussian release of bounded per-user vectors (`privacy.release-noise-multiplier`),
-    in the ledger; exact only with privacy off."""
-
-    def __post_init__(self) -> None:
-        for name in ("hidden_dim", "latent_dim", "rating_dim"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"model.{name.replace('_', '-')} must be positive.")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError("model.dropout must be in [0, 1).")
-        if self.text_dims < 0:
-            raise ValueError("model.text-dims must be >= 0 (0: no text features).")
-        if self.rating_head not in ("per-item", "public"):
-            raise ValueError(f"model.rating-head must be 'per-item' or 'public', not {self.rating_head!r}.")
-        if self.rating_head == "public" and self.item_side == "learned":
-            raise ValueError(
-                "model.rating-head = 'public' scores items by their public features: set model.item-side to "
-                "'catalog' or 'both'."
-            )
 
 
 @dataclass(frozen=True)

@@ -104,8 +104,11 @@ def ranking_sums(scores: np.ndarray, train_pos: np.ndarray, test_pos: np.ndarray
     return MetricSums(ndcg_sum=float(nd[ok].sum()), recall_sum=float(rc[ok].sum()), ranked_users=int(ok.sum()))
 
 
-def rating_sums(pred: np.ndarray, truth: np.ndarray) -> MetricSums:
-    """Sum the squared and absolute errors of predictions against true ratings (1-D, aligned)."""
+def rating_sums(pred: np.ndarray, truth: np.ndarray, rating_range: tuple[float, float] | None = None) -> MetricSums:
+    """Sum the squared and absolute errors of predictions against true ratings (1-D, aligned), the
+    predictions first clipped to the public `rating_range` when given (as Surprise and LensKit do)."""
+    if rating_range is not None:
+        pred = np.clip(pred, *rating_range)
     err = pred - truth
     return MetricSums(sq_err_sum=float((err**2).sum()), abs_err_sum=float(np.abs(err).sum()), rated=len(err))
 
@@ -118,8 +121,10 @@ def evaluate_model(
     threshold: float,
     *,
     batch_size: int = 512,
+    rating_range: tuple[float, float] | None = None,
 ) -> MetricSums:
-    """Score the given users' held-out data with the model (ranking + rating metrics)."""
+    """Score the given users' held-out data with the model (ranking + rating metrics); predicted
+    ratings are clipped to `rating_range` when given."""
     was_training = model.training
     model.eval()
     total = MetricSums()
@@ -136,7 +141,7 @@ def evaluate_model(
             truths.append(u.test_ratings)
         total = total + ranking_sums(scores, t.positives.numpy(), test_pos)
         if preds:
-            total = total + rating_sums(np.concatenate(preds), np.concatenate(truths))
+            total = total + rating_sums(np.concatenate(preds), np.concatenate(truths), rating_range)
     model.train(was_training)
     return total
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
+from .model_config import ModelConfig
 
 RATING_PRIOR = 3.5
 """Initial item bias of the rating head: a public constant, not a data statistic."""
@@ -80,6 +80,9 @@ class ModelOutput:
     logvar: torch.Tensor
     rating: torch.Tensor
     """B×I predicted ratings."""
+    rating_targets: torch.Tensor | None = None
+    """B×I mask of the ratings the rating loss scores (None: every known one): in training with
+    `rating-input = "ratings"`, the ones hidden from the head's input."""
 
 
 class StrataModel(nn.Module):
@@ -100,7 +103,13 @@ class StrataModel(nn.Module):
         self.enc_out = nn.Linear(config.hidden_dim, 2 * config.latent_dim)
         self.dec_hidden = nn.Linear(config.latent_dim, config.hidden_dim)
         self.dec_items = ItemScorer(config.hidden_dim, n_items, side, features)
-        self.rate_user = nn.Linear(config.latent_dim, config.rating_dim)
+        # the rating head's user vector: from μ, or from the user's own ratings and rated items
+        self.rate_user: nn.Linear | None = None
+        self.rate_ratings: nn.Linear | None = None
+        if config.rating_input == "ratings":
+            self.rate_ratings = nn.Linear(2 * n_items, config.rating_dim)
+        else:
+            self.rate_user = nn.Linear(config.latent_dim, config.rating_dim)
         self.rate_items: ItemScorer | None = None
         self.rate_public: nn.Linear | None = None
         if config.rating_head == "public":
@@ -112,6 +121,9 @@ class StrataModel(nn.Module):
         else:
             self.rate_items = ItemScorer(config.rating_dim, n_items, side, features)
             self.rate_items.set_bias(RATING_PRIOR)
+            if self.rate_ratings is not None and self.rate_items.learned is not None:
+                # the denoiser starts at the biases: its item vectors grow from 0 as it learns
+                nn.init.zeros_(self.rate_items.learned.weight)
         self.drop = nn.Dropout(config.dropout)
 
     def start_from_popularity(self, item_bias: torch.Tensor) -> None:
@@ -164,11 +176,35 @@ class StrataModel(nn.Module):
         if self.rate_public is not None:
             # from the weights, not by calling the layers: book-keeping clipping sees each layer run once
             with torch.no_grad():
-                theta = self.rate_public.weight @ self.rate_user.bias
+                theta = self.rate_public.weight @ self._origin_user()
                 bias: torch.Tensor = RATING_PRIOR + self._public_item_matrix() @ theta
                 return bias
         assert self.rate_items is not None
         return self.rate_items.bias()
+
+    def _origin_user(self) -> torch.Tensor:
+        """Return the rating head's user vector of a user at the latent origin (`latent`) or with no
+        known rating (`ratings`), read from the weights (no layer call)."""
+        if self.rate_ratings is not None:
+            return torch.tanh(self.rate_ratings.bias)
+        assert self.rate_user is not None
+        return self.rate_user.bias
+
+    def latent_ratings(self, z: torch.Tensor) -> torch.Tensor:
+        """Return B×I ratings before the user bias for latents `z` (generation). With
+        `rating-input = "ratings"` a generated user has no ratings yet: every one gets the ratings
+        of a user with an empty history."""
+        if self.rate_user is not None:
+            return self.item_ratings(self.rate_user(z))
+        return self.item_ratings(self._origin_user().expand(z.shape[0], -1))
+
+    def _ratings_vector(self, ratings: torch.Tensor, shown: torch.Tensor, user_bias: torch.Tensor) -> torch.Tensor:
+        """Encode the user's `shown` ratings, centred on the item and user biases, and which items
+        they are, each scaled by 1/√(number shown)."""
+        assert self.rate_ratings is not None
+        scale = shown.sum(1, keepdim=True).clamp(min=1.0).rsqrt()
+        resid = (ratings - self.item_bias() - user_bias) * shown * scale
+        return torch.tanh(self.rate_ratings(torch.cat([resid, shown * scale], dim=1)))
 
     def user_bias(self, ratings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Closed-form damped user bias from the user's own train ratings (B×1)."""
@@ -183,20 +219,34 @@ class StrataModel(nn.Module):
         else:
             z = mu
         logits = self.decode(z)
-        rating = self.item_ratings(self.rate_user(mu)) + self.user_bias(ratings, mask)
-        return ModelOutput(logits=logits, mu=mu, logvar=logvar, rating=rating)
+        if self.rate_user is not None:
+            rating = self.item_ratings(self.rate_user(mu)) + self.user_bias(ratings, mask)
+            return ModelOutput(logits=logits, mu=mu, logvar=logvar, rating=rating)
+        shown, targets = mask, None
+        if self.training and self.config.rating_dropout > 0:
+            shown = mask * (torch.rand_like(mask) >= self.config.rating_dropout)
+            targets = mask - shown  # the head learns to predict what it was not shown
+        bias = self.user_bias(ratings, shown)
+        rating = self.item_ratings(self._ratings_vector(ratings, shown, bias)) + bias
+        return ModelOutput(logits=logits, mu=mu, logvar=logvar, rating=rating, rating_targets=targets)
 
 
 class StrataLoss(nn.Module):
-    """Per-user loss: multinomial NLL + β·KL + w·(mean squared rating error).
+    """Per-user loss: multinomial NLL + β·KL + w·(squared rating error: the user's mean, or their sum
+    when `rating_loss="sum"`).
 
     Has a `reduction` attribute so Opacus ghost clipping can ask for per-user losses.
     """
 
-    def __init__(self, *, beta: float = 0.0, rating_weight: float = 1.0, reduction: str = "mean") -> None:
+    def __init__(
+        self, *, beta: float = 0.0, rating_weight: float = 1.0, reduction: str = "mean", rating_loss: str = "mean"
+    ) -> None:
         super().__init__()
+        if rating_loss not in ("mean", "sum"):
+            raise ValueError(f"rating_loss must be 'mean' or 'sum', not {rating_loss!r}.")
         self.beta = beta
         self.rating_weight = rating_weight
+        self.rating_loss = rating_loss
         self.reduction = reduction
 
     def per_user(
@@ -205,7 +255,10 @@ class StrataLoss(nn.Module):
         """Return the loss of each user (B,)."""
         nll = -(F.log_softmax(out.logits, dim=1) * positives).sum(1)
         kl = -0.5 * (1 + out.logvar - out.mu.pow(2) - out.logvar.exp()).sum(1)
-        sq = ((out.rating - ratings) ** 2 * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        scored = mask if out.rating_targets is None else out.rating_targets
+        sq = ((out.rating - ratings) ** 2 * scored).sum(1)
+        if self.rating_loss == "mean":
+            sq = sq / scored.sum(1).clamp(min=1.0)
         return nll + self.beta * kl + self.rating_weight * sq
 
     def forward(

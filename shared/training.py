@@ -96,7 +96,9 @@ def train_users(
         return TrainStats(steps=0, sample_rate=0.0, mean_loss=float("nan"), users=0)
     dataset = TensorDataset(*data.as_tuple())
     loader = DataLoader(dataset, batch_size=min(batch_size, n), shuffle=True, generator=generator)
-    criterion = StrataLoss(beta=0.0, rating_weight=rating_weight, reduction="mean")
+    criterion = StrataLoss(
+        beta=0.0, rating_weight=rating_weight, reduction="mean", rating_loss=model.config.rating_loss
+    )
     model.train()
     if dp is None:
         return _plain_loop(model, loader, optimizer, criterion, epochs, beta)

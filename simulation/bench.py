@@ -162,7 +162,7 @@ def _run_one(row: Row, seed: int, runs_dir: Path, quick: bool) -> JsonDict:
         data = load_source(cfg.data, seed)
         users = split_configured(data, cfg.data, seed)
         rank = popularity(users, data.n_items, cfg.data.positive_threshold).means()
-        rate = bias_only(users, data.n_items).means()
+        rate = bias_only(users, data.n_items, rating_range=(cfg.data.rating_min, cfg.data.rating_max)).means()
         mean = global_mean(users).means()
         return {
             "ndcg@100": rank["ndcg@100"], "recall@20": rank["recall@20"], "rmse": rate["rmse"],

@@ -167,7 +167,8 @@ def _train_epochs(
             # The loss of a DP-SGD epoch is a statistic of the secret samples: the console only.
             line: JsonDict = {"round": epoch, "train": {}, "eval": {}, "epsilon": epsilon}
             if epoch % eval_every == 0 or epoch == t.epochs:
-                sums = evaluate_model(model, users, n_items, threshold)
+                scale = (config.data.rating_min, config.data.rating_max)
+                sums = evaluate_model(model, users, n_items, threshold, rating_range=scale)
                 line["oracle"] = {**sums.means(), "label": ORACLE_LABEL}
                 last = line["oracle"]
                 log.info(

@@ -291,7 +291,7 @@ def sample_profiles(
                 for j, chosen in enumerate(_draw_items(model.decode(z), k, generator)):
                     x[j, chosen] = 1.0
                 z, _ = model.encode(x)
-            rhat = model.item_ratings(model.rate_user(z)).double().numpy()
+            rhat = model.latent_ratings(z).double().numpy()
             for j, chosen in enumerate(_draw_items(model.decode(z), k, generator)):
                 users.append(np.full(len(chosen), start + j, dtype=np.int64))
                 items.append(chosen)

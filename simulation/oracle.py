@@ -32,4 +32,6 @@ class OracleEvaluation:
         """NDCG@100, Recall@20, RMSE and MAE of `weights` over all users."""
         model = build_model(self.n_items, self.config.model, self.features, seed=self.config.run.seed)
         model.load_state_dict(weights, strict=False)
-        return evaluate_model(model, self.users, self.n_items, self.config.data.positive_threshold).means()
+        d = self.config.data
+        scale = (d.rating_min, d.rating_max)
+        return evaluate_model(model, self.users, self.n_items, d.positive_threshold, rating_range=scale).means()

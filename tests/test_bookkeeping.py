@@ -18,25 +18,39 @@ from shared.features import catalog_features
 from shared.model import StrataLoss, build_model
 
 
-def _setup(side: Literal["learned", "catalog", "both"], head: Literal["per-item", "public"] = "per-item"):  # type: ignore[no-untyped-def]
+def _setup(  # type: ignore[no-untyped-def]
+    side: Literal["learned", "catalog", "both"],
+    head: Literal["per-item", "public"] = "per-item",
+    rating_input: Literal["latent", "ratings"] = "latent",
+):
     data, _ = make_synthetic(n_users=24, n_items=30, n_categories=2, subs_per_category=2, seed=3)
     t = train_tensors(split_users(data, seed=0), data.n_items, 4.0)
     feats = torch.from_numpy(catalog_features(data.catalog))
-    shape = ModelConfig(hidden_dim=10, latent_dim=4, rating_dim=3, item_side=side, rating_head=head)
+    shape = ModelConfig(
+        hidden_dim=10, latent_dim=4, rating_dim=3, item_side=side, rating_head=head, rating_input=rating_input
+    )
     model = build_model(data.n_items, shape, feats, 0)
     if head == "public":  # away from its zero start, so every rating parameter has a gradient
         with torch.no_grad():
             model.rate_public.weight.normal_(0.0, 0.3)  # type: ignore[union-attr]
+    elif rating_input == "ratings":  # the denoiser's item vectors start at 0 too
+        with torch.no_grad():
+            model.rate_items.learned.weight.normal_(0.0, 0.3)  # type: ignore[union-attr]
     model.eval()  # deterministic forward (no dropout, z = μ): the same function for a batch and for one row
     return model, t
 
 
-@pytest.mark.parametrize(("side", "head"), [("learned", "per-item"), ("catalog", "per-item"), ("both", "per-item"),
-                                           ("both", "public"), ("catalog", "public")])
+@pytest.mark.parametrize(("side", "head", "rating_input"), [
+    ("learned", "per-item", "latent"), ("catalog", "per-item", "latent"), ("both", "per-item", "latent"),
+    ("both", "public", "latent"), ("catalog", "public", "latent"), ("learned", "per-item", "ratings"),
+    ("both", "public", "ratings"),
+])
 def test_clipped_sum_equals_each_users_gradient_clipped_alone(
-    side: Literal["learned", "catalog", "both"], head: Literal["per-item", "public"]
+    side: Literal["learned", "catalog", "both"],
+    head: Literal["per-item", "public"],
+    rating_input: Literal["latent", "ratings"],
 ) -> None:
-    model, t = _setup(side, head)
+    model, t = _setup(side, head, rating_input)
     crit = StrataLoss(beta=0.1, rating_weight=1.0, reduction="none")
     params = [p for p in model.parameters() if p.requires_grad]
     # The reference: each user's gradient on its own, its norm, clipped at C, summed.

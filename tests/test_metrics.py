@@ -67,6 +67,12 @@ def test_sums_merge_exactly() -> None:
     assert MetricSums.from_dict((a + b).to_dict()) == a + b
 
 
+def test_predictions_are_clipped_to_the_public_scale_when_asked() -> None:
+    pred, truth = np.array([5.8, 0.2, 3.0]), np.array([5.0, 1.0, 4.0])
+    assert rating_sums(pred, truth).means()["mae"] == pytest.approx((0.8 + 0.8 + 1.0) / 3)
+    assert rating_sums(pred, truth, (1.0, 5.0)).means()["mae"] == pytest.approx(1.0 / 3)
+
+
 # ------------------------------------------------------------------ evaluation release
 
 
