@@ -64,7 +64,10 @@ class TrainConfig:
     batch_size: int = 100
     """Expected users per step (Poisson-sampled under DP); also the public loss normaliser."""
     lr: float = 1e-3
-    """Learning rate of central training."""
+    """Learning rate of central training (its first epoch)."""
+    lr_final: float = 1.0
+    """Central learning rate of the last epoch as a fraction of `lr`, reached by a half-cosine decay
+    over the epochs (1: constant)."""
     local_epochs: int = 1
     """Passes over its users a client makes per round."""
     local_lr: float = 1.0
@@ -76,6 +79,8 @@ class TrainConfig:
             raise ValueError("train.batch-size and train.local-epochs must be >= 1, train.epochs >= 0.")
         if self.lr <= 0 or self.local_lr <= 0:
             raise ValueError("train.lr and train.local-lr must be positive.")
+        if not 0.0 <= self.lr_final <= 1.0:
+            raise ValueError(f"train.lr-final is a fraction of train.lr in [0, 1], not {self.lr_final:g}.")
 
 
 @dataclass(frozen=True)

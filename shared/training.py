@@ -64,6 +64,15 @@ def kl_weight(step: int, model: ModelConfig) -> float:
     return min(model.beta_max, model.beta_max * step / max(model.anneal_steps, 1))
 
 
+def cosine_lr(lr: float, final: float, step: int, steps: int) -> float:
+    """Return the learning rate of step `step` (1-based) of `steps`: `lr` decayed by a half cosine to
+    `final` · `lr` at the last step (`final` = 1: constant)."""
+    if final == 1.0 or steps <= 1:
+        return lr
+    progress = min(max(step - 1, 0), steps - 1) / (steps - 1)
+    return lr * (final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
 def make_optimizer(model: torch.nn.Module, kind: str, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """Build an `sgd` or `adam` optimizer over the model's parameters."""
     if kind == "sgd":

@@ -32,7 +32,7 @@ from shared.privacy.release import (
 )
 from shared.run_dir import JsonDict, RunDir
 from shared.privacy.plan import central_plan
-from shared.training import DPSettings, kl_weight, make_optimizer, train_users
+from shared.training import DPSettings, cosine_lr, kl_weight, make_optimizer, train_users
 
 from .population import with_public_population
 
@@ -149,6 +149,8 @@ def _train_epochs(
     last: JsonDict = {}
     with tqdm(range(1, t.epochs + 1), desc="central", unit="epoch", disable=None) as epochs:
         for epoch in epochs:
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(t.lr, t.lr_final, epoch, t.epochs)
             betas = [kl_weight(step + i, m) for i in range(steps_per_epoch)]
             stats = train_users(
                 model, tensors, epochs=1, batch_size=t.batch_size, optimizer=optimizer, beta=betas,

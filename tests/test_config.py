@@ -25,6 +25,7 @@ def test_flat_roundtrip_and_overrides(tmp_path: Path) -> None:
         ("federation.rounds=abc", "federation.rounds must be of type int"),
         ('privacy.mode="central-ish"', "privacy.mode must be one of"),
         ("privacy.max-grad-norm=0", r"clipping norm\) should be a positive value"),
+        ("train.lr-final=1.5", r"train.lr-final is a fraction of train.lr in \[0, 1\], not 1.5"),
     ],
 )
 def test_bad_config_fails_with_a_sentence(override: str, message: str) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Literal
 
 import pytest
 import torch
+from conftest import trained_run_config
 
 from client.trainer import _with_parameters
 from shared.config import ModelConfig
@@ -15,9 +17,10 @@ from shared.data.matrices import UserTensors, train_tensors
 from shared.data.split import split_users
 from shared.data.synthetic import make_synthetic
 from shared.features import catalog_features
+from shared.run_dir import RunDir
 from shared.model import StrataLoss, StrataModel, build_model
 from shared.privacy.plan import public_plan
-from shared.training import DPSettings, make_optimizer, train_users
+from shared.training import DPSettings, cosine_lr, make_optimizer, train_users
 
 ItemSide = Literal["learned", "catalog", "both"]  # ModelConfig.item_side
 Setup = tuple[RatingsData, UserTensors, torch.Tensor]  # data, its train tensors, catalog features
@@ -172,3 +175,31 @@ def test_a_device_model_is_its_own_copy_and_training_it_leaves_the_template_alon
     assert any(not torch.equal(p.detach(), weights[n]) for n, p in model.named_parameters())
     for n, p in template.named_parameters():
         torch.testing.assert_close(p.detach(), before[n], rtol=0, atol=0)
+
+
+def test_cosine_lr_decays_from_lr_to_its_final_fraction() -> None:
+    rates = [cosine_lr(0.01, 0.1, epoch, 5) for epoch in range(1, 6)]
+    assert rates[0] == 0.01 and rates[-1] == pytest.approx(0.001)
+    assert rates[2] == pytest.approx(0.0055)  # half way: the mean of the two ends
+    assert all(a > b for a, b in zip(rates, rates[1:], strict=False))
+    assert [cosine_lr(0.01, 1.0, epoch, 5) for epoch in range(1, 6)] == [0.01] * 5
+    assert cosine_lr(0.01, 0.0, 1, 1) == 0.01  # one epoch: the configured rate
+
+
+def test_central_training_follows_the_decay(tmp_path: Path) -> None:
+    """`train.lr-final = 0`: the last of two epochs steps at learning rate 0, so the run ends with
+    the weights of the same run stopped after its first epoch."""
+    from simulation.central import run_central
+
+    runs = {}
+    for epochs in (1, 2):
+        config = trained_run_config(tmp_path / f"e{epochs}").replace({"train.epochs": epochs, "train.lr-final": 0.0})
+        run_central(config, eval_every=epochs)
+        runs[epochs] = RunDir.of(config.run_dir).load_weights()
+    assert runs[1].keys() == runs[2].keys()
+    for name, tensor in runs[1].items():
+        assert torch.equal(tensor, runs[2][name]), name
+    constant = trained_run_config(tmp_path / "constant").replace({"train.epochs": 2})
+    run_central(constant, eval_every=2)
+    moved = RunDir.of(constant.run_dir).load_weights()
+    assert any(not torch.equal(t, moved[n]) for n, t in runs[1].items())  # a constant rate keeps training
