@@ -13,14 +13,18 @@ back into the figures, with their approximate noise std.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 
-from .data.matrices import train_tensors
+from .data.matrices import UserTensors, train_tensors
 from .data.split import UserRatings
+
+if TYPE_CHECKING:
+    from .model import ModelOutput
 
 EVAL_FIELDS = ("has-positive", "ndcg", "recall", "sq-err", "abs-err", "rated")
 """Coordinates of a user's evaluation vector: held-out positive (0/1), NDCG@100, Recall@20, the
@@ -113,6 +117,25 @@ def rating_sums(pred: np.ndarray, truth: np.ndarray, rating_range: tuple[float, 
     return MetricSums(sq_err_sum=float((err**2).sum()), abs_err_sum=float(np.abs(err).sum()), rated=len(err))
 
 
+def _scored_batches(
+    model: torch.nn.Module, users: list[UserRatings], n_items: int, threshold: float, batch_size: int
+) -> Iterator[tuple[int, list[UserRatings], UserTensors, ModelOutput, np.ndarray]]:
+    """Yield (start, users, their train tensors, the model's output, B×I held-out positives) per
+    batch, the model in eval mode (its mode restored at the end)."""
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(users), batch_size):
+            chunk = users[start : start + batch_size]
+            t = train_tensors(chunk, n_items, threshold)
+            test_pos = np.zeros((len(chunk), n_items), dtype=np.float32)
+            for row, u in enumerate(chunk):
+                test_pos[row, u.test_items[u.test_ratings >= threshold]] = 1.0
+            yield start, chunk, t, model(*t.as_tuple()), test_pos
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def evaluate_model(
     model: torch.nn.Module,
@@ -125,24 +148,13 @@ def evaluate_model(
 ) -> MetricSums:
     """Score the given users' held-out data with the model (ranking + rating metrics); predicted
     ratings are clipped to `rating_range` when given."""
-    was_training = model.training
-    model.eval()
     total = MetricSums()
-    for start in range(0, len(users), batch_size):
-        chunk = users[start : start + batch_size]
-        t = train_tensors(chunk, n_items, threshold)
-        out = model(*t.as_tuple())
-        scores = out.logits.numpy()
-        test_pos = np.zeros((len(chunk), n_items), dtype=np.float32)
-        preds, truths = [], []
-        for row, u in enumerate(chunk):
-            test_pos[row, u.test_items[u.test_ratings >= threshold]] = 1.0
-            preds.append(out.rating[row, u.test_items].numpy())
-            truths.append(u.test_ratings)
-        total = total + ranking_sums(scores, t.positives.numpy(), test_pos)
+    for _, chunk, t, out, test_pos in _scored_batches(model, users, n_items, threshold, batch_size):
+        total = total + ranking_sums(out.logits.numpy(), t.positives.numpy(), test_pos)
+        preds = [out.rating[row, u.test_items].numpy() for row, u in enumerate(chunk)]
         if preds:
-            total = total + rating_sums(np.concatenate(preds), np.concatenate(truths), rating_range)
-    model.train(was_training)
+            truths = np.concatenate([u.test_ratings for u in chunk])
+            total = total + rating_sums(np.concatenate(preds), truths, rating_range)
     return total
 
 
@@ -179,15 +191,7 @@ def user_metric_rows(
     lo, hi = rating_range
     span = hi - lo
     rows = np.zeros((len(users), len(EVAL_FIELDS)))
-    was_training = model.training
-    model.eval()
-    for start in range(0, len(users), batch_size):
-        chunk = users[start : start + batch_size]
-        t = train_tensors(chunk, n_items, threshold)
-        out = model(*t.as_tuple())
-        test_pos = np.zeros((len(chunk), n_items), dtype=np.float32)
-        for row, u in enumerate(chunk):
-            test_pos[row, u.test_items[u.test_ratings >= threshold]] = 1.0
+    for start, chunk, t, out, test_pos in _scored_batches(model, users, n_items, threshold, batch_size):
         masked = np.where(t.positives.numpy() > 0, -np.inf, out.logits.numpy())
         block = rows[start : start + len(chunk)]
         block[:, 0] = test_pos.sum(axis=1) > 0
@@ -199,7 +203,6 @@ def user_metric_rows(
             block[row, 3] = float((err**2).sum()) / (EVAL_RATED_CAP * span**2)
             block[row, 4] = float(np.abs(err).sum()) / (EVAL_RATED_CAP * span)
             block[row, 5] = len(items) / EVAL_RATED_CAP
-    model.train(was_training)
     return np.clip(rows, 0.0, 1.0)
 
 
