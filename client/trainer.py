@@ -124,8 +124,13 @@ def local_plan(config: StrataConfig) -> tuple[float, int]:
 
 
 def clip_update(update: Weights, *, max_norm: float) -> tuple[Weights, float]:
-    """`update` scaled to L2 norm (over all tensors) at most `max_norm`; and its norm before."""
+    """`update` scaled to L2 norm (over all tensors) at most `max_norm`; and its norm before.
+
+    An update that is not finite (a diverged local step) becomes 0, a point of the same ball: the
+    sum it joins keeps its bound, and nothing but the mechanism's output leaves the device."""
     norm = update_norm(update)
+    if not math.isfinite(norm):
+        return OrderedDict((k, torch.zeros_like(v)) for k, v in update.items()), norm
     scale = min(1.0, max_norm / norm) if norm > 0 else 1.0
     return OrderedDict((k, v * scale) for k, v in update.items()), norm
 
@@ -290,7 +295,10 @@ def _clipped_one_step(
     update = OrderedDict((k, v.detach().sub_(weights[k])) for k, v in model.named_parameters())
     norm = math.sqrt(sum(float(torch.linalg.vector_norm(v, dtype=torch.float64)) ** 2 for v in update.values()))
     clip = config.privacy.update_clip
-    if norm > clip:
+    if not math.isfinite(norm):  # a diverged step: 0, inside the ball (as `clip_update`)
+        for v in update.values():
+            v.zero_()
+    elif norm > clip:
         for v in update.values():
             v.mul_(clip / norm)
     return TrainOutcome(weights=update, examples=data.n_ratings, mean_loss=stats.mean_loss, sample_rate=1.0, steps=0)

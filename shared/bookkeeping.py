@@ -12,7 +12,9 @@ exactly once per forward to a 2-D (users × features) input; `BookKeeping` check
 on every step and raises otherwise. The caller's per-user losses must each depend on that
 user's row only (no batch statistics): true of `StrataModel`, whose layers are all row-wise.
 Noise, scaling and the step stay Opacus' (`DPOptimizerFastGradientClipping` takes this
-clipped sum as `p.grad`).
+clipped sum as `p.grad`). A user whose gradient is not finite (a diverged step: NaN or ±Inf in
+its norm) contributes 0 — still a point of the C-ball, so the sum keeps its sensitivity, and one
+user's overflow cannot turn everyone's released sum into NaN.
 """
 
 from __future__ import annotations
@@ -82,6 +84,11 @@ class BookKeeping:
             parts.append((layer, a, g))
         norms = norms_sq.sqrt()
         factor = (self.max_grad_norm / (norms + _EPS)).clamp(max=1.0)
+        finite = torch.isfinite(norms)
+        if not bool(finite.all()):  # a user whose gradient is not finite contributes 0 (inside the ball)
+            keep = finite.unsqueeze(1)
+            factor = torch.where(finite, factor, torch.zeros_like(factor))
+            parts = [(layer, torch.where(keep, a, 0.0), torch.where(keep, g, 0.0)) for layer, a, g in parts]
         for layer, a, g in parts:
             scaled = g * factor.unsqueeze(1)
             if layer.weight.requires_grad:

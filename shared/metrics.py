@@ -203,7 +203,7 @@ def user_metric_rows(
             block[row, 3] = float((err**2).sum()) / (EVAL_RATED_CAP * span**2)
             block[row, 4] = float(np.abs(err).sum()) / (EVAL_RATED_CAP * span)
             block[row, 5] = len(items) / EVAL_RATED_CAP
-    return np.clip(rows, 0.0, 1.0)
+    return np.clip(np.nan_to_num(rows, nan=0.0), 0.0, 1.0)  # a NaN (a broken model's output) counts 0
 
 
 def _ratio(a: float, b: float, noise_std: float) -> tuple[float, float]:

@@ -85,6 +85,27 @@ def test_one_users_contribution_is_bounded_by_the_clip() -> None:
     assert float(total) == pytest.approx(1e-3, rel=1e-4)
 
 
+@pytest.mark.parametrize("rating_input", ["latent", "ratings"])
+def test_a_user_whose_gradient_is_not_finite_contributes_zero(rating_input: Literal["latent", "ratings"]) -> None:
+    """One user's NaN (a diverged step) leaves the others' clipped sum as it is without them, finite."""
+    model, t = _setup("both", rating_input=rating_input)
+    crit = StrataLoss(beta=0.1, reduction="none")
+    x, r, m = t.as_tuple()
+    rated = int(m[3].nonzero()[0, 0])
+    r_bad = r.clone()
+    r_bad[3, rated] = float("nan")  # user 3's rating loss (and, for `ratings`, its input) is NaN
+    keep = [i for i in range(t.n_users) if i != 3]
+    keeper = BookKeeping(model, 0.5)
+    with torch.enable_grad():
+        norms = keeper.clipped_sum(crit(model(x, r_bad, m), x, r_bad, m))
+        broken = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        keeper.clipped_sum(crit(model(x[keep], r[keep], m[keep]), x[keep], r[keep], m[keep]))
+    keeper.close()
+    assert not torch.isfinite(norms[3]) and bool(torch.isfinite(norms[keep]).all())
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.allclose(broken[name], p.grad, rtol=1e-5, atol=1e-7), name
+
+
 def test_models_the_identity_does_not_hold_for_are_refused() -> None:
     class Shared(nn.Module):  # one layer applied twice
         def __init__(self) -> None:

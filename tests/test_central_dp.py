@@ -33,7 +33,8 @@ from server.privacy_report import write_privacy_report
 from server.server_optimizer import ServerOptimizer
 from server.strategy import FedAvgStrategy
 from shared.config import StrataConfig
-from shared.model import build_model
+import shared.training as training
+from shared.model import StrataModel, build_model
 from shared.privacy.accounting import default_delta, epsilon_of
 from shared.privacy.ledger import Ledger, LedgerEntry
 from shared.protocol import TrainIns, TrainRes
@@ -275,6 +276,47 @@ def test_one_user_clipped_step_equals_the_batched_pass(
     for k, v in batched.weights.items():
         torch.testing.assert_close(one.weights[k], v, rtol=1e-4, atol=1e-5)
     assert update_norm(one.weights) <= clip * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("topology", ["hub", "device"])
+def test_a_diverged_user_update_contributes_zero(
+    tiny_config: StrataConfig, monkeypatch: pytest.MonkeyPatch, topology: str
+) -> None:
+    """A user whose local training ends in NaN adds 0 (a point of the S-ball): the reply stays finite
+    and within its bound instead of carrying NaN, a value no mechanism produced."""
+    clip = 0.05
+    cfg = tiny_config.replace(
+        {
+            "federation.topology": topology,
+            "privacy.mode": "central",
+            "privacy.update-clip": clip,
+            "train.local-lr": 50.0,
+            "train.local-epochs": 2 if topology == "hub" else 1,  # the per-user loop; the one-user step
+        }
+    )
+    store = simulation_store(cfg, 3 if topology == "device" else 0)
+    weights = trainer.parameters_of(build_model(store.n_items, cfg.model, store.features, 0))
+    calls: list[int] = []
+    original = training.train_users
+
+    def diverge_second(model: StrataModel, *args: Any, **kwargs: Any) -> Any:
+        stats = original(model, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == (2 if topology == "hub" else 1):
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.fill_(float("nan"))
+        return stats
+
+    monkeypatch.setattr(trainer, "train_users", diverge_second)
+    out = trainer.train_locally(store, cfg, weights, server_round=1, dp=None)
+    assert len(calls) == store.n_users
+    assert all(bool(torch.isfinite(v).all()) for v in out.weights.values())
+    total = update_norm(out.weights)
+    if topology == "device":
+        assert total == 0.0  # its only user diverged: nothing but zeros leaves the device
+    else:
+        assert 0 < total <= (store.n_users - 1) * clip * (1 + 1e-5)
 
 
 def test_local_plus_central_writes_one_dp_sgd_entry_per_round(tiny_config: StrataConfig) -> None:
