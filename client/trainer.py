@@ -124,15 +124,19 @@ def local_plan(config: StrataConfig) -> tuple[float, int]:
 
 
 def clip_update(update: Weights, *, max_norm: float) -> tuple[Weights, float]:
-    """`update` scaled to L2 norm (over all tensors) at most `max_norm`; and its norm before.
+    """Scale `update` in place to L2 norm (over all tensors) at most `max_norm`; return it and its
+    norm before.
 
     An update that is not finite (a diverged local step) becomes 0, a point of the same ball: the
     sum it joins keeps its bound, and nothing but the mechanism's output leaves the device."""
     norm = update_norm(update)
     if not math.isfinite(norm):
-        return OrderedDict((k, torch.zeros_like(v)) for k, v in update.items()), norm
-    scale = min(1.0, max_norm / norm) if norm > 0 else 1.0
-    return OrderedDict((k, v * scale) for k, v in update.items()), norm
+        for v in update.values():
+            v.zero_()
+    elif norm > max_norm:
+        for v in update.values():
+            v.mul_(max_norm / norm)
+    return update, norm
 
 
 def sample_users(store: DeviceStore, rate: float) -> DeviceStore:
@@ -291,14 +295,7 @@ def _clipped_one_step(
             generator=torch.Generator().manual_seed(seed),
             dp=None,
         )
-    # In place on this call's own model: the update, its float64-accumulated norm, the scaling.
+    # In place on this call's own model: the update, then its clipping.
     update = OrderedDict((k, v.detach().sub_(weights[k])) for k, v in model.named_parameters())
-    norm = math.sqrt(sum(float(torch.linalg.vector_norm(v, dtype=torch.float64)) ** 2 for v in update.values()))
-    clip = config.privacy.update_clip
-    if not math.isfinite(norm):  # a diverged step: 0, inside the ball (as `clip_update`)
-        for v in update.values():
-            v.zero_()
-    elif norm > clip:
-        for v in update.values():
-            v.mul_(clip / norm)
+    update, _ = clip_update(update, max_norm=config.privacy.update_clip)
     return TrainOutcome(weights=update, examples=data.n_ratings, mean_loss=stats.mean_loss, sample_rate=1.0, steps=0)

@@ -53,7 +53,7 @@ class TrainStats:
 
 def update_norm(update: dict[str, torch.Tensor]) -> float:
     """Return the L2 norm of a model update over all its tensors together (in float64)."""
-    return math.sqrt(sum(float(v.double().pow(2).sum()) for v in update.values()))
+    return math.sqrt(sum(float(torch.linalg.vector_norm(v, dtype=torch.float64)) ** 2 for v in update.values()))
 
 
 def kl_weight(step: int, model: ModelConfig) -> float:

@@ -101,6 +101,17 @@ def test_each_users_evaluation_vector_is_bounded_and_the_release_recovers_the_fi
     assert means["noise-std"] == 0.0 and means["ndcg@100-std"] == 0.0
 
 
+def test_a_model_predicting_nan_gives_bounded_rows() -> None:
+    """Each user's evaluation vector stays in [0, 1] (the release's bound) even when the model's
+    ratings are NaN: their error coordinates count 0 instead of leaving the device as NaN."""
+    users, model, n_items = _users_and_model()
+    with torch.no_grad():
+        model.rate_user.bias.fill_(float("nan"))  # type: ignore[union-attr]  # every predicted rating is NaN
+    rows = user_metric_rows(model, users, n_items, 4.0, (1.0, 5.0))
+    assert np.isfinite(rows).all() and rows.min() >= 0.0 and rows.max() <= 1.0
+    assert not rows[:, 3:5].any() and rows[:, 1].any()  # no rating error counted; ranking untouched
+
+
 def test_a_user_without_held_out_ratings_contributes_zeros_and_a_non_positive_count_gives_nan() -> None:
     users, model, n_items = _users_and_model()
     empty = [UserRatings(u.user, u.train_items, u.train_ratings, u.train_items[:0], u.train_ratings[:0]) for u in users]

@@ -18,9 +18,9 @@ from shared.data.matrices import UserTensors, train_tensors
 from shared.data.split import split_users
 from shared.data.synthetic import make_synthetic
 from shared.features import catalog_features
-from shared.run_dir import RunDir
 from shared.model import StrataLoss, StrataModel, build_model
 from shared.privacy.plan import public_plan
+from shared.run_dir import RunDir
 from shared.training import DPSettings, cosine_lr, make_optimizer, train_users
 
 ItemSide = Literal["learned", "catalog", "both"]  # ModelConfig.item_side
