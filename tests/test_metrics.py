@@ -25,7 +25,7 @@ from shared.metrics import (
     release_means,
     user_metric_rows,
 )
-from shared.model import build_model
+from shared.model import StrataModel, build_model
 
 
 def test_ndcg_hand_computed() -> None:
@@ -76,7 +76,7 @@ def test_predictions_are_clipped_to_the_public_scale_when_asked() -> None:
 # ------------------------------------------------------------------ evaluation release
 
 
-def _users_and_model() -> tuple[list[UserRatings], torch.nn.Module, int]:
+def _users_and_model() -> tuple[list[UserRatings], StrataModel, int]:
     data, _ = make_synthetic(n_users=30, n_items=25, n_categories=2, subs_per_category=2, seed=1)
     users = split_users(data, seed=1)
     cfg = ModelConfig(hidden_dim=8, latent_dim=4, rating_dim=2)
@@ -105,8 +105,9 @@ def test_a_model_predicting_nan_gives_bounded_rows() -> None:
     """Each user's evaluation vector stays in [0, 1] (the release's bound) even when the model's
     ratings are NaN: their error coordinates count 0 instead of leaving the device as NaN."""
     users, model, n_items = _users_and_model()
+    assert model.rate_user is not None
     with torch.no_grad():
-        model.rate_user.bias.fill_(float("nan"))  # type: ignore[union-attr]  # every predicted rating is NaN
+        model.rate_user.bias.fill_(float("nan"))  # every predicted rating is NaN
     rows = user_metric_rows(model, users, n_items, 4.0, (1.0, 5.0))
     assert np.isfinite(rows).all() and rows.min() >= 0.0 and rows.max() <= 1.0
     assert not rows[:, 3:5].any() and rows[:, 1].any()  # no rating error counted; ranking untouched
