@@ -125,6 +125,11 @@ class StrataModel(nn.Module):
                 # the denoiser starts at the biases: its item vectors grow from 0 as it learns
                 nn.init.zeros_(self.rate_items.learned.weight)
         self.drop = nn.Dropout(config.dropout)
+        if config.content_weight > 0:
+            if features is None:
+                raise ValueError("model.content-weight > 0 scores items by their public features: none were given.")
+            centred = features.float() - features.float().mean(0)
+            self.register_buffer("content_basis", F.normalize(centred, p=2, dim=1))
 
     def start_from_popularity(self, item_bias: torch.Tensor) -> None:
         """Set the decoder item bias to `item_bias` and the decoder item weights to 0, so the
@@ -147,6 +152,15 @@ class StrataModel(nn.Module):
         h = torch.tanh(h)  # type: ignore[arg-type]  # a tensor: every item_side builds an encoder
         mu, logvar = self.enc_out(h).chunk(2, dim=1)
         return mu, logvar
+
+    def content_scores(self, positives: torch.Tensor) -> torch.Tensor:
+        """Return γ·(x̂F̃F̃ᵀ − x̂): each item's similarity to the user's history in the public feature
+        space, the item's similarity to itself removed (0 without `content-weight`)."""
+        if self.config.content_weight == 0:
+            return torch.zeros_like(positives)
+        basis: torch.Tensor = self.content_basis  # type: ignore[assignment]  # a registered buffer
+        x = F.normalize(positives, p=2, dim=1)
+        return self.config.content_weight * ((x @ basis) @ basis.T - x * basis.pow(2).sum(1))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Return B×I unnormalised item scores for latents `z`."""
@@ -219,6 +233,8 @@ class StrataModel(nn.Module):
         else:
             z = mu
         logits = self.decode(z)
+        if self.config.content_weight > 0:
+            logits = logits + self.content_scores(positives)
         if self.rate_user is not None:
             rating = self.item_ratings(self.rate_user(mu)) + self.user_bias(ratings, mask)
             return ModelOutput(logits=logits, mu=mu, logvar=logvar, rating=rating)

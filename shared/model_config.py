@@ -43,6 +43,11 @@ class ModelConfig:
     text_dims: int = 0
     """Add this many PCA dimensions of MiniLM embeddings of each item's title and genres to
     the public item features (0: off; needs the optional `text` extra)."""
+    content_weight: float = 0.0
+    """Weight γ of a fixed content score added to the decoder's item scores: γ·⟨x̂F̃, f̃_i⟩ for
+    every item i but the user's own, with x̂ the user's normalised positives and F̃ the public item
+    features centred over the catalog, one unit row per item. No parameter: it is computed on the
+    device from the user's own history and public features, so it costs no privacy (0: off)."""
     popularity_prior: bool = False
     """Initialise the decoder's item bias from a popularity release before training: a
     Gaussian release of bounded per-user vectors (`privacy.release-noise-multiplier`),
@@ -54,6 +59,8 @@ class ModelConfig:
                 raise ValueError(f"model.{name.replace('_', '-')} must be positive.")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError("model.dropout must be in [0, 1).")
+        if not 0.0 <= self.content_weight < float("inf"):
+            raise ValueError(f"model.content-weight must be a finite number >= 0, not {self.content_weight:g}.")
         if self.text_dims < 0:
             raise ValueError("model.text-dims must be >= 0 (0: no text features).")
         if self.rating_head not in ("per-item", "public"):
