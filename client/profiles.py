@@ -44,14 +44,15 @@ class ProfileSettings:
 
 
 def predicted_distribution(model: StrataModel, positives_row: torch.Tensor) -> np.ndarray:
-    """π = softmax(decode(μ)) for one user's positives (1-D or 1×I), in eval mode."""
+    """π = softmax(decode(μ) + the content score) for one user's positives (1-D or 1×I), in eval mode:
+    the scores the model ranks by."""
     row = positives_row.reshape(1, -1).float()
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             mu, _ = model.encode(row)
-            logits = model.decode(mu)
+            logits = model.decode(mu) + model.content_scores(row)
     finally:
         model.train(was_training)
     return torch.softmax(logits.double(), dim=1)[0].numpy()

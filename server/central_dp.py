@@ -203,7 +203,7 @@ def build_central_dp(
         delta,
         central.noise_std,
     )
-    if fed.topology != "device" and p.user_sample_rate == 1.0:
+    if fed.topology != "device" and p.user_sample_rate == 1.0 and fed.fraction_train < 1.0:
         log.warning(
             "central DP in the %s topology: a user's inclusion follows their hub's, so hub sampling gives no "
             "user-level amplification; the ledger records sample rate 1 (privacy.user-sample-rate < 1 lets "

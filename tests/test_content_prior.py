@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from client.profiles import predicted_distribution
 from shared.config import ModelConfig
 from shared.data.matrices import train_tensors
 from shared.data.split import split_users
@@ -53,3 +54,12 @@ def test_the_content_score_adds_no_parameter_and_shifts_the_logits_by_itself() -
 def test_a_content_weight_that_is_not_a_finite_non_negative_number_is_refused(weight: float) -> None:
     with pytest.raises(ValueError, match="model.content-weight"):
         ModelConfig(content_weight=weight)
+
+
+def test_a_users_profile_distribution_is_the_softmax_of_the_scores_the_model_ranks_by() -> None:
+    model, positives, _ = _setup(2.0)
+    model.eval()
+    row = positives[:1]
+    with torch.no_grad():
+        logits = model(row, row * 4.0, row).logits
+    assert predicted_distribution(model, row[0]) == pytest.approx(torch.softmax(logits.double(), 1)[0].numpy())

@@ -51,7 +51,7 @@ PI = np.array([0.1, 0.1, 0.2, 0.2, 0.2, 0.2])
 
 
 class FakeModel(torch.nn.Module):
-    """Encodes anything to z = 0 and decodes to fixed logits log π."""
+    """Encodes anything to z = 0 and decodes to fixed logits log π; no content score."""
 
     def __init__(self, pi: np.ndarray) -> None:
         super().__init__()
@@ -62,6 +62,9 @@ class FakeModel(torch.nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.logits.expand(z.shape[0], -1)
+
+    def content_scores(self, positives: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(positives)  # no content score
 
 
 def _by_id(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
