@@ -17,6 +17,8 @@ from .model_config import ModelConfig
 
 RATING_PRIOR = 3.5
 """Initial item bias of the rating head: a public constant, not a data statistic."""
+CONTENT_RATINGS_MAX_ITEMS = 16_384
+"""Largest catalog `content-ratings` accepts: its dense kernel takes 1 GiB there."""
 
 
 class ItemScorer(nn.Module):
@@ -125,11 +127,21 @@ class StrataModel(nn.Module):
                 # the denoiser starts at the biases: its item vectors grow from 0 as it learns
                 nn.init.zeros_(self.rate_items.learned.weight)
         self.drop = nn.Dropout(config.dropout)
-        if config.content_weight > 0:
+        if config.content_weight > 0 or config.content_ratings:
             if features is None:
-                raise ValueError("model.content-weight > 0 scores items by their public features: none were given.")
+                raise ValueError("model.content-weight and content-ratings use public item features: none were given.")
             centred = features.float() - features.float().mean(0)
-            self.register_buffer("content_basis", F.normalize(centred, p=2, dim=1))
+            basis = F.normalize(centred, p=2, dim=1)
+            self.register_buffer("content_basis", basis)
+            if config.content_ratings:
+                if n_items > CONTENT_RATINGS_MAX_ITEMS:
+                    raise ValueError(
+                        f"model.content-ratings keeps an items × items kernel: {n_items} items would need "
+                        f"{n_items**2 * 4 / 2**30:.1f} GiB per process (at most {CONTENT_RATINGS_MAX_ITEMS})."
+                    )
+                kernel = (basis @ basis.T).clamp(min=0).pow(2)
+                kernel.fill_diagonal_(0.0)  # a rating never corrects itself
+                self.register_buffer("rating_kernel", kernel)
 
     def start_from_popularity(self, item_bias: torch.Tensor) -> None:
         """Set the decoder item bias to `item_bias` and the decoder item weights to 0, so the
@@ -161,6 +173,15 @@ class StrataModel(nn.Module):
         basis: torch.Tensor = self.content_basis  # type: ignore[assignment]  # a registered buffer
         x = F.normalize(positives, p=2, dim=1)
         return self.config.content_weight * ((x @ basis) @ basis.T - x * basis.pow(2).sum(1))
+
+    def neighbour_correction(self, ratings: torch.Tensor, mask: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
+        """Return B×I: for each item, Σ_j k_ij (r_j − r̂_j) / (Σ_j k_ij + 1) over the user's known
+        ratings j (`mask`), with k the squared positive cosine of the public features (`content-ratings`)."""
+        kernel: torch.Tensor = self.rating_kernel  # type: ignore[assignment]  # a registered buffer
+        residual = ((ratings - predicted) * mask).to_sparse()
+        weight = torch.sparse.mm(mask.to_sparse(), kernel)
+        correction: torch.Tensor = torch.sparse.mm(residual, kernel) / (weight + 1.0)
+        return correction
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Return B×I unnormalised item scores for latents `z`."""
@@ -237,14 +258,21 @@ class StrataModel(nn.Module):
             logits = logits + self.content_scores(positives)
         if self.rate_user is not None:
             rating = self.item_ratings(self.rate_user(mu)) + self.user_bias(ratings, mask)
-            return ModelOutput(logits=logits, mu=mu, logvar=logvar, rating=rating)
+            return ModelOutput(logits=logits, mu=mu, logvar=logvar, rating=self._corrected(rating, ratings, mask))
         shown, targets = mask, None
         if self.training and self.config.rating_dropout > 0:
             shown = mask * (torch.rand_like(mask) >= self.config.rating_dropout)
             targets = mask - shown  # the head learns to predict what it was not shown
         bias = self.user_bias(ratings, shown)
         rating = self.item_ratings(self._ratings_vector(ratings, shown, bias)) + bias
+        rating = self._corrected(rating, ratings, shown)
         return ModelOutput(logits=logits, mu=mu, logvar=logvar, rating=rating, rating_targets=targets)
+
+    def _corrected(self, rating: torch.Tensor, ratings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """`rating` plus the neighbour correction in eval mode with `content-ratings`, else unchanged."""
+        if self.training or not self.config.content_ratings:
+            return rating
+        return rating + self.neighbour_correction(ratings, mask, rating)
 
 
 class StrataLoss(nn.Module):

@@ -48,6 +48,11 @@ class ModelConfig:
     every item i but the user's own, with x̂ the user's normalised positives and F̃ the public item
     features centred over the catalog, one unit row per item. No parameter: it is computed on the
     device from the user's own history and public features, so it costs no privacy (0: off)."""
+    content_ratings: bool = False
+    """At prediction time (eval mode), add to each predicted rating the mean of the user's own rating
+    residuals (known rating minus prediction) over the items like it, weighted by their squared
+    positive cosine in the centred public feature space and shrunk by one: a free, on-device
+    neighbourhood correction (no parameter; training is unchanged)."""
     popularity_prior: bool = False
     """Initialise the decoder's item bias from a popularity release before training: a
     Gaussian release of bounded per-user vectors (`privacy.release-noise-multiplier`),

@@ -1,7 +1,10 @@
-"""The content score (`model.content-weight`): a fixed function of the user's own history and the
-public item features, added to the decoder's scores, with no parameter to train or send."""
+"""The content score (`model.content-weight`) and the neighbour correction of ratings
+(`model.content-ratings`): fixed functions of the user's own history and the public item features,
+with no parameter to train or send."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
@@ -13,7 +16,7 @@ from shared.data.matrices import train_tensors
 from shared.data.split import split_users
 from shared.data.synthetic import make_synthetic
 from shared.features import catalog_features
-from shared.model import StrataModel, build_model
+from shared.model import CONTENT_RATINGS_MAX_ITEMS, StrataModel, build_model
 
 
 def _setup(weight: float) -> tuple[StrataModel, torch.Tensor, torch.Tensor]:
@@ -63,3 +66,40 @@ def test_a_users_profile_distribution_is_the_softmax_of_the_scores_the_model_ran
     with torch.no_grad():
         logits = model(row, row * 4.0, row).logits
     assert predicted_distribution(model, row[0]) == pytest.approx(torch.softmax(logits.double(), 1)[0].numpy())
+
+
+def test_the_neighbour_correction_adds_the_users_own_residuals_on_similar_items_in_eval_mode_only() -> None:
+    data, _ = make_synthetic(n_users=12, n_items=30, n_categories=3, subs_per_category=2, seed=4)
+    feats = torch.from_numpy(catalog_features(data.catalog))
+    t = train_tensors(split_users(data, seed=4), data.n_items, 4.0)
+    plain_cfg = ModelConfig(hidden_dim=8, latent_dim=4, rating_dim=2, dropout=0.0)
+    plain = build_model(data.n_items, plain_cfg, feats, 0)
+    corrected = build_model(data.n_items, dataclasses.replace(plain_cfg, content_ratings=True), feats, 0)
+    kernel = corrected.get_buffer("rating_kernel")
+    assert kernel.diagonal().abs().max() == 0  # a rating never corrects itself
+    basis = F.normalize(feats - feats.mean(0), dim=1)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        train_plain, train_corrected = plain(*t.as_tuple()).rating, corrected(*t.as_tuple()).rating
+        assert torch.equal(train_plain, train_corrected)  # training is unchanged
+        plain.eval()
+        corrected.eval()
+        base, out = plain(*t.as_tuple()).rating, corrected(*t.as_tuple()).rating
+    ratings, mask = t.ratings, t.mask
+    for u in range(4):
+        known = mask[u].nonzero().flatten()
+        for i in range(0, data.n_items, 7):
+            others = known[known != i]
+            k = (basis[others] @ basis[i]).clamp(min=0) ** 2
+            expected = base[u, i] + (k * (ratings[u, others] - base[u, others])).sum() / (k.sum() + 1.0)
+            assert float(out[u, i]) == pytest.approx(float(expected), abs=1e-4)
+    empty = torch.zeros_like(mask)
+    with torch.no_grad():
+        assert torch.equal(corrected(t.positives, ratings, empty).rating, plain(t.positives, ratings, empty).rating)
+
+
+def test_the_neighbour_correction_refuses_a_catalog_whose_kernel_would_not_fit() -> None:
+    n_items = CONTENT_RATINGS_MAX_ITEMS + 1
+    cfg = ModelConfig(hidden_dim=2, latent_dim=2, content_ratings=True)
+    with pytest.raises(ValueError, match="content-ratings keeps an items × items kernel"):
+        build_model(n_items, cfg, torch.zeros(n_items, 2), 0)
