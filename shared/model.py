@@ -2,7 +2,10 @@
 
 Only `nn.Linear` layers carry parameters, so Opacus computes exact per-user gradient
 norms (ghost clipping included). The user latent μ_u is computed on the device from
-the user's own history and never leaves it; only the shared weights travel.
+the user's own history and never leaves it; only the shared weights travel. Two optional terms
+without parameters use only the user's own history and public item features, so they cost no
+privacy: a content score added to the decoder's item scores (`content-weight`) and, in evaluation,
+a neighbour correction of predicted ratings (`content-ratings`).
 """
 
 from __future__ import annotations
